@@ -1,0 +1,352 @@
+"""GENRE configuration: one YAML file, validated into a pydantic model tree.
+
+Precedence, lowest to highest: defaults in these models, the YAML file, then
+environment variables. ``GENRE_<SECTION>__<KEY>=value`` overrides any key
+(``GENRE_KAFKA__BOOTSTRAP_SERVERS=broker:9092``); ``QDRANT_URL`` and
+``QDRANT_API_KEY`` are honoured as the design promises. Errors name the key,
+the file and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+ENV_PREFIX = "GENRE_"
+DEFAULT_CONFIG_NAME = "genre.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration is wrong; the message names the key, the file and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TopicSpec(_Section):
+    """A topic's name and partition count."""
+
+    name: str
+    partitions: int = Field(default=4, ge=1, le=1024)
+
+
+class TopicsConfig(_Section):
+    """Every topic GENRE reads or writes."""
+
+    clicks: TopicSpec = TopicSpec(name="genre.clicks")
+    items: TopicSpec = TopicSpec(name="genre.items", partitions=2)
+    user_clicks: TopicSpec = TopicSpec(name="genre.user-clicks")
+    co_clicks: TopicSpec = TopicSpec(name="genre.co-clicks")
+    score_requests: TopicSpec = TopicSpec(name="genre.score-requests")
+    recommendations: TopicSpec = TopicSpec(name="genre.recommendations")
+    dlq: TopicSpec = TopicSpec(name="genre.dlq", partitions=1)
+
+    def all(self) -> dict[str, int]:
+        """Topic name -> partitions, for topic creation."""
+        return {spec.name: spec.partitions for spec in self.__dict__.values()}
+
+
+class KafkaSecurity(_Section):
+    """Client security settings, passed through to every Kafka client."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+
+
+class EmbeddedBrokerConfig(_Section):
+    """The embedded Kafka-compatible broker used for development, tests and the demo."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=19092, ge=1, le=65535)
+
+
+class KafkaConfig(_Section):
+    """Where Kafka is and which topics to use."""
+
+    bootstrap_servers: str = "127.0.0.1:19092"
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    security: KafkaSecurity = KafkaSecurity()
+    embedded: EmbeddedBrokerConfig = EmbeddedBrokerConfig()
+    topics: TopicsConfig = TopicsConfig()
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka (confluent-kafka) settings for this cluster."""
+        conf = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security.protocol,
+        }
+        if self.security.sasl_mechanism:
+            conf["sasl.mechanism"] = self.security.sasl_mechanism
+        if self.security.sasl_username:
+            conf["sasl.username"] = self.security.sasl_username
+        if self.security.sasl_password:
+            conf["sasl.password"] = self.security.sasl_password.get_secret_value()
+        if self.security.ssl_cafile:
+            conf["ssl.ca.location"] = self.security.ssl_cafile
+        return conf
+
+
+class ComponentSpec(_Section):
+    """A component chosen by its registered name, with its parameters."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class StreamsConfig(_Section):
+    """The Faust stream agents: user state, item graph, batching."""
+
+    history_size: int = Field(default=50, ge=1, le=10_000)
+    max_seen: int = Field(default=2000, ge=0, le=100_000)
+    dedup_window: int = Field(default=256, ge=1, le=100_000)
+    batch_size: int = Field(default=500, ge=1)
+    batch_within_ms: float = Field(default=20.0, gt=0)
+    co_click_window: int = Field(default=5, ge=0, le=100)
+    edge_half_life_s: float = Field(default=7 * 86400.0, gt=0)
+    trending_half_life_s: float = Field(default=86400.0, gt=0)
+    max_neighbours: int = Field(default=100, ge=1)
+    click_weights: dict[str, float] = Field(
+        default_factory=lambda: {"click": 1.0, "view": 0.5, "rate": 1.0, "purchase": 3.0}
+    )
+    user_vector: ComponentSpec = ComponentSpec(name="decayed_mean", params={"half_life_s": 86400.0})
+    store: str = "memory://"
+    web_port: int = Field(default=6066, ge=0, le=65535)
+
+
+class QdrantConfig(_Section):
+    """Vector store: qdrant-client local mode by default, a server when ``url`` is set."""
+
+    url: str | None = None
+    api_key: SecretStr | None = None
+    path: str = "qdrant"
+    items_collection: str = "items"
+    users_collection: str = "users"
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class EncoderConfig(_Section):
+    """The ONNX text encoder that embeds item text."""
+
+    dir: str = "models/encoder"
+    providers: str | list[str] = "auto"
+    threads: int | None = None
+    batch_size: int = Field(default=64, ge=1)
+    dim: int = Field(default=384, ge=1)
+
+
+class CandidateSourceSpec(_Section):
+    """A candidate source by name, its blend weight and how many candidates it returns."""
+
+    name: str
+    weight: float = Field(default=1.0, ge=0.0)
+    limit: int = Field(default=100, ge=1, le=10_000)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScorerConfig(_Section):
+    """The scorer worker: candidate sources, blend, filters, list size, batching."""
+
+    name: str = "blend"
+    top_k: int = Field(default=10, ge=1, le=1000)
+    batch_size: int = Field(default=64, ge=1)
+    batch_within_ms: float = Field(default=10.0, gt=0)
+    candidates: list[CandidateSourceSpec] = Field(
+        default_factory=lambda: [
+            CandidateSourceSpec(name="co_click", weight=1.0, limit=200),
+            CandidateSourceSpec(name="ann", weight=0.5, limit=100),
+            CandidateSourceSpec(name="trending", weight=0.5, limit=100),
+        ]
+    )
+    filters: list[ComponentSpec] = Field(default_factory=lambda: [ComponentSpec(name="seen")])
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> ScorerConfig:
+        names = [c.name for c in self.candidates]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"candidate source names must be unique; repeated: {dupes}")
+        if not self.candidates:
+            raise ValueError("at least one candidate source is required")
+        return self
+
+
+class DemoConfig(_Section):
+    """Defaults for ``genre demo``."""
+
+    dataset: Literal["ml-100k"] = "ml-100k"
+    events: int = Field(default=20_000, ge=1)
+    rate_eps: float = Field(default=500.0, gt=0)
+    drain_timeout_s: float = Field(default=60.0, gt=0)
+
+
+class GenreConfig(_Section):
+    """The whole configuration tree of ``genre.yaml``."""
+
+    app_id: str = "genre"
+    data_dir: str = ".cache/genre"
+    kafka: KafkaConfig = KafkaConfig()
+    streams: StreamsConfig = StreamsConfig()
+    qdrant: QdrantConfig = QdrantConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    scorer: ScorerConfig = ScorerConfig()
+    demo: DemoConfig = DemoConfig()
+
+    #: Where the file came from, for error messages; not a YAML key.
+    _source: str = "<defaults>"
+    _base_dir: Path = Path(".")
+
+    def path(self, value: str) -> Path:
+        """Resolve a data path: absolute as given, else under ``data_dir``."""
+        p = Path(value).expanduser()
+        if p.is_absolute():
+            return p
+        data = Path(self.data_dir).expanduser()
+        if not data.is_absolute():
+            data = self._base_dir / data
+        return (data / p).resolve()
+
+    @property
+    def source(self) -> str:
+        """The file this config was loaded from."""
+        return self._source
+
+    def public_dump(self) -> dict[str, Any]:
+        """The effective config as plain data, secrets masked."""
+        return _mask(self.model_dump(mode="json"), self)
+
+
+def _mask(data: Any, model: Any) -> Any:
+    if isinstance(model, BaseModel):
+        out = {}
+        for key, value in data.items():
+            field_value = getattr(model, key, None)
+            if isinstance(field_value, SecretStr):
+                out[key] = "**********"
+            else:
+                out[key] = _mask(value, field_value)
+        return out
+    if isinstance(model, list):
+        return [_mask(d, m) for d, m in zip(data, model, strict=False)]
+    return data
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__")]
+        node = tree
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = yaml.safe_load(raw) if raw else raw
+    if environ.get("QDRANT_URL"):
+        tree.setdefault("qdrant", {})["url"] = environ["QDRANT_URL"]
+    if environ.get("QDRANT_API_KEY"):
+        tree.setdefault("qdrant", {})["api_key"] = environ["QDRANT_API_KEY"]
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = GenreConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        model = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields) if model else []
+
+
+def _explain(exc: ValidationError, source: str) -> ConfigError:
+    lines = [f"invalid configuration in {source}:"]
+    for err in exc.errors():
+        loc = tuple(err.get("loc", ()))
+        key = ".".join(str(p) for p in loc) or "<root>"
+        if err.get("type") == "extra_forbidden":
+            known = _known_keys(loc)
+            hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            fix = f"did you mean '{hint[0]}'?" if hint else f"valid keys here: {', '.join(known)}"
+            lines.append(f"  - {key}: unknown key; {fix}")
+        else:
+            got = err.get("input")
+            shown = "<missing>" if err.get("type") == "missing" else repr(got)[:80]
+            lines.append(f"  - {key}: {err.get('msg')} (got {shown})")
+    lines.append("Fix the key(s) above in the file or the matching GENRE_* environment variable;")
+    lines.append("`genre config show` prints the effective configuration.")
+    return ConfigError("\n".join(lines))
+
+
+def find_config_file(explicit: str | Path | None = None) -> Path | None:
+    """The config file to use: explicit path, ``$GENRE_CONFIG``, or ./genre.yaml."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("GENRE_CONFIG"):
+        return Path(os.environ["GENRE_CONFIG"])
+    local = Path.cwd() / DEFAULT_CONFIG_NAME
+    return local if local.exists() else None
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> GenreConfig:
+    """Load and validate the configuration; raises ``ConfigError`` with the key and fix."""
+    file = find_config_file(path)
+    data: dict[str, Any] = {}
+    source = "<built-in defaults>"
+    base_dir = Path.cwd()
+    if file is not None:
+        if not file.exists():
+            raise ConfigError(
+                f"config file {file} does not exist; pass --config with an existing file "
+                f"or copy the commented sample genre.yaml from the repository"
+            )
+        source = str(file)
+        base_dir = file.resolve().parent
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file} must hold a mapping of sections, got {type(loaded).__name__}")
+        data = loaded
+    env = _env_overrides(dict(os.environ) if environ is None else environ)
+    if env:
+        source += " (+ GENRE_* environment overrides)"
+    data = _merge(data, env)
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        config = GenreConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(exc, source) from None
+    config._source = source
+    config._base_dir = base_dir
+    return config

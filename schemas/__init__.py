@@ -1,0 +1,26 @@
+"""Records at topic boundaries, the model-manifest format, and validation."""
+
+from genre.schemas.records import (
+    ClickEvent,
+    ClickType,
+    CoClick,
+    DeadLetter,
+    ItemUpsert,
+    RecommendedItem,
+    Recommendation,
+    ScoreRequest,
+)
+from genre.schemas.validation import Rejection, parse_record
+
+__all__ = [
+    "ClickEvent",
+    "ClickType",
+    "CoClick",
+    "DeadLetter",
+    "ItemUpsert",
+    "Recommendation",
+    "RecommendedItem",
+    "Rejection",
+    "ScoreRequest",
+    "parse_record",
+]

@@ -1,0 +1,171 @@
+"""Records that cross topic boundaries: what producers send and consumers read.
+
+Every record is a pydantic model, serialised as JSON. JSON Schema files are
+generated from these models (``genre.schemas.jsonschema``) for producers in
+other languages; a test keeps them current.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+SCHEMA_VERSION = 1
+
+#: Identifiers are short printable strings: long enough for UUIDs and URNs,
+#: short enough that a key never dominates a message.
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
+
+#: Timestamps are Unix epoch seconds (float). Anything before 1990 or after
+#: 2100 is almost certainly a unit mistake (milliseconds sent as seconds).
+MIN_TS = 631_152_000.0  # 1990-01-01
+MAX_TS = 4_102_444_800.0  # 2100-01-01
+
+
+def _check_ts(value: float) -> float:
+    if not MIN_TS <= value <= MAX_TS:
+        raise ValueError(
+            f"ts={value} is outside 1990..2100 in Unix seconds; send seconds, not milliseconds"
+        )
+    return value
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to_bytes(self) -> bytes:
+        """Serialise as compact JSON bytes."""
+        return self.model_dump_json(exclude_none=True).encode()
+
+    @classmethod
+    def from_bytes(cls, payload: bytes | str) -> Any:
+        """Parse and validate JSON bytes; raises pydantic.ValidationError."""
+        return cls.model_validate_json(payload)
+
+
+class ClickType(StrEnum):
+    """Kinds of user interaction; the weight of each comes from config."""
+
+    CLICK = "click"
+    VIEW = "view"
+    RATE = "rate"
+    PURCHASE = "purchase"
+
+
+class ClickEvent(_Record):
+    """A user interacted with an item. Producers write these to ``genre.clicks``."""
+
+    event_id: Identifier = Field(description="Unique id; re-sent events with the same id count once.")
+    user_id: Identifier
+    item_id: Identifier
+    type: ClickType = ClickType.CLICK
+    ts: float = Field(description="Event time, Unix epoch seconds.")
+    weight: float | None = Field(
+        default=None, ge=0.0, le=100.0, description="Optional strength, e.g. a rating."
+    )
+    context: dict[str, str] | None = Field(
+        default=None, description="Optional free-form context (device, page, session)."
+    )
+
+    _ts = field_validator("ts")(_check_ts)
+
+    @field_validator("context")
+    @classmethod
+    def _small_context(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None and (len(value) > 32 or any(len(v) > 512 for v in value.values())):
+            raise ValueError("context allows at most 32 keys of at most 512 characters each")
+        return value
+
+
+class ItemUpsert(_Record):
+    """Create, update or delete an item. Producers write these to ``genre.items``."""
+
+    item_id: Identifier
+    title: Annotated[str, StringConstraints(max_length=512)] = ""
+    text: Annotated[str, StringConstraints(max_length=20_000)] = ""
+    category: Annotated[str, StringConstraints(max_length=128)] = ""
+    tags: list[Annotated[str, StringConstraints(max_length=64)]] = Field(
+        default_factory=list, max_length=64
+    )
+    ts: float = Field(default_factory=time.time)
+    deleted: bool = False
+
+    _ts = field_validator("ts")(_check_ts)
+
+    def encoder_text(self) -> str:
+        """The text the item encoder embeds: title, category, tags and description."""
+        parts = [self.title]
+        if self.category:
+            parts.append(f"Category: {self.category}.")
+        if self.tags:
+            parts.append("Tags: " + ", ".join(self.tags) + ".")
+        if self.text:
+            parts.append(self.text)
+        return " ".join(p for p in parts if p)
+
+
+class RecommendedItem(_Record):
+    """One ranked item in a recommendation list."""
+
+    item_id: str
+    score: float
+    source: str = Field(description="Candidate source that contributed most to the score.")
+    reason: str = Field(description="Human-readable explanation.")
+    title: str = ""
+
+
+class Recommendation(_Record):
+    """A fresh ranked list for one user, published to ``genre.recommendations``."""
+
+    schema_version: int = SCHEMA_VERSION
+    user_id: str
+    items: list[RecommendedItem]
+    model_version: str
+    trigger_event_id: str
+    generated_at: float = Field(description="Unix epoch seconds when the list was produced.")
+    latency_ms: float = Field(description="From the trigger click's produce time to generation.")
+
+
+class DeadLetter(_Record):
+    """A rejected input record with the reason, published to ``genre.dlq``."""
+
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    raw_payload: str = Field(description="The payload as received (UTF-8, invalid bytes escaped).")
+    raw_key: str | None = None
+    reason: str = Field(description="Machine-readable reason code, e.g. invalid_json.")
+    error: str = Field(description="Human-readable description of what was wrong.")
+    failed_at: float = Field(default_factory=time.time)
+
+
+class ScoreRequest(_Record):
+    """Internal: the user-state agent asks the scorer for a fresh list."""
+
+    user_id: str
+    trigger_event_id: str
+    trigger_produced_at: float
+    recent_items: list[str]
+    seen_items: list[str]
+    vector: list[float] | None = None
+    clicks: int = 0
+
+
+class CoClick(_Record):
+    """Internal: co-click evidence for one item, keyed by that item."""
+
+    item_id: str
+    neighbours: list[str]
+    ts: float
+    weight: float = 1.0
+
+
+PUBLIC_RECORDS: dict[str, type[BaseModel]] = {
+    "ClickEvent": ClickEvent,
+    "ItemUpsert": ItemUpsert,
+    "Recommendation": Recommendation,
+    "DeadLetter": DeadLetter,
+}
