@@ -192,7 +192,7 @@ class GenreConfig(_Section):
     """The whole configuration tree of ``genre.yaml``."""
 
     app_id: str = "genre"
-    data_dir: str = ".cache/genre"
+    data_dir: str = ".cache"
     kafka: KafkaConfig = KafkaConfig()
     streams: StreamsConfig = StreamsConfig()
     qdrant: QdrantConfig = QdrantConfig()
@@ -276,7 +276,9 @@ def _known_keys(loc: tuple[Any, ...]) -> list[str]:
             return []
         ann = field.annotation
         args = getattr(ann, "__args__", ())
-        model = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        model = next(
+            (a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None
+        )
         if model is None:
             return []
     return list(model.model_fields) if model else []
@@ -335,7 +337,9 @@ def load_config(
         except yaml.YAMLError as exc:
             raise ConfigError(f"{file} is not valid YAML: {exc}") from exc
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{file} must hold a mapping of sections, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"{file} must hold a mapping of sections, got {type(loaded).__name__}"
+            )
         data = loaded
     env = _env_overrides(dict(os.environ) if environ is None else environ)
     if env:

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from qdrant_client import QdrantClient, models
-
 from genre.core.config import GenreConfig
 from genre.core.telemetry import METRICS
+from qdrant_client import QdrantClient, models
 
 ID_FIELD = "id"
 _NAMESPACE = uuid.UUID("6f1c1c55-9d8f-4a53-8e0b-2f3f6a1d0c11")
@@ -56,9 +55,7 @@ class VectorStore(Protocol):
     ) -> None: ...
     def delete(self, name: str, ids: Sequence[str]) -> None: ...
     def retrieve(self, name: str, ids: Sequence[str]) -> dict[str, StoredVector]: ...
-    def search_batch(
-        self, name: str, vectors: np.ndarray, limit: int
-    ) -> list[list[Hit]]: ...
+    def search_batch(self, name: str, vectors: np.ndarray, limit: int) -> list[list[Hit]]: ...
     def count(self, name: str) -> int: ...
     def close(self) -> None: ...
 
@@ -128,7 +125,9 @@ class QdrantStore:
             models.PointStruct(
                 id=point_id(key), vector=vec.tolist(), payload={**payload, ID_FIELD: key}
             )
-            for key, vec, payload in zip(ids, np.asarray(vectors, np.float32), payloads, strict=True)
+            for key, vec, payload in zip(
+                ids, np.asarray(vectors, np.float32), payloads, strict=True
+            )
         ]
         with _timed("upsert"):
             self.client.upsert(name, points=points, wait=True)
@@ -166,8 +165,10 @@ class QdrantStore:
         with _timed("search"):
             responses = self.client.query_batch_points(name, requests=requests)
         return [
-            [Hit(str((p.payload or {}).get(ID_FIELD)), float(p.score), dict(p.payload or {}))
-             for p in resp.points]
+            [
+                Hit(str((p.payload or {}).get(ID_FIELD)), float(p.score), dict(p.payload or {}))
+                for p in resp.points
+            ]
             for resp in responses
         ]
 

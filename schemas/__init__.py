@@ -6,9 +6,10 @@ from genre.schemas.records import (
     CoClick,
     DeadLetter,
     ItemUpsert,
-    RecommendedItem,
     Recommendation,
+    RecommendedItem,
     ScoreRequest,
+    UserClick,
 )
 from genre.schemas.validation import Rejection, parse_record
 
@@ -22,5 +23,6 @@ __all__ = [
     "RecommendedItem",
     "Rejection",
     "ScoreRequest",
+    "UserClick",
     "parse_record",
 ]

@@ -58,7 +58,9 @@ class ClickType(StrEnum):
 class ClickEvent(_Record):
     """A user interacted with an item. Producers write these to ``genre.clicks``."""
 
-    event_id: Identifier = Field(description="Unique id; re-sent events with the same id count once.")
+    event_id: Identifier = Field(
+        description="Unique id; re-sent events with the same id count once."
+    )
     user_id: Identifier
     item_id: Identifier
     type: ClickType = ClickType.CLICK
@@ -148,19 +150,29 @@ class ScoreRequest(_Record):
     user_id: str
     trigger_event_id: str
     trigger_produced_at: float
+    trigger_ts: float = Field(description="Event time of the trigger click.")
     recent_items: list[str]
     seen_items: list[str]
     vector: list[float] | None = None
     clicks: int = 0
 
 
+class UserClick(_Record):
+    """Internal: a validated click on its way to the user-state agent, keyed by user."""
+
+    event: ClickEvent
+    produced_at: float = Field(description="Produce time of the original click message.")
+    source_partition: int
+    source_offset: int
+
+
 class CoClick(_Record):
-    """Internal: co-click evidence for one item, keyed by that item."""
+    """Internal: co-click evidence and click counts for one item, keyed by that item."""
 
     item_id: str
-    neighbours: list[str]
+    neighbours: list[str] = Field(default_factory=list)
+    clicks: float = 0.0
     ts: float
-    weight: float = 1.0
 
 
 PUBLIC_RECORDS: dict[str, type[BaseModel]] = {

@@ -64,9 +64,7 @@ def parse_record(model: type[T], payload: bytes | None) -> T | Rejection:
     except orjson.JSONDecodeError as exc:
         return Rejection("invalid_json", f"not valid UTF-8 JSON: {exc}")
     if not isinstance(data, dict):
-        return Rejection(
-            "not_an_object", f"expected a JSON object, got {type(data).__name__}"
-        )
+        return Rejection("not_an_object", f"expected a JSON object, got {type(data).__name__}")
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -1,0 +1,412 @@
+"""Small confluent-kafka clients: a validating, de-duplicating click producer and typed consumers.
+
+Producers stamp every message with its produce time (CreateTime, milliseconds):
+recommendation latency is measured from it. Consumers parse with
+``parse_record`` and skip (log and count) records that fail validation.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, TypeVar
+
+import orjson
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from genre.core.config import KafkaConfig
+from genre.schemas.records import ClickEvent, ItemUpsert, Recommendation
+from genre.schemas.validation import MAX_PAYLOAD_BYTES, Rejection, parse_record
+from pydantic import BaseModel
+
+__all__ = [
+    "ClickProducer",
+    "ConsumeStats",
+    "DeliveryError",
+    "InvalidEvent",
+    "iter_recommendations",
+    "iter_records",
+]
+
+log = logging.getLogger("genre.kafka")
+
+T = TypeVar("T", bound=BaseModel)
+
+#: Producer settings on top of ``KafkaConfig.client_config()``; ``config=`` overrides them.
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "linger.ms": 5,
+    "compression.type": "none",
+    "acks": "all",
+    "message.timeout.ms": 30_000,
+    # Idempotence is off: tansu 0.6 answers InitProducerId, but memory storage
+    # forgets producer state on restart; event_id de-duplication covers re-sends.
+    "enable.idempotence": False,
+}
+
+#: Consumer-group settings. tansu holds a JoinGroup for about half the session
+#: timeout, so the Kafka default (45 s) would stall every new consumer ~23 s.
+GROUP_DEFAULTS: dict[str, Any] = {
+    "session.timeout.ms": 6_000,
+    "heartbeat.interval.ms": 1_000,
+}
+
+
+class InvalidEvent(ValueError):
+    """A record failed validation; ``reason`` is the stable code used for DLQ records."""
+
+    def __init__(self, reason: str, error: str) -> None:
+        super().__init__(f"{reason}: {error}")
+        self.reason = reason
+        self.error = error
+
+
+class DeliveryError(RuntimeError):
+    """The broker did not accept some messages; raised by ``ClickProducer.flush``."""
+
+    def __init__(self, message: str, errors: list[str]) -> None:
+        super().__init__(message)
+        self.errors = errors
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _validate(model: type[T], record: T | Mapping[str, Any]) -> T:
+    """Return ``record`` as ``model`` or raise ``InvalidEvent`` with parse_record's reason."""
+    if isinstance(record, model):
+        payload = record.to_bytes()  # type: ignore[attr-defined]
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise InvalidEvent(
+                "payload_too_large",
+                f"{len(payload)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit",
+            )
+        return record
+    if not isinstance(record, Mapping):
+        raise InvalidEvent(
+            "not_an_object",
+            f"expected a {model.__name__} or a dict, got {type(record).__name__}",
+        )
+    try:
+        raw = orjson.dumps(dict(record))
+    except TypeError as exc:
+        raise InvalidEvent("invalid_json", f"the dict is not JSON-serialisable: {exc}") from None
+    result = parse_record(model, raw)
+    if isinstance(result, Rejection):
+        raise InvalidEvent(result.reason, result.error)
+    return result
+
+
+class ClickProducer:
+    """Validating producer for clicks (keyed by user_id) and item upserts (keyed by item_id).
+
+    ``send`` skips an event whose ``event_id`` was already sent by this producer
+    (the last ``dedup_size`` ids are remembered). Delivery failures are collected
+    and raised by ``flush``. Use as a context manager to flush on exit.
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        *,
+        dedup_size: int = 100_000,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.kafka = kafka
+        self.dedup_size = dedup_size
+        conf: dict[str, Any] = {**kafka.client_config(), **PRODUCER_DEFAULTS, **(config or {})}
+        conf.setdefault("logger", log)
+        self._producer = Producer(conf)
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+        self._errors: list[str] = []
+        self.sent = 0
+        self.delivered = 0
+        self.failed = 0
+        self.skipped_duplicates = 0
+
+    # -- producing --------------------------------------------------------
+
+    def send(self, event: ClickEvent | Mapping[str, Any]) -> bool:
+        """Validate and send a click; False (nothing sent) if its event_id was already sent."""
+        click = _validate(ClickEvent, event)
+        with self._lock:
+            if click.event_id in self._seen:
+                self.skipped_duplicates += 1
+                return False
+            self._seen[click.event_id] = None
+            if len(self._seen) > self.dedup_size:
+                self._seen.popitem(last=False)
+        try:
+            self._produce(
+                self.kafka.topics.clicks.name,
+                click.to_bytes(),
+                click.user_id.encode(),
+                event_id=click.event_id,
+            )
+        except BaseException:
+            self._forget(click.event_id)
+            raise
+        return True
+
+    def send_item(self, item: ItemUpsert | Mapping[str, Any]) -> None:
+        """Validate and send an item upsert to the items topic, keyed by item_id."""
+        upsert = _validate(ItemUpsert, item)
+        self._produce(self.kafka.topics.items.name, upsert.to_bytes(), upsert.item_id.encode())
+
+    def send_raw(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        *,
+        headers: Mapping[str, bytes] | None = None,
+    ) -> None:
+        """Send bytes as-is (no validation, no de-duplication)."""
+        self._produce(topic, value, key, headers=headers)
+
+    def _produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        *,
+        event_id: str | None = None,
+        headers: Mapping[str, bytes] | None = None,
+    ) -> None:
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is None:
+                self.delivered += 1
+                return
+            self.failed += 1
+            self._errors.append(f"{topic}: {err.str()} ({err.name()})")
+            if event_id is not None:
+                self._forget(event_id)  # not delivered: allow a later re-send
+
+        kwargs: dict[str, Any] = {"on_delivery": on_delivery, "timestamp": _now_ms()}
+        if headers:
+            kwargs["headers"] = list(headers.items())
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, **kwargs)
+                break
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                self._producer.poll(0.1)
+        self.sent += 1
+        self._producer.poll(0)
+
+    def _forget(self, event_id: str) -> None:
+        with self._lock:
+            self._seen.pop(event_id, None)
+
+    # -- flushing ---------------------------------------------------------
+
+    def poll(self, timeout: float = 0.0) -> int:
+        """Serve delivery callbacks; returns how many were served."""
+        return int(self._producer.poll(timeout))
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait for every sent message; raise ``DeliveryError`` if any failed or timed out."""
+        remaining = int(self._producer.flush(timeout))
+        errors, self._errors = self._errors, []
+        if not errors and not remaining:
+            return
+        where = self.kafka.bootstrap_servers
+        parts = []
+        if errors:
+            shown = "; ".join(errors[:5]) + (
+                f"; ... {len(errors) - 5} more" if len(errors) > 5 else ""
+            )
+            parts.append(f"{len(errors)} message(s) were rejected: {shown}")
+        if remaining:
+            parts.append(f"{remaining} message(s) still undelivered after {timeout:g}s")
+        raise DeliveryError(
+            f"Kafka delivery to {where} failed: {'. '.join(parts)}. "
+            f"Check that the broker is up (`genre broker`) and the topics exist.",
+            errors,
+        )
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush (raising on failures)."""
+        self.flush(timeout)
+
+    def __enter__(self) -> ClickProducer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.flush()
+        else:  # don't mask the original error with a delivery error
+            try:
+                self.flush()
+            except DeliveryError as err:
+                log.warning("%s", err)
+
+    def __repr__(self) -> str:
+        return (
+            f"ClickProducer({self.kafka.bootstrap_servers}, sent={self.sent}, "
+            f"skipped_duplicates={self.skipped_duplicates}, failed={self.failed})"
+        )
+
+
+# -- consuming ------------------------------------------------------------
+
+
+@dataclass
+class ConsumeStats:
+    """Counters for one ``iter_records`` run: messages seen, records yielded, rejects by reason."""
+
+    received: int = 0
+    yielded: int = 0
+    invalid: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+
+
+def _assign_all(
+    consumer: Consumer, topic: str, from_beginning: bool, timeout_s: float
+) -> list[TopicPartition]:
+    md = consumer.list_topics(topic, timeout=timeout_s)
+    tmd = md.topics.get(topic)
+    if tmd is None or tmd.error is not None or not tmd.partitions:
+        reason = tmd.error if tmd is not None else "not in metadata"
+        raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"{topic}: {reason}"))
+    start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+    parts = [TopicPartition(topic, p, start) for p in sorted(tmd.partitions)]
+    consumer.assign(parts)
+    return parts
+
+
+def _caught_up(consumer: Consumer, at_end: set[int]) -> bool:
+    assigned = {tp.partition for tp in consumer.assignment()}
+    return bool(assigned) and assigned <= at_end
+
+
+def iter_records(
+    kafka: KafkaConfig,
+    topic: str,
+    model: type[T],
+    *,
+    group_id: str | None = None,
+    from_beginning: bool = False,
+    timeout_s: float | None = None,
+    stop_at_end: bool = False,
+    max_records: int | None = None,
+    stats: ConsumeStats | None = None,
+    on_invalid: Callable[[Message, Rejection], None] | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> Iterator[T]:
+    """Yield ``model`` records from ``topic``; invalid ones are logged, counted and skipped.
+
+    Without ``group_id`` all partitions are assigned directly (no consumer group,
+    no commits); with it the consumer joins the group and auto-commits.
+    ``timeout_s`` ends the iteration after that many seconds without a message;
+    ``stop_at_end`` ends it once every assigned partition is read to its end.
+    """
+    stats = stats if stats is not None else ConsumeStats()
+    conf: dict[str, Any] = {
+        **kafka.client_config(),
+        "group.id": group_id or f"genre-reader-{uuid.uuid4().hex[:12]}",
+        "enable.auto.commit": group_id is not None,
+        "auto.offset.reset": "earliest" if from_beginning else "latest",
+        "logger": log,
+    }
+    if group_id is not None:
+        conf.update(GROUP_DEFAULTS)
+    if stop_at_end:
+        conf["enable.partition.eof"] = True
+    conf.update(config or {})
+    consumer = Consumer(conf)
+    meta_timeout = kafka.connect_timeout_s
+    try:
+        if group_id is None:
+            _assign_all(consumer, topic, from_beginning, meta_timeout)
+        else:
+            consumer.subscribe([topic])
+        at_end: set[int] = set()  # partitions whose last poll was end-of-partition
+        idle_since = time.monotonic()
+        while True:
+            if timeout_s is not None:
+                left = timeout_s - (time.monotonic() - idle_since)
+                if left <= 0:
+                    return
+                wait = min(0.5, left)
+            else:
+                wait = 0.5
+            msg = consumer.poll(wait)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())
+                    if stop_at_end and _caught_up(consumer, at_end):
+                        return
+                    continue
+                if err.fatal():
+                    raise KafkaException(err)
+                log.warning("consumer error on %s: %s", topic, err.str())
+                continue
+            idle_since = time.monotonic()
+            at_end.discard(msg.partition())
+            stats.received += 1
+            result = parse_record(model, msg.value())
+            if isinstance(result, Rejection):
+                stats.invalid += 1
+                stats.reasons[result.reason] += 1
+                log.warning(
+                    "skipping invalid %s at %s[%d]@%d: %s: %s",
+                    model.__name__,
+                    msg.topic(),
+                    msg.partition(),
+                    msg.offset(),
+                    result.reason,
+                    result.error,
+                )
+                if on_invalid is not None:
+                    on_invalid(msg, result)
+            else:
+                stats.yielded += 1
+                yield result
+                if max_records is not None and stats.yielded >= max_records:
+                    return
+    finally:
+        consumer.close()
+
+
+def iter_recommendations(
+    kafka: KafkaConfig,
+    *,
+    group_id: str | None = None,
+    from_beginning: bool = False,
+    timeout_s: float | None = None,
+    **kwargs: Any,
+) -> Iterator[Recommendation]:
+    """Yield ``Recommendation`` records from the recommendations topic (see ``iter_records``)."""
+    return iter_records(
+        kafka,
+        kafka.topics.recommendations.name,
+        Recommendation,
+        group_id=group_id,
+        from_beginning=from_beginning,
+        timeout_s=timeout_s,
+        **kwargs,
+    )

@@ -1,0 +1,5 @@
+"""python -m genre."""
+
+from genre.cli import main
+
+main()

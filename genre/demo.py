@@ -1,0 +1,365 @@
+"""``genre demo``: MovieLens-100k replayed through the real pipeline, measured end to end.
+
+Steps: 1. fetch the data and make sure the encoder is exported; 2. start the
+embedded broker and create topics; 3. start a worker process (agents, item
+encoder, scorer, local Qdrant); 4. send the items and wait until they are
+encoded; 5. replay ratings as clicks in timestamp order at a fixed rate while
+a consumer thread records every recommendation; 6. drain, then measure.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from confluent_kafka import Consumer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from genre.core.broker import EmbeddedBroker, ensure_topics, free_port
+from genre.core.config import GenreConfig
+from genre.core.kafka_client import ClickProducer
+from genre.schemas import Recommendation
+
+
+class DemoError(RuntimeError):
+    """The demo could not run; the message says which step failed and why."""
+
+
+@dataclass
+class RecLog:
+    """Recommendations consumed by the demo, with their arrival times."""
+
+    by_user: dict[str, list[tuple[float, list[str]]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    arrivals: dict[str, float] = field(default_factory=dict)  # trigger_event_id -> consumed_at
+    count: int = 0
+    bad: int = 0
+    last_at: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, rec: Recommendation, at: float) -> None:
+        with self.lock:
+            self.by_user[rec.user_id].append((at, [i.item_id for i in rec.items]))
+            self.arrivals.setdefault(rec.trigger_event_id, at)
+            self.count += 1
+            self.last_at = at
+
+
+def _consume(conf: dict[str, str], topic: str, log: RecLog, stop: threading.Event) -> None:
+    consumer = Consumer(
+        {
+            **conf,
+            "group.id": f"genre-demo-{os.getpid()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    try:
+        while not stop.is_set():
+            msg = consumer.poll(0.1)
+            if msg is None or msg.error():
+                continue
+            at = time.time()
+            try:
+                log.add(Recommendation.from_bytes(msg.value()), at)
+            except ValueError:
+                log.bad += 1
+    finally:
+        consumer.close()
+
+
+def _count_topic(conf: dict[str, str], topic: str, timeout_s: float = 5.0) -> int:
+    consumer = Consumer(
+        {
+            **conf,
+            "group.id": f"genre-demo-count-{os.getpid()}-{topic}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    n, idle_since = 0, time.monotonic()
+    try:
+        while time.monotonic() - idle_since < timeout_s:
+            msg = consumer.poll(0.2)
+            if msg is not None and not msg.error():
+                n += 1
+                idle_since = time.monotonic()
+    finally:
+        consumer.close()
+    return n
+
+
+def _metric(port: int, name: str) -> float:
+    """Sum of a metric's samples on the worker's /metrics page."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and (line[len(name)] in " {"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _wait_ready(port: int, proc: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DemoError(
+                f"the worker exited with {proc.returncode}; its log:\n{_tail(log_path)}"
+            )
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise DemoError(f"the worker was not ready within {timeout_s:.0f}s; log:\n{_tail(log_path)}")
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "<no log>"
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan")}
+    arr = np.asarray(values)
+    return {f"p{q}": round(float(np.percentile(arr, q)), 2) for q in (50, 95, 99)}
+
+
+def online_hit_rate(
+    clicks: list[tuple[str, str, float]], by_user: dict[str, list[tuple[float, list[str]]]], k: int
+) -> float:
+    """Share of clicks whose item was in that user's latest top-k list consumed before the click."""
+    if not clicks:
+        return 0.0
+    times = {u: [t for t, _ in lists] for u, lists in by_user.items()}
+    hits = 0
+    for user, item, produced_at in clicks:
+        idx = bisect.bisect_left(times.get(user, []), produced_at) - 1
+        if idx >= 0 and item in by_user[user][idx][1][:k]:
+            hits += 1
+    return hits / len(clicks)
+
+
+def _demo_config(
+    cfg: GenreConfig, run_dir: Path, port: int, web_port: int, sources: str | None
+) -> tuple[GenreConfig, Path]:
+    data = cfg.model_dump(mode="json")
+    data["kafka"]["bootstrap_servers"] = f"127.0.0.1:{port}"
+    data["kafka"]["embedded"]["port"] = port
+    data["streams"]["web_port"] = web_port
+    data["qdrant"]["path"] = str(run_dir / "qdrant")
+    data["encoder"]["dir"] = str(cfg.path(cfg.encoder.dir))
+    if sources:
+        wanted = [s.strip() for s in sources.split(",") if s.strip()]
+        specs = {c["name"]: c for c in data["scorer"]["candidates"]}
+        missing = [s for s in wanted if s not in specs]
+        if missing:
+            raise DemoError(f"--sources names {missing}, not in scorer.candidates: {list(specs)}")
+        data["scorer"]["candidates"] = [specs[s] for s in wanted]
+    if cfg.qdrant.api_key is not None:
+        data["qdrant"]["api_key"] = cfg.qdrant.api_key.get_secret_value()
+    path = run_dir / "genre.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    from genre.core.config import load_config
+
+    return load_config(path, environ={}), path
+
+
+def run_demo(
+    cfg: GenreConfig,
+    *,
+    events: int | None = None,
+    rate: float | None = None,
+    sources: str | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Run the demo; returns the summary (also printed as a table)."""
+    from genre.model_export.datasets import DatasetError, as_click_events, fetch_ml100k, load_ml100k
+
+    console = console or Console(stderr=True)
+    n_events = events or cfg.demo.events
+    rate_eps = rate or cfg.demo.rate_eps
+
+    # 1. Data and model.
+    try:
+        ml = load_ml100k(fetch_ml100k(cfg.path("datasets")))
+    except DatasetError as exc:
+        raise DemoError(f"step 1 (data): {exc}") from exc
+    encoder_dir = cfg.path(cfg.encoder.dir)
+    if not (encoder_dir / "manifest.json").exists():
+        try:
+            from genre.model_export.encoder import export_text_encoder
+        except ImportError as exc:
+            raise DemoError(
+                f"step 1 (model): no encoder at {encoder_dir} and the export tools are missing "
+                f"({exc}); run `pip install 'genre-recsys[train]'` then `genre export encoder`"
+            ) from exc
+        export_text_encoder(encoder_dir)
+
+    run_dir = cfg.path("demo-run")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    port, web_port = free_port(), free_port()
+    dcfg, dcfg_path = _demo_config(cfg, run_dir, port, web_port, sources)
+    kconf = dcfg.kafka.client_config()
+    worker_log = run_dir / "worker.log"
+
+    # 2. Broker and topics.
+    broker = EmbeddedBroker("127.0.0.1", port, log_path=run_dir / "broker.log")
+    proc: subprocess.Popen | None = None
+    stop = threading.Event()
+    try:
+        with console.status("starting the embedded broker"):
+            broker.start()
+            ensure_topics(broker.bootstrap, dcfg.kafka.topics.all())
+
+        # 3. Worker process.
+        with console.status("starting the worker (agents, item encoder, scorer)"):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "genre", "worker", "--config", str(dcfg_path)],
+                stdout=worker_log.open("w"),
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            _wait_ready(web_port, proc, worker_log, timeout_s=120)
+
+        rec_log = RecLog()
+        consumer = threading.Thread(
+            target=_consume,
+            args=(kconf, dcfg.kafka.topics.recommendations.name, rec_log, stop),
+            daemon=True,
+        )
+        consumer.start()
+
+        with ClickProducer(dcfg.kafka) as producer, _progress(console) as progress:
+            # 4. Items.
+            task = progress.add_task("encoding items", total=len(ml.items))
+            for item in ml.items:
+                producer.send_item(item)
+            producer.flush(30)
+            deadline = time.monotonic() + 300
+            while (done := _metric(web_port, "genre_items_encoded_total")) < len(ml.items):
+                progress.update(task, completed=done)
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise DemoError(f"items were not encoded in time; log:\n{_tail(worker_log)}")
+                time.sleep(0.2)
+            progress.update(task, completed=len(ml.items))
+
+            # 5. Replay clicks at a fixed rate.
+            clicks: list[tuple[str, str, float]] = []
+            produced_at: dict[str, float] = {}
+            last_event: dict[str, str] = {}
+            task = progress.add_task(f"replaying clicks at {rate_eps:.0f}/s", total=n_events)
+            start = time.time()
+            for i, event in enumerate(as_click_events(ml, limit=n_events)):
+                target = start + i / rate_eps
+                delay = target - time.time()
+                if delay > 0:
+                    time.sleep(delay)
+                at = time.time()
+                producer.send(event)
+                clicks.append((event.user_id, event.item_id, at))
+                produced_at[event.event_id] = at
+                last_event[event.user_id] = event.event_id
+                if i % 100 == 0:
+                    producer.poll(0)
+                    progress.update(task, completed=i + 1)
+            producer.flush(30)
+            progress.update(task, completed=n_events)
+            replay_s = time.time() - start
+
+            # 6. Drain: wait for each user's last click to have its recommendation.
+            task = progress.add_task("draining", total=len(last_event))
+            deadline = time.monotonic() + dcfg.demo.drain_timeout_s
+            while time.monotonic() < deadline:
+                with rec_log.lock:
+                    done = sum(1 for e in last_event.values() if e in rec_log.arrivals)
+                progress.update(task, completed=done)
+                if done == len(last_event) or proc.poll() is not None:
+                    break
+                time.sleep(0.2)
+        end = max(rec_log.last_at, start + replay_s)
+        events_in = _metric(
+            web_port, 'genre_events_in_total{topic="' + dcfg.kafka.topics.clicks.name
+        )
+    finally:
+        stop.set()
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        dlq = _count_topic(kconf, dcfg.kafka.topics.dlq.name) if broker.running else -1
+        broker.stop()
+
+    latencies = [
+        (at - produced_at[eid]) * 1000.0
+        for eid, at in rec_log.arrivals.items()
+        if eid in produced_at
+    ]
+    summary = {
+        "events_in": len(clicks),
+        "events_consumed_by_worker": int(events_in),
+        "events_dlq": dlq,
+        "recommendations_out": rec_log.count,
+        "users_with_recommendations": sum(1 for v in rec_log.by_user.values() if v),
+        "users_seen": len(last_event),
+        "throughput_eps": round(len(clicks) / max(end - start, 1e-9), 1),
+        "replay_rate_eps": rate_eps,
+        "latency_ms": _percentiles(latencies),
+        "online_hit_rate_at_10": round(online_hit_rate(clicks, rec_log.by_user, 10), 4),
+        "sources": [c.name for c in dcfg.scorer.candidates],
+        "run_dir": str(run_dir),
+    }
+    _print_summary(console, summary)
+    return summary
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _print_summary(console: Console, summary: dict[str, Any]) -> None:
+    table = Table(title="GENRE demo")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+__all__ = ["DemoError", "online_hit_rate", "run_demo"]

@@ -1,0 +1,181 @@
+"""The stream agents: ingest (validate, route), user state (by user), item graph (by item).
+
+Each agent works in micro-batches (``take_events``) so table writes happen
+once per key per batch, and every record it consumes is either applied once
+or dead-lettered once with its reason.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from genre.core.telemetry import METRICS
+from genre.schemas import ClickEvent, CoClick, Rejection, ScoreRequest, UserClick, parse_record
+from genre.streams.app import GenreStreams
+from genre.streams.state import (
+    USER_VECTOR_UPDATERS,
+    GraphRules,
+    UserStateRules,
+    new_item_state,
+    new_user_state,
+)
+
+
+def user_rules(streams: GenreStreams) -> UserStateRules:
+    """The user-state rules from config, with the configured vector updater."""
+    s = streams.config.streams
+    return UserStateRules(
+        history_size=s.history_size,
+        max_seen=s.max_seen,
+        dedup_window=s.dedup_window,
+        co_click_window=s.co_click_window,
+        click_weights=s.click_weights,
+        updater=USER_VECTOR_UPDATERS.create(s.user_vector.name, **s.user_vector.params),
+    )
+
+
+def graph_rules(streams: GenreStreams) -> GraphRules:
+    """The item-graph rules from config."""
+    s = streams.config.streams
+    return GraphRules(s.edge_half_life_s, s.trending_half_life_s, s.max_neighbours)
+
+
+def register_stream_agents(streams: GenreStreams) -> None:
+    """Attach the ingest, user-state and graph agents to the app."""
+    app, topics, cfg = streams.app, streams.topics, streams.config.streams
+    batch, within = cfg.batch_size, cfg.batch_within_ms / 1000.0
+    rules = user_rules(streams)
+    grules = graph_rules(streams)
+    clicks_name = topics.clicks.get_topic_name()
+    user_clicks_name = topics.user_clicks.get_topic_name()
+    co_clicks_name = topics.co_clicks.get_topic_name()
+
+    @app.agent(topics.clicks, name="genre.ingest")
+    async def ingest(stream: Any) -> None:
+        """Validate raw clicks; good ones go to the user topic keyed by user, bad ones to DLQ."""
+        async for events in stream.take_events(batch, within=within):
+            start = time.perf_counter()
+            METRICS.events_in.labels(clicks_name).inc(len(events))
+            METRICS.batch_size.labels("ingest").observe(len(events))
+            for event in events:
+                msg = event.message
+                result = parse_record(ClickEvent, msg.value)
+                if isinstance(result, Rejection):
+                    await streams.dead_letter(msg, result.reason, result.error)
+                    continue
+                envelope = UserClick(
+                    event=result,
+                    produced_at=msg.timestamp,
+                    source_partition=msg.partition,
+                    source_offset=msg.offset,
+                )
+                await topics.user_clicks.send(
+                    key=result.user_id.encode(), value=envelope.to_bytes()
+                )
+                METRICS.events_out.labels(user_clicks_name).inc()
+            METRICS.agent_batch_seconds.labels("ingest").observe(time.perf_counter() - start)
+
+    @app.agent(topics.user_clicks, name="genre.user-state")
+    async def user_state(stream: Any) -> None:
+        """Fold clicks into user state; emit co-clicks by item and one score request per user."""
+        async for events in stream.take_events(batch, within=within):
+            start = time.perf_counter()
+            METRICS.events_in.labels(user_clicks_name).inc(len(events))
+            METRICS.batch_size.labels("user-state").observe(len(events))
+            clicks = [UserClick.from_bytes(e.message.value) for e in events]
+            vectors = await streams.in_store(
+                streams.catalog.get_many, [c.event.item_id for c in clicks]
+            )
+            touched: dict[str, dict] = {}
+            triggers: dict[str, UserClick] = {}
+            co: dict[str, CoClick] = {}
+            for event, click in zip(events, clicks, strict=True):
+                ev = click.event
+                state = touched.get(ev.user_id)
+                if state is None:
+                    state = streams.users.get(ev.user_id) or new_user_state()
+                if rules.is_duplicate(state, ev.event_id):
+                    METRICS.duplicate_events.inc()
+                    continue
+                stored = vectors.get(ev.item_id)
+                if stored is None:
+                    await streams.dead_letter(
+                        event.message,
+                        "unknown_item",
+                        f"item_id {ev.item_id!r} is not in the catalog; send its ItemUpsert "
+                        f"to {topics.items.get_topic_name()} first",
+                        payload=ev.to_bytes(),
+                        origin=(clicks_name, click.source_partition, click.source_offset),
+                    )
+                    continue
+                neighbours = rules.apply(state, ev, stored.vector)
+                streams.observe_event_time(ev.ts)
+                touched[ev.user_id] = state
+                triggers[ev.user_id] = click
+                _add_co_click(co, ev.item_id, neighbours, ev.ts, clicks=1.0)
+                for nbr in neighbours:
+                    _add_co_click(co, nbr, [ev.item_id], ev.ts)
+            for user_id, state in touched.items():
+                streams.users[user_id] = state
+            for item_id, record in co.items():
+                await topics.co_clicks.send(key=item_id.encode(), value=record.to_bytes())
+            METRICS.events_out.labels(co_clicks_name).inc(len(co))
+            for user_id, click in triggers.items():
+                state = touched[user_id]
+                request = ScoreRequest(
+                    user_id=user_id,
+                    trigger_event_id=click.event.event_id,
+                    trigger_produced_at=click.produced_at,
+                    trigger_ts=click.event.ts,
+                    recent_items=state["history"],
+                    seen_items=state["seen"],
+                    vector=state["vector"],
+                    clicks=state["clicks"],
+                )
+                await topics.score_requests.send(key=user_id.encode(), value=request.to_bytes())
+            METRICS.events_out.labels(topics.score_requests.get_topic_name()).inc(len(triggers))
+            METRICS.users_tracked.set(len(streams.users))
+            METRICS.agent_batch_seconds.labels("user-state").observe(time.perf_counter() - start)
+
+    @app.agent(topics.co_clicks, name="genre.graph")
+    async def graph(stream: Any) -> None:
+        """Update time-decayed co-click edges and trending counts, one write per item per batch."""
+        async for events in stream.take_events(batch, within=within):
+            start = time.perf_counter()
+            METRICS.events_in.labels(co_clicks_name).inc(len(events))
+            METRICS.batch_size.labels("graph").observe(len(events))
+            touched: dict[str, dict] = {}
+            for event in events:
+                record = CoClick.from_bytes(event.message.value)
+                streams.observe_event_time(record.ts)
+                state = touched.get(record.item_id)
+                if state is None:
+                    state = streams.graph.get(record.item_id) or new_item_state()
+                if record.neighbours:
+                    grules.add_neighbours(state, record.neighbours, record.ts)
+                if record.clicks:
+                    grules.add_click(state, record.ts, record.clicks)
+                touched[record.item_id] = state
+            for item_id, state in touched.items():
+                streams.graph[item_id] = state
+            METRICS.agent_batch_seconds.labels("graph").observe(time.perf_counter() - start)
+
+
+def _add_co_click(
+    co: dict[str, CoClick], item_id: str, neighbours: list[str], ts: float, clicks: float = 0.0
+) -> None:
+    """Merge co-click evidence for ``item_id`` into this batch's outgoing records."""
+    prev = co.get(item_id)
+    if prev is None:
+        co[item_id] = CoClick(item_id=item_id, neighbours=list(neighbours), clicks=clicks, ts=ts)
+    else:
+        co[item_id] = CoClick(
+            item_id=item_id,
+            neighbours=prev.neighbours + list(neighbours),
+            clicks=prev.clicks + clicks,
+            ts=max(prev.ts, ts),
+        )
+
+
+__all__ = ["graph_rules", "register_stream_agents", "user_rules"]

@@ -1,0 +1,204 @@
+"""The Faust application: settings, topics, tables and the shared services agents use."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import faust
+from aiohttp import web
+from genre.core.catalog import ItemCatalog
+from genre.core.config import GenreConfig
+from genre.core.telemetry import METRICS, render
+from genre.core.vectorstore import VectorStore, open_vector_store
+from genre.schemas import DeadLetter
+from genre.schemas.validation import printable
+
+T = TypeVar("T")
+
+
+@dataclass
+class Topics:
+    """Faust topic handles; every value is raw bytes we (de)serialise with pydantic."""
+
+    clicks: faust.TopicT
+    items: faust.TopicT
+    user_clicks: faust.TopicT
+    co_clicks: faust.TopicT
+    score_requests: faust.TopicT
+    recommendations: faust.TopicT
+    dlq: faust.TopicT
+
+
+@dataclass
+class GenreStreams:
+    """Everything the agents of one worker process share."""
+
+    config: GenreConfig
+    app: faust.App
+    topics: Topics
+    users: Any  # faust Table: user_id -> user state dict
+    graph: Any  # faust GlobalTable: item_id -> item state dict
+    store: VectorStore
+    catalog: ItemCatalog
+    #: One thread for vector-store calls: qdrant local mode is not thread-safe.
+    store_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="vector-store")
+    )
+    #: Threads for model inference (ONNX Runtime releases the GIL).
+    model_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="model")
+    )
+    ready: dict[str, bool] = field(default_factory=dict)
+    #: Newest event time seen by this process (Unix seconds); 0 until the first click.
+    event_time: float = 0.0
+
+    def observe_event_time(self, ts: float) -> None:
+        """Advance this process's event clock."""
+        if ts > self.event_time:
+            self.event_time = ts
+
+    def event_now(self) -> float:
+        """Event-time "now" for decay: the newest click time seen, else wall time.
+
+        Replayed data (MovieLens is from 1997-98) must decay in its own time, not ours.
+        """
+        return self.event_time or time.time()
+
+    async def in_store(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking vector-store call off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.store_executor, fn, *args)
+
+    async def in_model(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking model call off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.model_executor, fn, *args)
+
+    async def dead_letter(
+        self,
+        message: Any,
+        reason: str,
+        error: str,
+        *,
+        payload: bytes | None = None,
+        origin: tuple[str, int, int] | None = None,
+    ) -> None:
+        """Publish a rejected record to the DLQ with its origin (topic, partition, offset)."""
+        topic, partition, offset = origin or (message.topic, message.partition, message.offset)
+        record = DeadLetter(
+            source_topic=topic,
+            source_partition=partition,
+            source_offset=offset,
+            raw_payload=printable(message.value if payload is None else payload),
+            raw_key=printable(message.key) if message.key is not None else None,
+            reason=reason,
+            error=error,
+        )
+        await self.topics.dlq.send(key=message.key, value=record.to_bytes())
+        METRICS.dlq_records.labels(reason).inc()
+        METRICS.events_out.labels(self.topics.dlq.get_topic_name()).inc()
+
+
+def _broker_settings(config: GenreConfig) -> dict[str, Any]:
+    sec = config.kafka.security
+    settings: dict[str, Any] = {"broker": f"kafka://{config.kafka.bootstrap_servers}"}
+    if sec.protocol == "PLAINTEXT":
+        return settings
+    context = ssl.create_default_context(cafile=sec.ssl_cafile) if "SSL" in sec.protocol else None
+    if sec.protocol.startswith("SASL"):
+        settings["broker_credentials"] = faust.SASLCredentials(
+            username=sec.sasl_username,
+            password=sec.sasl_password.get_secret_value() if sec.sasl_password else None,
+            mechanism=sec.sasl_mechanism or "PLAIN",
+            ssl_context=context,
+        )
+    elif context is not None:
+        settings["broker_credentials"] = faust.SSLCredentials(context)
+    return settings
+
+
+def build_streams(config: GenreConfig, *, store: VectorStore | None = None) -> GenreStreams:
+    """Create the Faust app with GENRE's topics and tables; agents attach afterwards."""
+    s = config.streams
+    app = faust.App(
+        config.app_id,
+        store=s.store,
+        autodiscover=False,
+        topic_replication_factor=1,
+        topic_partitions=config.kafka.topics.user_clicks.partitions,
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=0,
+        web_enabled=True,
+        web_host="127.0.0.1",
+        web_bind="127.0.0.1",
+        web_port=s.web_port,
+        web_in_thread=False,
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        producer_linger_ms=2,
+        stream_buffer_maxsize=4096,
+        logging_config=None,
+        **_broker_settings(config),
+    )
+
+    def topic(spec: Any) -> faust.TopicT:
+        return app.topic(
+            spec.name,
+            partitions=spec.partitions,
+            key_serializer="raw",
+            value_serializer="raw",
+            internal=False,
+        )
+
+    t = config.kafka.topics
+    topics = Topics(
+        clicks=topic(t.clicks),
+        items=topic(t.items),
+        user_clicks=topic(t.user_clicks),
+        co_clicks=topic(t.co_clicks),
+        score_requests=topic(t.score_requests),
+        recommendations=topic(t.recommendations),
+        dlq=topic(t.dlq),
+    )
+    users = app.Table(
+        "user-state",
+        partitions=t.user_clicks.partitions,
+        schema=faust.Schema(key_type=str, key_serializer="json", value_serializer="json"),
+        # Batched agents write after awaiting (no current event), so the changelog
+        # partition comes from the key, as the source topic's partition does.
+        use_partitioner=True,
+    )
+    graph = app.GlobalTable(
+        "item-graph",
+        partitions=t.co_clicks.partitions,
+        schema=faust.Schema(key_type=str, key_serializer="json", value_serializer="json"),
+        use_partitioner=True,
+    )
+    vector_store = store if store is not None else open_vector_store(config)
+    catalog = ItemCatalog(vector_store, config.qdrant.items_collection)
+    streams = GenreStreams(config, app, topics, users, graph, vector_store, catalog)
+    _add_pages(streams)
+    return streams
+
+
+def _add_pages(streams: GenreStreams) -> None:
+    app = streams.app
+
+    @app.page("/metrics")
+    async def metrics(web_view: Any, request: Any) -> web.Response:
+        body, content_type = render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    @app.page("/ready")
+    async def ready(web_view: Any, request: Any) -> web.Response:
+        components = dict(streams.ready)
+        components["rebalanced"] = not app.rebalancing
+        components["tables_recovered"] = app.tables.recovery.completed.is_set()
+        is_ready = all(components.values())
+        return web.json_response(
+            {"ready": is_ready, "components": components}, status=200 if is_ready else 503
+        )

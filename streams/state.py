@@ -1,0 +1,205 @@
+"""Per-user and per-item state, and the pure functions that update it.
+
+States are plain JSON-able dicts because they live in Faust tables whose
+changelogs are JSON. Keeping the update rules here, free of Faust, lets unit
+tests pin them down exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from genre.core.registry import Registry
+from genre.schemas import ClickEvent
+
+UserState = dict[str, Any]
+ItemState = dict[str, Any]
+
+
+def new_user_state() -> UserState:
+    """An empty user: no history, no vector."""
+    return {
+        "history": [],
+        "seen": [],
+        "recent_events": [],
+        "clicks": 0,
+        "vector": None,
+        "vector_ts": None,
+        "last_ts": None,
+    }
+
+
+def decay(age_s: float, half_life_s: float) -> float:
+    """Exponential decay factor for an age in seconds (1.0 at age 0, 0.5 at a half-life)."""
+    return math.exp(-math.log(2.0) * max(age_s, 0.0) / half_life_s)
+
+
+class UserVectorUpdater(Protocol):
+    """Folds one clicked item's vector into the user's vector."""
+
+    def update(
+        self,
+        vector: np.ndarray | None,
+        vector_ts: float | None,
+        item: np.ndarray,
+        weight: float,
+        ts: float,
+    ) -> np.ndarray: ...
+
+
+USER_VECTOR_UPDATERS: Registry[UserVectorUpdater] = Registry(
+    "user-vector updater", "streams.user_vector.name"
+)
+
+
+@USER_VECTOR_UPDATERS.register("decayed_mean")
+@dataclass(frozen=True)
+class DecayedMean:
+    """Time-decayed weighted mean of clicked item vectors, re-normalised (cosine space).
+
+    The old vector's weight halves every ``half_life_s`` of event time, so the
+    vector follows a user's current taste without forgetting it at once.
+    """
+
+    half_life_s: float = 86400.0
+
+    def update(
+        self,
+        vector: np.ndarray | None,
+        vector_ts: float | None,
+        item: np.ndarray,
+        weight: float,
+        ts: float,
+    ) -> np.ndarray:
+        if vector is None or vector_ts is None:
+            out = item * weight
+        else:
+            out = vector * decay(ts - vector_ts, self.half_life_s) + item * weight
+        norm = float(np.linalg.norm(out))
+        return out / norm if norm > 0 else out
+
+
+@USER_VECTOR_UPDATERS.register("last_item")
+@dataclass(frozen=True)
+class LastItem:
+    """The user's vector is the last clicked item's vector (no memory)."""
+
+    def update(
+        self,
+        vector: np.ndarray | None,
+        vector_ts: float | None,
+        item: np.ndarray,
+        weight: float,
+        ts: float,
+    ) -> np.ndarray:
+        return item
+
+
+@dataclass(frozen=True)
+class UserStateRules:
+    """How clicks change a user's state; built from ``streams`` config."""
+
+    history_size: int
+    max_seen: int
+    dedup_window: int
+    co_click_window: int
+    click_weights: dict[str, float]
+    updater: UserVectorUpdater
+
+    def is_duplicate(self, state: UserState, event_id: str) -> bool:
+        """True when ``event_id`` is among the user's last ``dedup_window`` events."""
+        return event_id in state["recent_events"]
+
+    def apply(
+        self, state: UserState, event: ClickEvent, item_vector: np.ndarray | None
+    ) -> list[str]:
+        """Apply ``event`` to ``state`` in place; returns the items it co-clicks with."""
+        neighbours = [i for i in state["history"][-self.co_click_window :] if i != event.item_id]
+        neighbours = list(dict.fromkeys(reversed(neighbours)))  # most recent first, unique
+        history = [i for i in state["history"] if i != event.item_id]
+        history.append(event.item_id)
+        state["history"] = history[-self.history_size :]
+        if self.max_seen and event.item_id not in state["seen"]:
+            state["seen"] = (state["seen"] + [event.item_id])[-self.max_seen :]
+        state["recent_events"] = (state["recent_events"] + [event.event_id])[-self.dedup_window :]
+        state["clicks"] += 1
+        state["last_ts"] = event.ts
+        if item_vector is not None:
+            weight = self.click_weights.get(str(event.type), 1.0)
+            old = None if state["vector"] is None else np.asarray(state["vector"], np.float32)
+            new = self.updater.update(old, state["vector_ts"], item_vector, weight, event.ts)
+            state["vector"] = [round(float(x), 6) for x in new]
+            state["vector_ts"] = event.ts
+        return neighbours
+
+
+def new_item_state() -> ItemState:
+    """An item with no co-click edges and no popularity yet."""
+    return {"edges": {}, "pop": 0.0, "pop_ts": None}
+
+
+@dataclass(frozen=True)
+class GraphRules:
+    """Time-decayed co-click edges and trending counts for one item."""
+
+    edge_half_life_s: float
+    trending_half_life_s: float
+    max_neighbours: int
+
+    def add_neighbours(
+        self, state: ItemState, neighbours: Sequence[str], ts: float, weight: float = 1.0
+    ) -> None:
+        """Strengthen edges to ``neighbours`` at event time ``ts``; prune to the strongest."""
+        edges: dict[str, list[float]] = state["edges"]
+        for nbr in neighbours:
+            w, last = edges.get(nbr, (0.0, ts))
+            edges[nbr] = [w * decay(ts - last, self.edge_half_life_s) + weight, max(ts, last)]
+        if len(edges) > self.max_neighbours:
+            keep = sorted(edges.items(), key=lambda kv: self.edge_weight(kv[1], ts), reverse=True)
+            state["edges"] = dict(keep[: self.max_neighbours])
+
+    def add_click(self, state: ItemState, ts: float, weight: float = 1.0) -> None:
+        """Count one click toward the item's decayed popularity."""
+        last = state["pop_ts"]
+        base = 0.0 if last is None else state["pop"] * decay(ts - last, self.trending_half_life_s)
+        state["pop"] = base + weight
+        state["pop_ts"] = ts if last is None else max(ts, last)
+
+    def edge_weight(self, edge: Sequence[float], now: float) -> float:
+        """An edge's weight decayed to ``now``."""
+        return edge[0] * decay(now - edge[1], self.edge_half_life_s)
+
+    def popularity(self, state: ItemState, now: float) -> float:
+        """The item's trending score decayed to ``now``."""
+        if state["pop_ts"] is None:
+            return 0.0
+        return state["pop"] * decay(now - state["pop_ts"], self.trending_half_life_s)
+
+
+def neighbour_scores(
+    states: Callable[[str], ItemState | None],
+    recent_items: Sequence[str],
+    rules: GraphRules,
+    now: float,
+) -> dict[str, tuple[float, str]]:
+    """Co-click candidates for a user: item -> (score, the recent item that contributed most).
+
+    More recent history items count more (1, 1/2, 1/3, ...), as in
+    session-based item-kNN.
+    """
+    out: dict[str, tuple[float, str]] = {}
+    for rank, item in enumerate(reversed(recent_items)):
+        state = states(item)
+        if not state:
+            continue
+        position_weight = 1.0 / (rank + 1)
+        for nbr, edge in state["edges"].items():
+            contribution = position_weight * rules.edge_weight(edge, now)
+            score, why = out.get(nbr, (0.0, item))
+            best_why = why if score >= contribution else item
+            out[nbr] = (score + contribution, best_why)
+    return out

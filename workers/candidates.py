@@ -1,0 +1,156 @@
+"""Candidate sources, chosen by name in ``scorer.candidates``.
+
+A source turns a batch of score requests into, per request, a mapping of
+item id to a ``Candidate`` (raw score and the history item that explains it).
+Raw scores are on each source's own scale; the scorer normalises them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from genre.core.registry import Registry
+from genre.core.telemetry import METRICS
+from genre.schemas import ScoreRequest
+from genre.streams.app import GenreStreams
+from genre.streams.state import GraphRules, neighbour_scores
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A candidate item's raw score from one source and the history item behind it."""
+
+    score: float
+    because: str | None = None
+
+
+class CandidateSource(Protocol):
+    """Generates candidates for a batch of users."""
+
+    name: str
+
+    async def generate(self, requests: list[ScoreRequest]) -> list[dict[str, Candidate]]: ...
+
+
+CANDIDATE_SOURCES: Registry[CandidateSource] = Registry(
+    "candidate source", "scorer.candidates[].name"
+)
+
+
+@CANDIDATE_SOURCES.register("ann")
+class AnnSource:
+    """Nearest items to the user vector in the vector store (content similarity)."""
+
+    name = "ann"
+
+    def __init__(self, streams: GenreStreams, limit: int) -> None:
+        self.streams = streams
+        self.limit = limit
+        self.collection = streams.config.qdrant.items_collection
+
+    async def generate(self, requests: list[ScoreRequest]) -> list[dict[str, Candidate]]:
+        with_vec = [i for i, r in enumerate(requests) if r.vector]
+        out: list[dict[str, Candidate]] = [{} for _ in requests]
+        if not with_vec:
+            return out
+        # Over-fetch by the history length so seen items can be filtered out later.
+        vectors = np.asarray([requests[i].vector for i in with_vec], np.float32)  # [B, D]
+        extra = max(len(requests[i].seen_items) for i in with_vec)
+        limit = min(self.limit + extra, 10_000)
+        results = await self.streams.in_store(
+            self.streams.store.search_batch, self.collection, vectors, limit
+        )
+        for i, hits in zip(with_vec, results, strict=True):
+            out[i] = {h.id: Candidate(h.score) for h in hits}
+        return out
+
+
+@CANDIDATE_SOURCES.register("co_click")
+class CoClickSource:
+    """Items co-clicked with the user's recent items (time-decayed item graph)."""
+
+    name = "co_click"
+
+    def __init__(self, streams: GenreStreams, limit: int, recent_items: int = 20) -> None:
+        self.streams = streams
+        self.limit = limit
+        self.recent_items = recent_items
+        s = streams.config.streams
+        self.rules = GraphRules(s.edge_half_life_s, s.trending_half_life_s, s.max_neighbours)
+
+    async def generate(self, requests: list[ScoreRequest]) -> list[dict[str, Candidate]]:
+        now = self.streams.event_now()
+        out = []
+        for req in requests:
+            scores = neighbour_scores(
+                self.streams.graph.get, req.recent_items[-self.recent_items :], self.rules, now
+            )
+            seen = set(req.seen_items)
+            best = heapq.nlargest(
+                self.limit,
+                ((item, sw) for item, sw in scores.items() if item not in seen),
+                key=lambda kv: kv[1][0],
+            )
+            out.append({item: Candidate(score, because) for item, (score, because) in best})
+        return out
+
+
+@CANDIDATE_SOURCES.register("trending")
+class TrendingSource:
+    """The most popular items right now (time-decayed click counts), refreshed periodically."""
+
+    name = "trending"
+
+    def __init__(self, streams: GenreStreams, limit: int, refresh_s: float = 1.0) -> None:
+        self.streams = streams
+        self.limit = limit
+        self.refresh_s = refresh_s
+        s = streams.config.streams
+        self.rules = GraphRules(s.edge_half_life_s, s.trending_half_life_s, s.max_neighbours)
+        self._top: list[tuple[str, float]] = []
+        self._refreshed = 0.0
+
+    def top(self) -> list[tuple[str, float]]:
+        """The current trending list, recomputed at most every ``refresh_s`` seconds."""
+        if time.monotonic() - self._refreshed >= self.refresh_s:
+            now = self.streams.event_now()
+            # Over-fetch so users who saw the head of the list still get candidates.
+            k = self.limit * 4
+            self._top = heapq.nlargest(
+                k,
+                (
+                    (item, self.rules.popularity(state, now))
+                    for item, state in list(self.streams.graph.items())
+                ),
+                key=lambda kv: kv[1],
+            )
+            self._refreshed = time.monotonic()
+        return self._top
+
+    async def generate(self, requests: list[ScoreRequest]) -> list[dict[str, Candidate]]:
+        top = self.top()
+        out = []
+        for req in requests:
+            seen = set(req.seen_items)
+            picked = [(item, s) for item, s in top if item not in seen][: self.limit]
+            out.append({item: Candidate(score) for item, score in picked})
+        return out
+
+
+def build_sources(streams: GenreStreams) -> list[tuple[CandidateSource, float]]:
+    """Instantiate the configured sources with their blend weights."""
+    sources = []
+    for spec in streams.config.scorer.candidates:
+        params: dict[str, Any] = dict(spec.params)
+        source = CANDIDATE_SOURCES.create(spec.name, streams, spec.limit, **params)
+        sources.append((source, spec.weight))
+    return sources
+
+
+def count_candidates(name: str, per_request: list[dict[str, Candidate]]) -> None:
+    """Export how many candidates a source produced."""
+    METRICS.candidates.labels(name).inc(sum(len(c) for c in per_request))

@@ -1,0 +1,241 @@
+"""The scorer worker: candidates -> blended, filtered, explained lists -> topic and Qdrant."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from genre.core.registry import Registry
+from genre.core.telemetry import METRICS
+from genre.core.vectorstore import StoredVector
+from genre.schemas import Recommendation, RecommendedItem, ScoreRequest
+from genre.streams.app import GenreStreams
+from genre.workers.candidates import Candidate, build_sources, count_candidates
+
+SOURCE_REASONS = {
+    "trending": "trending now",
+    "ann": "matches your taste",
+    "co_click": "often watched together with your recent picks",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """A ranked item before explanation: blended score, winning source, evidence item."""
+
+    item_id: str
+    score: float
+    source: str
+    because: str | None
+
+
+class Filter(Protocol):
+    """Removes candidates a user must not see."""
+
+    def keep(self, request: ScoreRequest, item_id: str) -> bool: ...
+
+
+FILTERS: Registry[Filter] = Registry("filter", "scorer.filters[].name")
+
+
+@FILTERS.register("seen")
+class SeenFilter:
+    """Drops items the user has already interacted with (history and seen set)."""
+
+    def keep(self, request: ScoreRequest, item_id: str) -> bool:
+        return item_id not in request.seen_items and item_id not in request.recent_items
+
+
+class Scorer(Protocol):
+    """Combines per-source candidates into one ranked list."""
+
+    name: str
+
+    def rank(
+        self,
+        per_source: Sequence[tuple[str, float, dict[str, Candidate]]],
+        keep: Any,
+        top_k: int,
+    ) -> list[Scored]: ...
+
+
+SCORERS: Registry[Scorer] = Registry("scorer", "scorer.name")
+
+
+@SCORERS.register("blend")
+class BlendScorer:
+    """Weighted sum of per-source scores, each min-max normalised to [0, 1] per user.
+
+    Normalising per user and source puts cosine similarities, co-click weights
+    and popularity counts on one scale, so the YAML weights mean what they say.
+    """
+
+    name = "blend"
+
+    def rank(
+        self,
+        per_source: Sequence[tuple[str, float, dict[str, Candidate]]],
+        keep: Any,
+        top_k: int,
+    ) -> list[Scored]:
+        totals: dict[str, float] = {}
+        best: dict[str, tuple[float, str, str | None]] = {}
+        for name, weight, candidates in per_source:
+            if not candidates or weight <= 0:
+                continue
+            raw = np.fromiter((c.score for c in candidates.values()), np.float64)
+            lo, hi = float(raw.min()), float(raw.max())
+            span = hi - lo
+            for item, cand in candidates.items():
+                if not keep(item):
+                    continue
+                norm = (cand.score - lo) / span if span > 0 else 1.0
+                contribution = weight * norm
+                totals[item] = totals.get(item, 0.0) + contribution
+                if item not in best or contribution > best[item][0]:
+                    best[item] = (contribution, name, cand.because)
+        ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]
+        return [Scored(item, score, best[item][1], best[item][2]) for item, score in ranked]
+
+
+def explain(scored: Scored, request: ScoreRequest, items: dict[str, StoredVector]) -> str:
+    """A human-readable reason: the history item behind it, else the source's phrase."""
+    because = scored.because
+    if because is None and scored.source == "ann":
+        because = _most_similar_recent(scored.item_id, request.recent_items[-20:], items)
+    title = _title(items.get(because)) if because else ""
+    if title:
+        return f"because you watched {title}"
+    return SOURCE_REASONS.get(scored.source, f"from {scored.source}")
+
+
+def _most_similar_recent(
+    item_id: str, recent: Sequence[str], items: dict[str, StoredVector]
+) -> str | None:
+    target = items.get(item_id)
+    history = [items[i] for i in recent if i in items]
+    if target is None or not history:
+        return None
+    sims = np.stack([h.vector for h in history]) @ target.vector  # [H]
+    return history[int(np.argmax(sims))].id
+
+
+def _title(stored: StoredVector | None) -> str:
+    return str(stored.payload.get("title", "")) if stored else ""
+
+
+class ScorerWorker:
+    """Turns score requests into published recommendations, a micro-batch at a time."""
+
+    def __init__(self, streams: GenreStreams, model_version: str) -> None:
+        cfg = streams.config.scorer
+        self.streams = streams
+        self.top_k = cfg.top_k
+        self.sources = build_sources(streams)
+        self.scorer = SCORERS.create(cfg.name)
+        self.filters = [FILTERS.create(f.name, **f.params) for f in cfg.filters]
+        self.model_version = (
+            f"{cfg.name}+{'+'.join(s.name for s, _ in self.sources)}@{model_version}"
+        )
+        self.users_collection = streams.config.qdrant.users_collection
+        METRICS.model_info.labels("scorer", self.model_version).set(1)
+
+    async def handle(self, requests: list[ScoreRequest]) -> list[Recommendation]:
+        """Score a batch (latest request per user wins) and publish each list."""
+        latest: dict[str, ScoreRequest] = {}
+        for req in requests:
+            latest[req.user_id] = req
+            self.streams.observe_event_time(req.trigger_ts)
+        batch = list(latest.values())
+        per_source = []
+        for source, weight in self.sources:
+            start = time.perf_counter()
+            candidates = await source.generate(batch)
+            METRICS.inference_seconds.labels(f"source:{source.name}", "cpu").observe(
+                time.perf_counter() - start
+            )
+            count_candidates(source.name, candidates)
+            per_source.append((source.name, weight, candidates))
+        ranked = []
+        needed: set[str] = set()
+        for i, req in enumerate(batch):
+
+            def keep(item: str, req: ScoreRequest = req) -> bool:
+                return all(f.keep(req, item) for f in self.filters)
+
+            scored = self.scorer.rank(
+                [(name, w, cands[i]) for name, w, cands in per_source], keep, self.top_k
+            )
+            ranked.append(scored)
+            needed.update(s.item_id for s in scored)
+            needed.update(s.because for s in scored if s.because)
+            needed.update(req.recent_items[-20:])
+        items = await self.streams.in_store(self.streams.catalog.get_many, needed)
+        recs = []
+        now = time.time()
+        for req, scored in zip(batch, ranked, strict=True):
+            rec = Recommendation(
+                user_id=req.user_id,
+                items=[
+                    RecommendedItem(
+                        item_id=s.item_id,
+                        score=round(s.score, 6),
+                        source=s.source,
+                        reason=explain(s, req, items),
+                        title=_title(items.get(s.item_id)),
+                    )
+                    for s in scored
+                ],
+                model_version=self.model_version,
+                trigger_event_id=req.trigger_event_id,
+                generated_at=now,
+                latency_ms=round(max(0.0, (now - req.trigger_produced_at) * 1000.0), 3),
+            )
+            recs.append(rec)
+        await self._publish(batch, recs)
+        return recs
+
+    async def _publish(self, batch: list[ScoreRequest], recs: list[Recommendation]) -> None:
+        topic = self.streams.topics.recommendations
+        for rec in recs:
+            await topic.send(key=rec.user_id.encode(), value=rec.to_bytes())
+            METRICS.click_to_recommendation_ms.observe(rec.latency_ms)
+        METRICS.recommendations.inc(len(recs))
+        METRICS.events_out.labels(topic.get_topic_name()).inc(len(recs))
+        with_vec = [(req, rec) for req, rec in zip(batch, recs, strict=True) if req.vector]
+        if with_vec:
+            await self.streams.in_store(
+                self.streams.store.upsert,
+                self.users_collection,
+                [req.user_id for req, _ in with_vec],
+                np.asarray([req.vector for req, _ in with_vec], np.float32),
+                [
+                    {
+                        "items": [i.item_id for i in rec.items],
+                        "generated_at": rec.generated_at,
+                        "model_version": rec.model_version,
+                        "clicks": req.clicks,
+                    }
+                    for req, rec in with_vec
+                ],
+            )
+
+
+def register_scorer_agent(streams: GenreStreams, worker: ScorerWorker) -> None:
+    """Attach the scorer agent (consumes score requests in micro-batches)."""
+    cfg = streams.config.scorer
+    topic = streams.topics.score_requests
+    name = topic.get_topic_name()
+
+    @streams.app.agent(topic, name="genre.scorer")
+    async def scorer(stream: Any) -> None:
+        async for events in stream.take_events(cfg.batch_size, within=cfg.batch_within_ms / 1000):
+            start = time.perf_counter()
+            METRICS.events_in.labels(name).inc(len(events))
+            METRICS.batch_size.labels("scorer").observe(len(events))
+            requests = [ScoreRequest.from_bytes(e.message.value) for e in events]
+            await worker.handle(requests)
+            METRICS.agent_batch_seconds.labels("scorer").observe(time.perf_counter() - start)

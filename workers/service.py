@@ -1,0 +1,65 @@
+"""Assemble and run one GENRE worker process: stream agents plus the ONNX workers."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+from genre.core.broker import ensure_topics, wait_for_broker
+from genre.core.config import GenreConfig
+from genre.core.vectorstore import VectorStore, open_vector_store
+from genre.streams.agents import register_stream_agents
+from genre.streams.app import GenreStreams, build_streams
+from genre.workers.item_encoder import ItemEncoderWorker, register_item_encoder_agent
+from genre.workers.scorer import ScorerWorker, register_scorer_agent
+from genre.workers.text_encoder import TextEncoder
+
+log = logging.getLogger("genre.worker")
+
+
+def load_encoder(config: GenreConfig) -> TextEncoder:
+    """The ONNX text encoder named by ``encoder.dir`` (export it with `genre export encoder`)."""
+    enc = config.encoder
+    encoder = TextEncoder.from_manifest(
+        config.path(enc.dir), providers=enc.providers, threads=enc.threads
+    )
+    if encoder.dim != enc.dim:
+        raise ValueError(
+            f"encoder.dim is {enc.dim} in {config.source} but the model in "
+            f"{config.path(enc.dir)} makes {encoder.dim}-d vectors; set encoder.dim: {encoder.dim}"
+        )
+    return encoder
+
+
+def build_worker(config: GenreConfig, *, store: VectorStore | None = None) -> GenreStreams:
+    """Build the Faust app with every agent of a full worker attached."""
+    encoder = load_encoder(config)
+    store = store if store is not None else open_vector_store(config)
+    store.ensure_collection(config.qdrant.items_collection, encoder.dim)
+    store.ensure_collection(config.qdrant.users_collection, encoder.dim)
+    streams = build_streams(config, store=store)
+    register_stream_agents(streams)
+    register_item_encoder_agent(streams, ItemEncoderWorker(streams, encoder))
+    register_scorer_agent(streams, ScorerWorker(streams, encoder.version))
+    streams.ready["encoder"] = True
+    return streams
+
+
+def prepare_kafka(config: GenreConfig) -> None:
+    """Check the broker answers and create every configured topic."""
+    k = config.kafka
+    wait_for_broker(k.bootstrap_servers, k.connect_timeout_s)
+    ensure_topics(k.bootstrap_servers, k.topics.all())
+
+
+def run_worker(config: GenreConfig, *, loglevel: str = "info") -> None:
+    """Run a worker until interrupted (Ctrl-C stops it cleanly)."""
+    prepare_kafka(config)
+    streams = build_worker(config)
+    worker = faust.Worker(streams.app, loglevel=loglevel, quiet=True)
+    log.info(
+        "worker %s starting: metrics on http://127.0.0.1:%s/metrics",
+        config.app_id,
+        config.streams.web_port,
+    )
+    worker.execute_from_commandline()
