@@ -52,8 +52,8 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "compression.type": "none",
     "acks": "all",
     "message.timeout.ms": 30_000,
-    # Idempotence is off: tansu 0.6 answers InitProducerId, but memory storage
-    # forgets producer state on restart; event_id de-duplication covers re-sends.
+    # Off by default: tansu 0.6 does answer InitProducerId (idempotent produce
+    # works), but event_id de-duplication already covers re-sends. Opt in via config=.
     "enable.idempotence": False,
 }
 
@@ -281,18 +281,71 @@ class ConsumeStats:
     reasons: Counter[str] = field(default_factory=Counter)
 
 
-def _assign_all(
-    consumer: Consumer, topic: str, from_beginning: bool, timeout_s: float
-) -> list[TopicPartition]:
-    md = consumer.list_topics(topic, timeout=timeout_s)
+class _TrueEnd:
+    """Start "latest" reads at the real end of each partition.
+
+    tansu 0.6 answers ListOffsets(latest) with the last batch's base offset + 1,
+    not the high watermark, so librdkafka's OFFSET_END re-reads the tail of the
+    last batch. We start one record before the reported end instead; the first
+    fetch carries the true high watermark, and records below it are skipped.
+    Against a correct broker this costs one skipped record per partition.
+    """
+
+    def __init__(self, consumer: Consumer, topic: str, timeout_s: float) -> None:
+        self.consumer = consumer
+        self.topic = topic
+        self.timeout_s = timeout_s
+        self.floor: dict[int, int | None] = {}  # partition -> end at start (None: not fetched)
+
+    def place(self, tps: list[TopicPartition]) -> None:
+        """Set each partition's start offset just before its reported end."""
+        for tp in tps:
+            low, high = self.consumer.get_watermark_offsets(
+                TopicPartition(self.topic, tp.partition), timeout=self.timeout_s
+            )
+            if high > low:
+                tp.offset = high - 1
+                self.floor[tp.partition] = None
+            else:
+                tp.offset = OFFSET_END
+
+    def skip(self, msg: Message) -> bool:
+        """True for a record that was already in the partition when reading started."""
+        p = int(msg.partition() or 0)
+        if p not in self.floor:
+            return False
+        floor = self.floor[p]
+        if floor is None:
+            tp = TopicPartition(self.topic, p)
+            floor = int(self.consumer.get_watermark_offsets(tp, cached=True)[1])
+            self.floor[p] = floor
+        if int(msg.offset() or 0) < floor:
+            return True
+        del self.floor[p]
+        return False
+
+
+def _assign_all(consumer: Consumer, topic: str, from_beginning: bool, end: _TrueEnd) -> None:
+    md = consumer.list_topics(topic, timeout=end.timeout_s)
     tmd = md.topics.get(topic)
     if tmd is None or tmd.error is not None or not tmd.partitions:
         reason = tmd.error if tmd is not None else "not in metadata"
         raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"{topic}: {reason}"))
-    start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-    parts = [TopicPartition(topic, p, start) for p in sorted(tmd.partitions)]
+    parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(tmd.partitions)]
+    if not from_beginning:
+        end.place(parts)
     consumer.assign(parts)
-    return parts
+
+
+def _subscribe(consumer: Consumer, topic: str, from_beginning: bool, end: _TrueEnd) -> None:
+    def on_assign(c: Consumer, parts: list[TopicPartition]) -> None:
+        if from_beginning or not parts:
+            return
+        committed = c.committed(parts, timeout=end.timeout_s)
+        end.place([tp for tp in committed if tp.offset < 0])
+        c.assign(committed)
+
+    consumer.subscribe([topic], on_assign=on_assign)
 
 
 def _caught_up(consumer: Consumer, at_end: set[int]) -> bool:
@@ -335,12 +388,12 @@ def iter_records(
         conf["enable.partition.eof"] = True
     conf.update(config or {})
     consumer = Consumer(conf)
-    meta_timeout = kafka.connect_timeout_s
     try:
+        end = _TrueEnd(consumer, topic, kafka.connect_timeout_s)
         if group_id is None:
-            _assign_all(consumer, topic, from_beginning, meta_timeout)
+            _assign_all(consumer, topic, from_beginning, end)
         else:
-            consumer.subscribe([topic])
+            _subscribe(consumer, topic, from_beginning, end)
         at_end: set[int] = set()  # partitions whose last poll was end-of-partition
         idle_since = time.monotonic()
         while True:
@@ -357,7 +410,7 @@ def iter_records(
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    at_end.add(msg.partition())
+                    at_end.add(int(msg.partition() or 0))
                     if stop_at_end and _caught_up(consumer, at_end):
                         return
                     continue
@@ -365,8 +418,10 @@ def iter_records(
                     raise KafkaException(err)
                 log.warning("consumer error on %s: %s", topic, err.str())
                 continue
+            at_end.discard(int(msg.partition() or 0))
+            if end.skip(msg):
+                continue
             idle_since = time.monotonic()
-            at_end.discard(msg.partition())
             stats.received += 1
             result = parse_record(model, msg.value())
             if isinstance(result, Rejection):

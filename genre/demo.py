@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 import yaml
-from confluent_kafka import Consumer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -61,16 +62,22 @@ class RecLog:
             self.last_at = at
 
 
-def _consume(conf: dict[str, str], topic: str, log: RecLog, stop: threading.Event) -> None:
+def _assigned_consumer(conf: dict[str, str], topic: str) -> Consumer:
+    """A consumer reading every partition of ``topic`` from the start, without a group.
+
+    Observers need no group: joining one costs ~30 s on the embedded broker
+    (see the README's known limitations), and they must not miss early records.
+    """
     consumer = Consumer(
-        {
-            **conf,
-            "group.id": f"genre-demo-{os.getpid()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
+        {**conf, "group.id": f"genre-demo-{os.getpid()}", "enable.auto.commit": False}
     )
-    consumer.subscribe([topic])
+    meta = consumer.list_topics(topic, timeout=10).topics[topic]
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+    return consumer
+
+
+def _consume(conf: dict[str, str], topic: str, log: RecLog, stop: threading.Event) -> None:
+    consumer = _assigned_consumer(conf, topic)
     try:
         while not stop.is_set():
             msg = consumer.poll(0.1)
@@ -86,15 +93,7 @@ def _consume(conf: dict[str, str], topic: str, log: RecLog, stop: threading.Even
 
 
 def _count_topic(conf: dict[str, str], topic: str, timeout_s: float = 5.0) -> int:
-    consumer = Consumer(
-        {
-            **conf,
-            "group.id": f"genre-demo-count-{os.getpid()}-{topic}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic])
+    consumer = _assigned_consumer(conf, topic)
     n, idle_since = 0, time.monotonic()
     try:
         while time.monotonic() - idle_since < timeout_s:
@@ -107,15 +106,16 @@ def _count_topic(conf: dict[str, str], topic: str, timeout_s: float = 5.0) -> in
     return n
 
 
-def _metric(port: int, name: str) -> float:
-    """Sum of a metric's samples on the worker's /metrics page."""
+def _metric(port: int, name: str, **labels: str) -> float:
+    """Sum of a metric's samples (matching ``labels``) on the worker's /metrics page."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-        text = resp.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and (line[len(name)] in " {"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+        families = text_string_to_metric_families(resp.read().decode())
+        return sum(
+            sample.value
+            for family in families
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        )
 
 
 def _wait_ready(port: int, proc: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
@@ -304,7 +304,7 @@ def run_demo(
                 time.sleep(0.2)
         end = max(rec_log.last_at, start + replay_s)
         events_in = _metric(
-            web_port, 'genre_events_in_total{topic="' + dcfg.kafka.topics.clicks.name
+            web_port, "genre_events_in_total", topic=dcfg.kafka.topics.clicks.name
         )
     finally:
         stop.set()

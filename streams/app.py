@@ -137,6 +137,11 @@ def build_streams(config: GenreConfig, *, store: VectorStore | None = None) -> G
         web_bind="127.0.0.1",
         web_port=s.web_port,
         web_in_thread=False,
+        # The embedded broker holds a new group member for about half the session
+        # timeout before assigning partitions; 6 s keeps start-up to ~3 s and is
+        # still well above the 1 s heartbeat.
+        broker_session_timeout=6.0,
+        broker_heartbeat_interval=1.0,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         producer_linger_ms=2,

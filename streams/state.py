@@ -132,7 +132,7 @@ class UserStateRules:
             weight = self.click_weights.get(str(event.type), 1.0)
             old = None if state["vector"] is None else np.asarray(state["vector"], np.float32)
             new = self.updater.update(old, state["vector_ts"], item_vector, weight, event.ts)
-            state["vector"] = [round(float(x), 6) for x in new]
+            state["vector"] = new.astype(np.float32).tolist()
             state["vector_ts"] = event.ts
         return neighbours
 

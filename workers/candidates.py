@@ -47,9 +47,10 @@ class AnnSource:
 
     name = "ann"
 
-    def __init__(self, streams: GenreStreams, limit: int) -> None:
+    def __init__(self, streams: GenreStreams, limit: int, max_overfetch: int = 200) -> None:
         self.streams = streams
         self.limit = limit
+        self.max_overfetch = max_overfetch
         self.collection = streams.config.qdrant.items_collection
 
     async def generate(self, requests: list[ScoreRequest]) -> list[dict[str, Candidate]]:
@@ -57,10 +58,12 @@ class AnnSource:
         out: list[dict[str, Candidate]] = [{} for _ in requests]
         if not with_vec:
             return out
-        # Over-fetch by the history length so seen items can be filtered out later.
+        # Over-fetch so that filtering seen items still leaves candidates; capped
+        # because every extra hit costs a payload decode (heavy users have
+        # seen hundreds of items; co_click and trending cover them too).
         vectors = np.asarray([requests[i].vector for i in with_vec], np.float32)  # [B, D]
-        extra = max(len(requests[i].seen_items) for i in with_vec)
-        limit = min(self.limit + extra, 10_000)
+        extra = min(max(len(requests[i].seen_items) for i in with_vec), self.max_overfetch)
+        limit = self.limit + extra
         results = await self.streams.in_store(
             self.streams.store.search_batch, self.collection, vectors, limit
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -174,6 +175,32 @@ def test_iter_records_roundtrip_skips_invalid(kafka: KafkaConfig) -> None:
     t0 = time.monotonic()
     assert list(iter_recommendations(kafka, timeout_s=1.0)) == []
     assert time.monotonic() - t0 < 8
+
+
+def test_tail_sees_only_new_records(kafka: KafkaConfig) -> None:
+    """Reading from "latest" skips old records (tansu's ListOffsets is off by a batch)."""
+    topic = kafka.topics.clicks.name
+    with ClickProducer(kafka) as p:
+        for i in range(8):  # one batch per partition: the case tansu reports wrongly
+            p.send(_click(i, user=f"u{i}"))
+    got: list[ClickEvent] = []
+    tail = threading.Thread(
+        target=lambda: got.extend(
+            iter_records(kafka, topic, ClickEvent, timeout_s=10, max_records=3)
+        )
+    )
+    tail.start()
+    time.sleep(1.5)
+    with ClickProducer(kafka) as p:
+        for i in range(100, 103):
+            p.send(_click(i, user=f"u{i}"))
+    tail.join(20)
+    assert not tail.is_alive()
+    assert sorted(e.event_id for e in got) == ["e100", "e101", "e102"]
+
+    # a new consumer group starting at "latest" also skips the old records
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    assert list(iter_records(kafka, topic, ClickEvent, group_id=group, timeout_s=8)) == []
 
 
 def test_iter_records_consumer_group_commits(kafka: KafkaConfig) -> None:
