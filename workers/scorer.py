@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+
 from genre.core.registry import Registry
 from genre.core.telemetry import METRICS
 from genre.core.vectorstore import StoredVector

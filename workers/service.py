@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import faust
+
 from genre.core.broker import ensure_topics, wait_for_broker
 from genre.core.config import GenreConfig
 from genre.core.vectorstore import VectorStore, open_vector_store

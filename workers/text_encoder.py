@@ -6,9 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
+
 from genre.schemas.manifest import ManifestError, ModelManifest, verify_files
 from genre.workers.onnx_runtime import OnnxModel
-from tokenizers import Tokenizer
 
 TEXT_ENCODER_KIND = "text_encoder"
 

@@ -9,6 +9,7 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
+
 from genre.core.broker import (
     BrokerError,
     EmbeddedBroker,

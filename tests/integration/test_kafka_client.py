@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, Message, TopicPartition
+
 from genre.core.broker import ensure_topics, free_port
 from genre.core.config import KafkaConfig, TopicsConfig, TopicSpec
 from genre.core.kafka_client import (

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from genre.model_export import datasets
 from genre.model_export.datasets import (
     DatasetError,

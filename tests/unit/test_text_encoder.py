@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from genre.schemas.manifest import ManifestError, load_manifest, verify_files
 from genre.workers.onnx_runtime import OnnxModel, ProviderError, resolve_providers
 from genre.workers.text_encoder import TextEncoder
