@@ -74,6 +74,10 @@ class KafkaConfig(_Section):
 
     bootstrap_servers: str = "127.0.0.1:19092"
     connect_timeout_s: float = Field(default=10.0, gt=0)
+    #: Table recovery probes each changelog's true end with a fetch. Needed on
+    #: the embedded broker (tansu 0.6 reports "start of the last batch + 1" as
+    #: the end offset, so recovery would stop short); harmless on Apache Kafka.
+    exact_end_offsets: bool = True
     security: KafkaSecurity = KafkaSecurity()
     embedded: EmbeddedBrokerConfig = EmbeddedBrokerConfig()
     topics: TopicsConfig = TopicsConfig()

@@ -90,7 +90,7 @@ def broker(
 @app.command()
 def worker(
     config: ConfigOpt = None,
-    loglevel: Annotated[str, typer.Option(help="Faust log level")] = "warning",
+    loglevel: Annotated[str, typer.Option(help="Faust log level")] = "info",
 ) -> None:
     """Run a worker: stream agents, item encoder and scorer (Ctrl-C stops it cleanly)."""
     from genre.core.broker import BrokerError

@@ -12,12 +12,8 @@ from __future__ import annotations
 import bisect
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,15 +22,15 @@ from typing import Any
 import numpy as np
 import yaml
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from genre.core.broker import EmbeddedBroker, ensure_topics, free_port
 from genre.core.config import GenreConfig
-from genre.core.kafka_client import ClickProducer
-from genre.schemas import Recommendation
+from genre.core.kafka_client import ClickProducer, iter_records
+from genre.process import WorkerProcess, WorkerProcessError
+from genre.schemas import DeadLetter, Recommendation
 
 
 class DemoError(RuntimeError):
@@ -90,56 +86,6 @@ def _consume(conf: dict[str, str], topic: str, log: RecLog, stop: threading.Even
                 log.bad += 1
     finally:
         consumer.close()
-
-
-def _count_topic(conf: dict[str, str], topic: str, timeout_s: float = 5.0) -> int:
-    consumer = _assigned_consumer(conf, topic)
-    n, idle_since = 0, time.monotonic()
-    try:
-        while time.monotonic() - idle_since < timeout_s:
-            msg = consumer.poll(0.2)
-            if msg is not None and not msg.error():
-                n += 1
-                idle_since = time.monotonic()
-    finally:
-        consumer.close()
-    return n
-
-
-def _metric(port: int, name: str, **labels: str) -> float:
-    """Sum of a metric's samples (matching ``labels``) on the worker's /metrics page."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-        families = text_string_to_metric_families(resp.read().decode())
-        return sum(
-            sample.value
-            for family in families
-            for sample in family.samples
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-        )
-
-
-def _wait_ready(port: int, proc: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise DemoError(
-                f"the worker exited with {proc.returncode}; its log:\n{_tail(log_path)}"
-            )
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise DemoError(f"the worker was not ready within {timeout_s:.0f}s; log:\n{_tail(log_path)}")
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "<no log>"
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -230,7 +176,7 @@ def run_demo(
 
     # 2. Broker and topics.
     broker = EmbeddedBroker("127.0.0.1", port, log_path=run_dir / "broker.log")
-    proc: subprocess.Popen | None = None
+    worker = WorkerProcess(dcfg_path, web_port, worker_log)
     stop = threading.Event()
     try:
         with console.status("starting the embedded broker"):
@@ -239,13 +185,10 @@ def run_demo(
 
         # 3. Worker process.
         with console.status("starting the worker (agents, item encoder, scorer)"):
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "genre", "worker", "--config", str(dcfg_path)],
-                stdout=worker_log.open("w"),
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-            _wait_ready(web_port, proc, worker_log, timeout_s=120)
+            try:
+                worker.start(ready_timeout_s=120)
+            except WorkerProcessError as exc:
+                raise DemoError(f"step 3 (worker): {exc}") from exc
 
         rec_log = RecLog()
         consumer = threading.Thread(
@@ -262,10 +205,10 @@ def run_demo(
                 producer.send_item(item)
             producer.flush(30)
             deadline = time.monotonic() + 300
-            while (done := _metric(web_port, "genre_items_encoded_total")) < len(ml.items):
+            while (done := worker.metric("genre_items_encoded_total")) < len(ml.items):
                 progress.update(task, completed=done)
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise DemoError(f"items were not encoded in time; log:\n{_tail(worker_log)}")
+                if time.monotonic() > deadline or not worker.running:
+                    raise DemoError(f"step 4: items not encoded in time; log:\n{worker.log_tail()}")
                 time.sleep(0.2)
             progress.update(task, completed=len(ml.items))
 
@@ -299,22 +242,21 @@ def run_demo(
                 with rec_log.lock:
                     done = sum(1 for e in last_event.values() if e in rec_log.arrivals)
                 progress.update(task, completed=done)
-                if done == len(last_event) or proc.poll() is not None:
+                if done == len(last_event) or not worker.running:
                     break
                 time.sleep(0.2)
         end = max(rec_log.last_at, start + replay_s)
-        events_in = _metric(
-            web_port, "genre_events_in_total", topic=dcfg.kafka.topics.clicks.name
-        )
+        events_in = worker.metric("genre_events_in_total", topic=dcfg.kafka.topics.clicks.name)
     finally:
         stop.set()
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        dlq = _count_topic(kconf, dcfg.kafka.topics.dlq.name) if broker.running else -1
+        worker.stop()
+        dlq = -1
+        if broker.running:
+            topic = dcfg.kafka.topics.dlq.name
+            records = iter_records(
+                dcfg.kafka, topic, DeadLetter, from_beginning=True, stop_at_end=True, timeout_s=10
+            )
+            dlq = sum(1 for _ in records)
         broker.stop()
 
     latencies = [

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import faust
 from aiohttp import web
+from faust.tables import TableManager
 
 from genre.core.catalog import ItemCatalog
 from genre.core.config import GenreConfig
@@ -19,6 +20,8 @@ from genre.core.telemetry import METRICS, render
 from genre.core.vectorstore import VectorStore, open_vector_store
 from genre.schemas import DeadLetter
 from genre.schemas.validation import printable
+from genre.streams import recovery
+from genre.streams.recovery import ExactEndTableManager
 
 T = TypeVar("T")
 
@@ -146,6 +149,7 @@ def build_streams(config: GenreConfig, *, store: VectorStore | None = None) -> G
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         producer_linger_ms=2,
+        TableManager=ExactEndTableManager if config.kafka.exact_end_offsets else TableManager,
         stream_buffer_maxsize=4096,
         logging_config=None,
         **_broker_settings(config),
@@ -160,6 +164,8 @@ def build_streams(config: GenreConfig, *, store: VectorStore | None = None) -> G
             internal=False,
         )
 
+    if config.kafka.exact_end_offsets:
+        recovery.CLIENT_CONFIG[config.app_id] = config.kafka.client_config()
     t = config.kafka.topics
     topics = Topics(
         clicks=topic(t.clicks),

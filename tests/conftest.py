@@ -44,3 +44,21 @@ def topic_factory(broker: object) -> Callable[..., str]:
 
 
 # ---------------------------------------------------------------------------
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# ---------------------------------------------------------------------------
+# Text encoder -- owner: model_export/encoder.py, workers/text_encoder.py
+# ---------------------------------------------------------------------------
+
+ENCODER_CACHE_DIR = REPO_ROOT / ".cache" / "models" / "encoder"
+
+
+@pytest.fixture(scope="session")
+def encoder_dir() -> Path:
+    """Exported ONNX text encoder in .cache/models/encoder (exported once, reused after)."""
+    from genre.model_export.encoder import export_text_encoder
+
+    export_text_encoder(ENCODER_CACHE_DIR)  # no-op when a matching, intact export exists
+    return ENCODER_CACHE_DIR

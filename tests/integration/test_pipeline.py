@@ -1,0 +1,218 @@
+"""The walking skeleton end to end: real broker, real worker process, real ONNX, local Qdrant."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import orjson
+import pytest
+
+from genre.core.vectorstore import QdrantStore
+from genre.schemas import DeadLetter, Recommendation
+from genre.schemas.jsonschema import SCHEMA_DIR
+
+from .conftest import Pipeline, click, read_topic
+
+pytestmark = pytest.mark.broker
+
+RECOMMENDATION_SCHEMA = json.loads((SCHEMA_DIR / "Recommendation.json").read_text())
+
+
+def latest_by_user(recs: list[Recommendation]) -> dict[str, Recommendation]:
+    out: dict[str, Recommendation] = {}
+    for rec in recs:
+        out[rec.user_id] = rec
+    return out
+
+
+def test_clicks_produce_schema_valid_recommendations(pipeline: Pipeline) -> None:
+    events = []
+    for user, genre in (("ann-space", "space"), ("ann-cook", "cooking"), ("ann-crime", "crime")):
+        events += [click(f"{user}-{i}", user, f"{genre}-{i}", ts=1_700_000_100.0 + i)
+                   for i in range(3)]
+    pipeline.send_clicks(events)
+    last = {f"{u}-2" for u in ("ann-space", "ann-cook", "ann-crime")}
+    recs = pipeline.recommendations(until_triggers=last)
+
+    for rec in recs:
+        jsonschema.validate(json.loads(rec.to_bytes()), RECOMMENDATION_SCHEMA)
+    latest = {r.trigger_event_id: r for r in recs if r.trigger_event_id in last}
+    assert set(latest) == last
+    for rec in latest.values():
+        genre = rec.user_id.split("-")[1]
+        genre = {"cook": "cooking"}.get(genre, genre)
+        clicked = {f"{genre}-{i}" for i in range(3)}
+        ids = [i.item_id for i in rec.items]
+        assert len(ids) == pipeline.config.scorer.top_k
+        assert not clicked & set(ids), "seen items must be filtered out"
+        # Content (ANN) similarity finds the rest of the user's genre on a cold graph.
+        assert {f"{genre}-{i}" for i in range(3, 6)} <= set(ids), (genre, ids)
+        top_ann = next(i for i in rec.items if i.source == "ann")
+        assert top_ann.item_id.startswith(genre), (genre, ids)
+        assert all(item.reason for item in rec.items)
+        assert any(item.reason.startswith("because you watched ") for item in rec.items)
+        assert rec.latency_ms >= 0
+        assert rec.model_version.startswith("blend+")
+        scores = [item.score for item in rec.items]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_co_clicks_drive_recommendations(pipeline: Pipeline) -> None:
+    # Many users watch space-0 then cooking-5: an odd pair that content alone would
+    # never suggest. A new user who watches space-0 should then get cooking-5.
+    events = []
+    for u in range(6):
+        user = f"cc-crowd-{u}"
+        events += [click(f"{user}-a", user, "space-0", ts=1_700_000_200.0 + u),
+                   click(f"{user}-b", user, "cooking-5", ts=1_700_000_201.0 + u)]
+    pipeline.send_clicks(events)
+    pipeline.recommendations(until_triggers={f"cc-crowd-{u}-b" for u in range(6)})
+    pipeline.send_clicks([click("cc-new-a", "cc-new", "space-0", ts=1_700_000_300.0)])
+    recs = pipeline.recommendations(until_triggers={"cc-new-a"})
+    rec = next(r for r in recs if r.trigger_event_id == "cc-new-a")
+    by_id = {i.item_id: i for i in rec.items}
+    assert "cooking-5" in by_id, [i.item_id for i in rec.items]
+    assert by_id["cooking-5"].source == "co_click"
+    assert by_id["cooking-5"].reason == "because you watched Star Wars"
+
+
+def test_bad_events_go_to_dlq_with_reasons_while_good_ones_flow(pipeline: Pipeline) -> None:
+    dlq_before = pipeline.worker.metric("genre_dlq_records_total")
+    bad = {
+        b"{not json": "invalid_json",
+        b"\xff\xfe\x00garbage": "invalid_json",
+        b"[1, 2, 3]": "not_an_object",
+        b'{"event_id": "x1", "user_id": "u", "ts": 1700000000}': "missing_field",
+        b'{"event_id": "x2", "user_id": "u", "item_id": "space-1", "ts": "soon"}': "wrong_type",
+        b'{"event_id": "x3", "user_id": "u", "item_id": "space-1", "ts": 1700000000000}':
+            "invalid_value",
+        b'{"event_id": "x4", "user_id": "u", "item_id": "space-1", "ts": 1.7e9, "x": 1}':
+            "unknown_field",
+        b"{" + b'"pad": "' + b"a" * 70_000 + b'"}': "payload_too_large",
+        b"": "empty_payload",
+    }
+    good = [click(f"dlq-good-{i}", "dlq-good", f"crime-{i}") for i in range(3)]
+    unknown = click("dlq-unknown", "dlq-good", "no-such-item")
+    pipeline.send_raw(list(bad))
+    pipeline.send_clicks([*good, unknown])
+
+    recs = pipeline.recommendations(until_triggers={"dlq-good-2"})
+    assert any(r.user_id == "dlq-good" for r in recs)
+
+    expected = sorted([*bad.values(), "unknown_item"])
+    msgs = read_topic(pipeline.config, pipeline.topics.dlq.name,
+                      until=lambda m: len(m) >= len(expected) + dlq_before)
+    letters = [DeadLetter.from_bytes(m.value()) for m in msgs]
+    mine = [d for d in letters if d.reason in set(expected)][-len(expected):]
+    assert sorted(d.reason for d in mine) == expected
+    for letter in mine:
+        assert letter.source_topic == pipeline.topics.clicks.name
+        assert letter.source_offset >= 0
+        assert letter.error
+    unknown_letter = next(d for d in mine if d.reason == "unknown_item")
+    assert "no-such-item" in unknown_letter.raw_payload
+    huge = next(d for d in mine if d.reason == "payload_too_large")
+    assert len(huge.raw_payload) < 5000, "dead letters carry a truncated payload"
+    # The books balance: everything consumed from clicks was forwarded or dead-lettered.
+    w = pipeline.worker
+    consumed = w.metric("genre_events_in_total", topic=pipeline.topics.clicks.name)
+    forwarded = w.metric("genre_events_out_total", topic=pipeline.topics.user_clicks.name)
+    ingest_rejects = sum(
+        w.metric("genre_dlq_records_total", reason=r) for r in set(bad.values())
+    )
+    assert consumed == forwarded + ingest_rejects
+
+
+def test_resent_events_count_once(pipeline: Pipeline) -> None:
+    dup_before = pipeline.worker.metric("genre_duplicate_events_total")
+    first = [click(f"dup-{i}", "dup-user", f"animation-{i}") for i in range(3)]
+    pipeline.send_clicks([*first, first[0], first[1], first[0]])
+    pipeline.send_clicks([click("dup-3", "dup-user", "animation-3")])
+    pipeline.recommendations(until_triggers={"dup-3"})
+    pipeline.worker.wait_metric("genre_duplicate_events_total", dup_before + 3, timeout_s=20)
+    state = pipeline.user_state("dup-user")
+    assert state is not None
+    assert state["clicks"] == 4
+    assert state["history"] == [f"animation-{i}" for i in range(4)]
+    assert sorted(state["recent_events"]) == [f"dup-{i}" for i in range(4)]
+
+
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_restarted_worker_recovers_tables_from_changelog(
+    fresh_pipeline: Pipeline, how: str
+) -> None:
+    p = fresh_pipeline
+    before = [click(f"rs-{i}", "rs-user", f"space-{i}", ts=1_700_000_100.0 + i) for i in range(5)]
+    p.send_clicks(before)
+    p.recommendations(until_triggers={"rs-4"})
+    if how == "kill":
+        p.worker.kill()
+    else:
+        assert p.worker.stop() is not None
+    p.worker.start(ready_timeout_s=120)
+    after = [click(f"rs-{i}", "rs-user", f"crime-{i - 5}", ts=1_700_000_200.0 + i)
+             for i in range(5, 8)]
+    p.send_clicks(after)
+    recs = p.recommendations(until_triggers={"rs-7"})
+    state = p.user_state("rs-user")
+    assert state is not None
+    # Each accepted event is reflected exactly once, across the restart.
+    assert state["clicks"] == 8
+    assert state["history"] == [f"space-{i}" for i in range(5)] + [
+        f"crime-{i}" for i in range(3)
+    ]
+    final = next(r for r in recs if r.trigger_event_id == "rs-7")
+    assert not {i.item_id for i in final.items} & set(state["history"])
+
+
+def test_user_vector_and_list_are_stored_in_qdrant(fresh_pipeline: Pipeline) -> None:
+    p = fresh_pipeline
+    p.send_clicks([click(f"qd-{i}", "qd-user", f"cooking-{i}") for i in range(3)])
+    recs = p.recommendations(until_triggers={"qd-2"})
+    final = next(r for r in recs if r.trigger_event_id == "qd-2")
+    p.worker.stop()  # local mode: release the folder lock before reading it
+    store = QdrantStore(path=str(p.config.path(p.config.qdrant.path)))
+    try:
+        stored = store.retrieve(p.config.qdrant.users_collection, ["qd-user"])["qd-user"]
+    finally:
+        store.close()
+    assert stored.payload["items"] == [i.item_id for i in final.items]
+    assert stored.vector.shape == (p.config.encoder.dim,)
+    assert abs(float((stored.vector**2).sum()) - 1.0) < 1e-3
+
+
+def test_metrics_page_exports_every_stage(pipeline: Pipeline) -> None:
+    text = pipeline.worker.metrics_text()
+    for name in ("genre_events_in_total", "genre_events_out_total", "genre_items_encoded_total",
+                 "genre_agent_batch_seconds_bucket", "genre_click_to_recommendation_ms_bucket",
+                 "genre_inference_seconds_bucket", "genre_qdrant_seconds_bucket",
+                 "genre_candidates_total", "genre_model_info"):
+        assert name in text, name
+
+
+def test_worker_names_the_unreachable_broker(encoder_dir: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from genre.core.broker import free_port
+
+    from .conftest import write_config
+
+    path = write_config(tmp_path, f"127.0.0.1:{free_port()}", encoder_dir)
+    out = subprocess.run([sys.executable, "-m", "genre", "worker", "--config", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    message = " ".join((out.stderr + out.stdout).split())
+    assert "kafka.bootstrap_servers" in message
+    assert "genre broker" in message
+
+
+def test_state_changelog_is_json(pipeline: Pipeline) -> None:
+    pipeline.send_clicks([click("js-0", "js-user", "space-3")])
+    pipeline.recommendations(until_triggers={"js-0"})
+    state = pipeline.user_state("js-user")
+    assert state is not None
+    assert orjson.loads(orjson.dumps(state)) == state
+    assert len(state["vector"]) == pipeline.config.encoder.dim
