@@ -121,8 +121,8 @@ def ensure_model(model_dir: Path) -> None:
     if (model_dir / "manifest.json").is_file():
         return
     code = (
-        "from pathlib import Path; from genre.model_export.encoder import export_text_encoder; "
-        f"export_text_encoder(Path({str(model_dir)!r}))"
+        "from pathlib import Path; from genre.export import export_encoder; "
+        f"export_encoder(Path({str(model_dir)!r}))"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -307,12 +307,15 @@ def _explain(exc: ValidationError, source: str) -> ConfigError:
     return ConfigError("\n".join(lines))
 
 
-def find_config_file(explicit: str | Path | None = None) -> Path | None:
+def find_config_file(
+    explicit: str | Path | None = None, environ: dict[str, str] | None = None
+) -> Path | None:
     """The config file to use: explicit path, ``$GENRE_CONFIG``, or ./genre.yaml."""
+    env = os.environ if environ is None else environ
     if explicit:
         return Path(explicit)
-    if os.environ.get("GENRE_CONFIG"):
-        return Path(os.environ["GENRE_CONFIG"])
+    if env.get("GENRE_CONFIG"):
+        return Path(env["GENRE_CONFIG"])
     local = Path.cwd() / DEFAULT_CONFIG_NAME
     return local if local.exists() else None
 
@@ -324,7 +327,7 @@ def load_config(
     environ: dict[str, str] | None = None,
 ) -> GenreConfig:
     """Load and validate the configuration; raises ``ConfigError`` with the key and fix."""
-    file = find_config_file(path)
+    file = find_config_file(path, environ)
     data: dict[str, Any] = {}
     source = "<built-in defaults>"
     base_dir = Path.cwd()

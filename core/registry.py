@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -45,8 +46,9 @@ class Registry(Generic[T]):
                 f"valid names: {', '.join(self.names())}"
             ) from None
         try:
-            return factory(*args, **params)
+            inspect.signature(factory).bind(*args, **params)
         except TypeError as exc:
             raise UnknownComponentError(
                 f"bad parameters for {self.role} {name!r} at {self.config_key}: {exc}"
             ) from exc
+        return factory(*args, **params)

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
 from genre.core.config import ConfigError, GenreConfig, load_config
 
@@ -36,7 +37,7 @@ def _config(path: Path | None) -> GenreConfig:
     try:
         return load_config(path)
     except ConfigError as exc:
-        console.print(f"[red]config error:[/red] {exc}")
+        console.print("[red]config error:[/red]", escape(str(exc)))
         raise typer.Exit(2) from None
 
 
@@ -65,7 +66,7 @@ def broker(
         b.start()
         ensure_topics(b.bootstrap, cfg.kafka.topics.all())
     except BrokerError as exc:
-        console.print(f"[red]broker error:[/red] {exc}")
+        console.print(f"[red]broker error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     console.print(
         f"[green]broker ready[/green] on {b.bootstrap} (log: {log_path}); Ctrl-C stops it"
@@ -103,7 +104,7 @@ def worker(
     try:
         run_worker(cfg, loglevel=loglevel)
     except (BrokerError, FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]worker cannot start:[/red] {exc}")
+        console.print(f"[red]worker cannot start:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
 
 
@@ -114,14 +115,14 @@ def export_encoder(
 ) -> None:
     """Export the item text encoder (all-MiniLM-L6-v2) to ONNX with a parity check."""
     try:
-        from genre.model_export.encoder import export_text_encoder
+        from genre.export import export_encoder
     except ImportError as exc:
         console.print(
             f"[red]{exc}[/red]; install the training extra: pip install 'genre-recsys[train]'"
         )
         raise typer.Exit(1) from None
     cfg = _config(config)
-    manifest = export_text_encoder(cfg.path(cfg.encoder.dir), force=force)
+    manifest = export_encoder(cfg.path(cfg.encoder.dir), force=force)
     typer.echo(manifest.model_dump_json(indent=2))
 
 
@@ -141,7 +142,7 @@ def data_fetch(
     try:
         path = fetch_ml100k(cfg.path("datasets"), force=force)
     except DatasetError as exc:
-        console.print(f"[red]cannot fetch {name}:[/red] {exc}")
+        console.print(f"[red]cannot fetch {name}:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     ml = load_ml100k(path)
     console.print(
@@ -172,7 +173,7 @@ def produce(
                     duplicates += 1
             except (json.JSONDecodeError, InvalidEvent) as exc:
                 rejected += 1
-                console.print(f"[yellow]line {lineno} rejected:[/yellow] {exc}")
+                console.print(f"[yellow]line {lineno} rejected:[/yellow] {escape(str(exc))}")
     summary = {"sent": sent, "rejected": rejected, "duplicates_skipped": duplicates}
     typer.echo(json.dumps(summary))
     if rejected and not sent:
@@ -248,7 +249,7 @@ def demo(
     try:
         summary = run_demo(cfg, events=events, rate=rate, sources=sources, console=console)
     except DemoError as exc:
-        console.print(f"[red]demo failed:[/red] {exc}")
+        console.print(f"[red]demo failed:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     if as_json:
         typer.echo(json.dumps(summary))

@@ -158,13 +158,13 @@ def run_demo(
     encoder_dir = cfg.path(cfg.encoder.dir)
     if not (encoder_dir / "manifest.json").exists():
         try:
-            from genre.model_export.encoder import export_text_encoder
+            from genre.export import export_encoder
         except ImportError as exc:
             raise DemoError(
                 f"step 1 (model): no encoder at {encoder_dir} and the export tools are missing "
                 f"({exc}); run `pip install 'genre-recsys[train]'` then `genre export encoder`"
             ) from exc
-        export_text_encoder(encoder_dir)
+        export_encoder(encoder_dir)
 
     run_dir = cfg.path("demo-run")
     shutil.rmtree(run_dir, ignore_errors=True)

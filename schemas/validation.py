@@ -66,7 +66,9 @@ def parse_record(model: type[T], payload: bytes | None) -> T | Rejection:
     if not isinstance(data, dict):
         return Rejection("not_an_object", f"expected a JSON object, got {type(data).__name__}")
     try:
-        return model.model_validate(data)
+        # Strict JSON mode: "ts": "1700000000" or "weight": true are rejected, as the
+        # published JSON Schema rejects them (the orjson pass above only names the reason).
+        return model.model_validate_json(payload, strict=True)
     except ValidationError as exc:
         return Rejection(_reason_for(exc), _describe(exc))
 

@@ -119,7 +119,8 @@ class UserStateRules:
         self, state: UserState, event: ClickEvent, item_vector: np.ndarray | None
     ) -> list[str]:
         """Apply ``event`` to ``state`` in place; returns the items it co-clicks with."""
-        neighbours = [i for i in state["history"][-self.co_click_window :] if i != event.item_id]
+        window = state["history"][-self.co_click_window :] if self.co_click_window > 0 else []
+        neighbours = [i for i in window if i != event.item_id]
         neighbours = list(dict.fromkeys(reversed(neighbours)))  # most recent first, unique
         history = [i for i in state["history"] if i != event.item_id]
         history.append(event.item_id)
@@ -192,7 +193,8 @@ def neighbour_scores(
     More recent history items count more (1, 1/2, 1/3, ...), as in
     session-based item-kNN.
     """
-    out: dict[str, tuple[float, str]] = {}
+    totals: dict[str, float] = {}
+    best: dict[str, tuple[float, str]] = {}  # item -> (largest single contribution, its source)
     for rank, item in enumerate(reversed(recent_items)):
         state = states(item)
         if not state:
@@ -200,7 +202,7 @@ def neighbour_scores(
         position_weight = 1.0 / (rank + 1)
         for nbr, edge in state["edges"].items():
             contribution = position_weight * rules.edge_weight(edge, now)
-            score, why = out.get(nbr, (0.0, item))
-            best_why = why if score >= contribution else item
-            out[nbr] = (score + contribution, best_why)
-    return out
+            totals[nbr] = totals.get(nbr, 0.0) + contribution
+            if nbr not in best or contribution > best[nbr][0]:
+                best[nbr] = (contribution, item)
+    return {nbr: (total, best[nbr][1]) for nbr, total in totals.items()}

@@ -58,7 +58,7 @@ ENCODER_CACHE_DIR = REPO_ROOT / ".cache" / "models" / "encoder"
 @pytest.fixture(scope="session")
 def encoder_dir() -> Path:
     """Exported ONNX text encoder in .cache/models/encoder (exported once, reused after)."""
-    from genre.model_export.encoder import export_text_encoder
+    from genre.export import export_encoder
 
-    export_text_encoder(ENCODER_CACHE_DIR)  # no-op when a matching, intact export exists
+    export_encoder(ENCODER_CACHE_DIR)  # no-op when a matching, intact export exists
     return ENCODER_CACHE_DIR

@@ -58,6 +58,14 @@ class TextEncoder:
         tokenizer = Tokenizer.from_file(str(model_dir / manifest.file("tokenizer").path))
         return cls(manifest, model, tokenizer)
 
+    @classmethod
+    def for_parity(cls, manifest: ModelManifest, model_dir: Path | str) -> TextEncoder:
+        """Open a fresh export on CPU before its manifest is written (used by the exporter)."""
+        model_dir = Path(model_dir)
+        model = OnnxModel(model_dir / manifest.file("model").path, ["CPUExecutionProvider"])
+        tokenizer = Tokenizer.from_file(str(model_dir / manifest.file("tokenizer").path))
+        return cls(manifest, model, tokenizer)
+
     @property
     def dim(self) -> int:
         """Embedding dimension."""

@@ -242,9 +242,14 @@ def test_missing_explicit_file(tmp_path: Path) -> None:
 def test_missing_file_from_genre_config_env(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("GENRE_CONFIG", str(tmp_path / "gone.yaml"))
+    missing = str(tmp_path / "gone.yaml")
     with pytest.raises(ConfigError, match=r"gone\.yaml"):
-        load_config(environ={})
+        load_config(environ={"GENRE_CONFIG": missing})
+    monkeypatch.setenv("GENRE_CONFIG", missing)
+    with pytest.raises(ConfigError, match=r"gone\.yaml"):
+        load_config()
+    # An explicit environ= is hermetic: the process's GENRE_CONFIG is not consulted.
+    assert load_config(environ={}).source == "<built-in defaults>"
 
 
 def test_non_mapping_and_bad_yaml(tmp_path: Path) -> None:

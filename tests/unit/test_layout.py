@@ -143,14 +143,7 @@ def test_import_collector_sees_nested_imports() -> None:
         "schemas",
         "core",
         "streams",
-        pytest.param(
-            "model_export",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="model_export/encoder.py:303-304 imports genre.workers.onnx_runtime and "
-                "genre.workers.text_encoder inside export_text_encoder (parity check)",
-            ),
-        ),
+        "model_export",
         "workers",
     ],
 )

@@ -121,11 +121,6 @@ def test_co_click_neighbours_most_recent_first() -> None:
     assert state["history"] == ["a", "b", "c", "d"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="co_click_window=0 (allowed by config, ge=0) slices history[-0:], i.e. the whole "
-    "history, instead of giving no neighbours (streams/state.py:122)",
-)
 def test_co_click_window_zero_gives_no_neighbours() -> None:
     rules, state = _rules(history_size=10, co_click_window=0), new_user_state()
     for item in "abc":
@@ -284,11 +279,6 @@ def test_neighbour_scores_third_rank_weight() -> None:
     assert out["x"] == (pytest.approx(1.0), "a")  # 3 * 1/3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="neighbour_scores compares the running total, not the best single contribution, "
-    "so the 'because' item can be one that contributed less (streams/state.py:203-205)",
-)
 def test_neighbour_scores_because_is_largest_contributor() -> None:
     # contributions to x: from c (rank 1) 0.3, from b (rank 2) 0.4/2 = 0.2,
     # from a (rank 3) 1.35/3 = 0.45 -> a contributed most.

@@ -221,10 +221,10 @@ def test_onnx_model_feeds_only_declared_inputs(encoder_dir: Path) -> None:
 
 
 def test_export_is_reused_when_manifest_matches(encoder_dir: Path) -> None:
-    from genre.model_export.encoder import export_text_encoder
+    from genre.export import export_encoder
 
     before = load_manifest(encoder_dir)
-    again = export_text_encoder(encoder_dir)
+    again = export_encoder(encoder_dir)
     assert again == before
 
 

@@ -1,0 +1,16 @@
+"""Model export entry points: the offline exporter wired to the serving runtime for parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from genre.schemas.manifest import ModelManifest
+
+
+def export_encoder(out_dir: Path, **kwargs: Any) -> ModelManifest:
+    """Export the text encoder; its parity check runs the serving-side ``TextEncoder``."""
+    from genre.model_export.encoder import export_text_encoder
+    from genre.workers.text_encoder import TextEncoder
+
+    return export_text_encoder(out_dir, runtime=TextEncoder.for_parity, **kwargs)
