@@ -26,6 +26,18 @@ class ItemCatalog:
     def __post_init__(self) -> None:
         self._items: OrderedDict[str, StoredVector] = OrderedDict()
 
+    def cached(self, ids: Iterable[str]) -> tuple[dict[str, StoredVector], list[str]]:
+        """Split ``ids`` into cached entries and misses; never blocks (safe on the event loop)."""
+        hits: dict[str, StoredVector] = {}
+        misses: list[str] = []
+        for key in dict.fromkeys(ids):
+            hit = self._items.get(key)
+            if hit is None:
+                misses.append(key)
+            else:
+                hits[key] = hit
+        return hits, misses
+
     def get_many(self, ids: Iterable[str]) -> dict[str, StoredVector]:
         """Vectors and payloads for ``ids``; unknown ids are absent from the result."""
         wanted = list(dict.fromkeys(ids))

@@ -78,6 +78,10 @@ class KafkaConfig(_Section):
     #: the embedded broker (tansu 0.6 reports "start of the last batch + 1" as
     #: the end offset, so recovery would stop short); harmless on Apache Kafka.
     exact_end_offsets: bool = True
+    #: Longest time a stream consumer's fetch waits at the broker for data. The
+    #: embedded broker answers only when the wait expires, so this bounds the
+    #: latency each topic hop adds; Apache Kafka answers as data arrives.
+    fetch_max_wait_ms: int = Field(default=10, ge=1, le=10_000)
     security: KafkaSecurity = KafkaSecurity()
     embedded: EmbeddedBrokerConfig = EmbeddedBrokerConfig()
     topics: TopicsConfig = TopicsConfig()
@@ -97,6 +101,10 @@ class KafkaConfig(_Section):
         if self.security.ssl_cafile:
             conf["ssl.ca.location"] = self.security.ssl_cafile
         return conf
+
+    def consumer_config(self) -> dict[str, str | int]:
+        """librdkafka settings for a consumer: the client settings plus the fetch wait."""
+        return {**self.client_config(), "fetch.wait.max.ms": self.fetch_max_wait_ms}
 
 
 class ComponentSpec(_Section):
@@ -124,6 +132,7 @@ class StreamsConfig(_Section):
     user_vector: ComponentSpec = ComponentSpec(name="decayed_mean", params={"half_life_s": 86400.0})
     store: str = "memory://"
     web_port: int = Field(default=6066, ge=0, le=65535)
+    web_bind: str = "127.0.0.1"
 
 
 class QdrantConfig(_Section):
@@ -246,9 +255,11 @@ def _mask(data: Any, model: Any) -> Any:
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
+        if not name.startswith(ENV_PREFIX):
             continue
         keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__")]
+        if len(keys) == 1 and keys[0] not in GenreConfig.model_fields:
+            continue  # GENRE_CONFIG, GENRE_TANSU_BIN...: not configuration keys
         node = tree
         for key in keys[:-1]:
             node = node.setdefault(key, {})

@@ -377,7 +377,7 @@ def iter_records(
     """
     stats = stats if stats is not None else ConsumeStats()
     conf: dict[str, Any] = {
-        **kafka.client_config(),
+        **kafka.consumer_config(),
         "group.id": group_id or f"genre-reader-{uuid.uuid4().hex[:12]}",
         "enable.auto.commit": group_id is not None,
         "auto.offset.reset": "earliest" if from_beginning else "latest",

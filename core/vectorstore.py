@@ -160,7 +160,7 @@ class QdrantStore:
         if len(vectors) == 0:
             return []
         requests = [
-            models.QueryRequest(query=vec.tolist(), limit=limit, with_payload=True)
+            models.QueryRequest(query=vec.tolist(), limit=limit, with_payload=[ID_FIELD])
             for vec in np.asarray(vectors, np.float32)
         ]
         with _timed("search"):

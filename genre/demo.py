@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import os
 import shutil
+import signal
 import threading
 import time
 from collections import defaultdict
@@ -86,6 +87,10 @@ def _consume(conf: dict[str, str], topic: str, log: RecLog, stop: threading.Even
                 log.bad += 1
     finally:
         consumer.close()
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -171,12 +176,14 @@ def run_demo(
     run_dir.mkdir(parents=True)
     port, web_port = free_port(), free_port()
     dcfg, dcfg_path = _demo_config(cfg, run_dir, port, web_port, sources)
-    kconf = dcfg.kafka.client_config()
+    kconf = dcfg.kafka.consumer_config()
     worker_log = run_dir / "worker.log"
 
     # 2. Broker and topics.
     broker = EmbeddedBroker("127.0.0.1", port, log_path=run_dir / "broker.log")
     worker = WorkerProcess(dcfg_path, web_port, worker_log)
+    # SIGTERM (e.g. `timeout`, a supervisor) must stop the child worker and broker too.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     stop = threading.Event()
     try:
         with console.status("starting the embedded broker"):
@@ -250,6 +257,7 @@ def run_demo(
     finally:
         stop.set()
         worker.stop()
+        signal.signal(signal.SIGTERM, previous)
         dlq = -1
         if broker.running:
             topic = dcfg.kafka.topics.dlq.name

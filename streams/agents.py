@@ -84,9 +84,7 @@ def register_stream_agents(streams: GenreStreams) -> None:
             METRICS.events_in.labels(user_clicks_name).inc(len(events))
             METRICS.batch_size.labels("user-state").observe(len(events))
             clicks = [UserClick.from_bytes(e.message.value) for e in events]
-            vectors = await streams.in_store(
-                streams.catalog.get_many, [c.event.item_id for c in clicks]
-            )
+            vectors = await streams.items(c.event.item_id for c in clicks)
             touched: dict[str, dict] = {}
             triggers: dict[str, UserClick] = {}
             co: dict[str, CoClick] = {}

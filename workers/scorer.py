@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,7 +36,9 @@ class Scored:
 class Filter(Protocol):
     """Removes candidates a user must not see."""
 
-    def keep(self, request: ScoreRequest, item_id: str) -> bool: ...
+    def predicate(self, request: ScoreRequest) -> Callable[[str], bool]:
+        """A test ``item_id -> keep?`` for one request, built once per request."""
+        ...
 
 
 FILTERS: Registry[Filter] = Registry("filter", "scorer.filters[].name")
@@ -46,8 +48,9 @@ FILTERS: Registry[Filter] = Registry("filter", "scorer.filters[].name")
 class SeenFilter:
     """Drops items the user has already interacted with (history and seen set)."""
 
-    def keep(self, request: ScoreRequest, item_id: str) -> bool:
-        return item_id not in request.seen_items and item_id not in request.recent_items
+    def predicate(self, request: ScoreRequest) -> Callable[[str], bool]:
+        excluded = frozenset(request.seen_items).union(request.recent_items)
+        return lambda item_id: item_id not in excluded
 
 
 class Scorer(Protocol):
@@ -163,9 +166,10 @@ class ScorerWorker:
         ranked = []
         needed: set[str] = set()
         for i, req in enumerate(batch):
+            tests = [f.predicate(req) for f in self.filters]
 
-            def keep(item: str, req: ScoreRequest = req) -> bool:
-                return all(f.keep(req, item) for f in self.filters)
+            def keep(item: str, tests: list[Callable[[str], bool]] = tests) -> bool:
+                return all(test(item) for test in tests)
 
             scored = self.scorer.rank(
                 [(name, w, cands[i]) for name, w, cands in per_source], keep, self.top_k
@@ -174,7 +178,7 @@ class ScorerWorker:
             needed.update(s.item_id for s in scored)
             needed.update(s.because for s in scored if s.because)
             needed.update(req.recent_items[-20:])
-        items = await self.streams.in_store(self.streams.catalog.get_many, needed)
+        items = await self.streams.items(needed)
         recs = []
         now = time.time()
         for req, scored in zip(batch, ranked, strict=True):

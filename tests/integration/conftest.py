@@ -72,7 +72,7 @@ def read_topic(
     Stops when ``until(messages)`` is true, after ``idle_s`` without a message
     (only when no ``until`` is given), or at ``timeout_s``.
     """
-    consumer = Consumer({**config.kafka.client_config(), "group.id": f"test-{uuid.uuid4().hex}",
+    consumer = Consumer({**config.kafka.consumer_config(), "group.id": f"test-{uuid.uuid4().hex}",
                          "enable.auto.commit": False})
     meta = consumer.list_topics(topic, timeout=10).topics[topic]
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])

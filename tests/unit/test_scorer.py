@@ -104,7 +104,7 @@ def test_blend_keep_filter_removes_items() -> None:
     request = _request(recent=["a"], seen=["b"])
     seen = SeenFilter()
     per_source = [("s", 1.0, _cands(a=5.0, b=4.0, c=3.0, d=2.0))]
-    ranked = BlendScorer().rank(per_source, lambda i: seen.keep(request, i), 10)
+    ranked = BlendScorer().rank(per_source, seen.predicate(request), 10)
     assert _ids(ranked) == ["c", "d"]
 
 
@@ -142,10 +142,10 @@ def test_registries() -> None:
 
 def test_seen_filter() -> None:
     request = _request(recent=["r"], seen=["s"])
-    f = SeenFilter()
-    assert not f.keep(request, "r")
-    assert not f.keep(request, "s")
-    assert f.keep(request, "new")
+    keep = SeenFilter().predicate(request)
+    assert not keep("r")
+    assert not keep("s")
+    assert keep("new")
 
 
 # ---------------------------------------------------------------------------
