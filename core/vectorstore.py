@@ -57,6 +57,7 @@ class VectorStore(Protocol):
     def delete(self, name: str, ids: Sequence[str]) -> None: ...
     def retrieve(self, name: str, ids: Sequence[str]) -> dict[str, StoredVector]: ...
     def search_batch(self, name: str, vectors: np.ndarray, limit: int) -> list[list[Hit]]: ...
+    def scroll(self, name: str, page: int = 1000) -> Iterator[StoredVector]: ...
     def count(self, name: str) -> int: ...
     def close(self) -> None: ...
 
@@ -172,6 +173,23 @@ class QdrantStore:
             ]
             for resp in responses
         ]
+
+    def scroll(self, name: str, page: int = 1000) -> Iterator[StoredVector]:
+        """Every point of ``name`` with its vector and payload, page by page."""
+        if not self.client.collection_exists(name):
+            return
+        offset = None
+        while True:
+            with _timed("scroll"):
+                points, offset = self.client.scroll(
+                    name, limit=page, offset=offset, with_vectors=True, with_payload=True
+                )
+            for p in points:
+                payload = dict(p.payload or {})
+                key = str(payload.get(ID_FIELD))
+                yield StoredVector(key, np.asarray(p.vector, dtype=np.float32), payload)
+            if offset is None:
+                return
 
     def count(self, name: str) -> int:
         """Number of points in ``name`` (0 when the collection does not exist)."""

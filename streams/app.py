@@ -16,6 +16,7 @@ from faust.tables import TableManager
 
 from genre.core.catalog import ItemCatalog
 from genre.core.config import GenreConfig
+from genre.core.exact_index import ExactIndex
 from genre.core.telemetry import METRICS, render
 from genre.core.vectorstore import StoredVector, VectorStore, open_vector_store
 from genre.schemas import DeadLetter
@@ -58,6 +59,8 @@ class GenreStreams:
     model_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="model")
     )
+    #: Exact in-memory item index, used instead of Qdrant queries in local mode.
+    index: ExactIndex | None = None
     ready: dict[str, bool] = field(default_factory=dict)
     #: Newest event time seen by this process (Unix seconds); 0 until the first click.
     event_time: float = 0.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -44,14 +44,30 @@ CANDIDATE_SOURCES: Registry[CandidateSource] = Registry(
 
 @CANDIDATE_SOURCES.register("ann")
 class AnnSource:
-    """Nearest items to the user vector in the vector store (content similarity)."""
+    """Nearest items to the user vector (content similarity).
+
+    ``index``: ``auto`` searches the exact in-memory index when the worker has
+    one (Qdrant local mode) and the Qdrant collection otherwise; ``qdrant`` and
+    ``exact`` force one. Both are exact in local mode, so they return the same items.
+    """
 
     name = "ann"
 
-    def __init__(self, streams: GenreStreams, limit: int, max_overfetch: int = 200) -> None:
+    def __init__(
+        self,
+        streams: GenreStreams,
+        limit: int,
+        max_overfetch: int = 200,
+        index: Literal["auto", "qdrant", "exact"] = "auto",
+    ) -> None:
+        if index not in ("auto", "qdrant", "exact"):
+            raise ValueError(f"index must be auto, qdrant or exact, got {index!r}")
+        if index == "exact" and streams.index is None:
+            raise ValueError("index: exact needs Qdrant local mode (qdrant.url unset)")
         self.streams = streams
         self.limit = limit
         self.max_overfetch = max_overfetch
+        self.use_exact = streams.index is not None and index != "qdrant"
         self.collection = streams.config.qdrant.items_collection
 
     async def generate(self, requests: list[ScoreRequest]) -> list[dict[str, Candidate]]:
@@ -65,9 +81,12 @@ class AnnSource:
         vectors = np.asarray([requests[i].vector for i in with_vec], np.float32)  # [B, D]
         extra = min(max(len(requests[i].seen_items) for i in with_vec), self.max_overfetch)
         limit = self.limit + extra
-        results = await self.streams.in_store(
-            self.streams.store.search_batch, self.collection, vectors, limit
-        )
+        if self.use_exact and self.streams.index is not None:
+            results = self.streams.index.search_batch(vectors, limit)
+        else:
+            results = await self.streams.in_store(
+                self.streams.store.search_batch, self.collection, vectors, limit
+            )
         for i, hits in zip(with_vec, results, strict=True):
             out[i] = {h.id: Candidate(h.score) for h in hits}
         return out

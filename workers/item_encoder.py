@@ -33,6 +33,8 @@ class ItemEncoderWorker:
             await self.streams.in_store(self.streams.store.delete, self.collection, deletes)
             for key in deletes:
                 self.streams.catalog.forget(key)
+            if self.streams.index is not None:
+                self.streams.index.delete(deletes)
         if not upserts:
             return
         start = time.perf_counter()
@@ -52,6 +54,8 @@ class ItemEncoderWorker:
         )
         for key, vec, payload in zip(ids, vectors, payloads, strict=True):
             self.streams.catalog.put(key, vec, {**payload, "id": key})
+        if self.streams.index is not None:
+            self.streams.index.upsert(ids, vectors)
         METRICS.items_encoded.inc(len(upserts))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,10 @@ from genre.core.vectorstore import StoredVector
 from genre.schemas import Recommendation, RecommendedItem, ScoreRequest
 from genre.streams.app import GenreStreams
 from genre.workers.candidates import Candidate, build_sources, count_candidates
+
+#: How often user vectors and lists are written to Qdrant ``users``: often enough
+#: that the stored list trails the published one by well under a second.
+USERS_FLUSH_S = 0.25
 
 SOURCE_REASONS = {
     "trending": "trending now",
@@ -145,6 +150,9 @@ class ScorerWorker:
             f"{cfg.name}+{'+'.join(s.name for s, _ in self.sources)}@{model_version}"
         )
         self.users_collection = streams.config.qdrant.users_collection
+        #: user_id -> (vector, payload) not yet written to Qdrant; a background task
+        #: flushes it, so vector-store writes never delay the next scoring batch.
+        self.pending_users: dict[str, tuple[list[float], dict[str, Any]]] = {}
         METRICS.model_info.labels("scorer", self.model_version).set(1)
 
     async def handle(self, requests: list[ScoreRequest]) -> list[Recommendation]:
@@ -210,23 +218,32 @@ class ScorerWorker:
             METRICS.click_to_recommendation_ms.observe(rec.latency_ms)
         METRICS.recommendations.inc(len(recs))
         METRICS.events_out.labels(topic.get_topic_name()).inc(len(recs))
-        with_vec = [(req, rec) for req, rec in zip(batch, recs, strict=True) if req.vector]
-        if with_vec:
-            await self.streams.in_store(
-                self.streams.store.upsert,
-                self.users_collection,
-                [req.user_id for req, _ in with_vec],
-                np.asarray([req.vector for req, _ in with_vec], np.float32),
-                [
+        for req, rec in zip(batch, recs, strict=True):
+            if req.vector:
+                self.pending_users[req.user_id] = (
+                    req.vector,
                     {
                         "items": [i.item_id for i in rec.items],
                         "generated_at": rec.generated_at,
                         "model_version": rec.model_version,
                         "clicks": req.clicks,
-                    }
-                    for req, rec in with_vec
-                ],
-            )
+                    },
+                )
+
+    async def flush_users(self) -> int:
+        """Write pending user vectors and lists to Qdrant ``users`` (latest per user)."""
+        if not self.pending_users:
+            return 0
+        pending, self.pending_users = self.pending_users, {}
+        ids = list(pending)
+        await self.streams.in_store(
+            self.streams.store.upsert,
+            self.users_collection,
+            ids,
+            np.asarray([pending[u][0] for u in ids], np.float32),
+            [pending[u][1] for u in ids],
+        )
+        return len(ids)
 
 
 def register_scorer_agent(streams: GenreStreams, worker: ScorerWorker) -> None:
@@ -234,6 +251,16 @@ def register_scorer_agent(streams: GenreStreams, worker: ScorerWorker) -> None:
     cfg = streams.config.scorer
     topic = streams.topics.score_requests
     name = topic.get_topic_name()
+
+    @streams.app.task
+    async def flush_users() -> None:
+        # Flush every USERS_FLUSH_S; the finally clause writes what is left at shutdown.
+        try:
+            while True:
+                await asyncio.sleep(USERS_FLUSH_S)
+                await worker.flush_users()
+        finally:
+            await worker.flush_users()
 
     @streams.app.agent(topic, name="genre.scorer")
     async def scorer(stream: Any) -> None:
