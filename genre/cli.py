@@ -95,6 +95,10 @@ def worker(
 ) -> None:
     """Run a worker: stream agents, item encoder and scorer (Ctrl-C stops it cleanly)."""
     from genre.core.broker import BrokerError
+    from genre.core.registry import UnknownComponentError
+    from genre.core.vectorstore import VectorStoreError
+    from genre.schemas.manifest import ManifestError
+    from genre.workers.onnx_runtime import ProviderError
     from genre.workers.service import run_worker
 
     cfg = _config(config)
@@ -103,7 +107,15 @@ def worker(
     )
     try:
         run_worker(cfg, loglevel=loglevel)
-    except (BrokerError, FileNotFoundError, ValueError) as exc:
+    except (
+        BrokerError,
+        VectorStoreError,
+        ManifestError,
+        ProviderError,
+        UnknownComponentError,
+        FileNotFoundError,
+        ValueError,
+    ) as exc:
         console.print(f"[red]worker cannot start:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
 

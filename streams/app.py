@@ -141,6 +141,9 @@ def build_streams(config: GenreConfig, *, store: VectorStore | None = None) -> G
     app = faust.App(
         config.app_id,
         store=s.store,
+        # Faust's own folder (RocksDB tables, worker state) lives under data_dir,
+        # not in whatever directory the worker was started from.
+        datadir=str(config.path("faust")),
         autodiscover=False,
         topic_replication_factor=1,
         topic_partitions=config.kafka.topics.user_clicks.partitions,

@@ -1,0 +1,597 @@
+"""Static checks of the deployment files: docker-compose.yml, the Dockerfiles, .dockerignore,
+Prometheus and Grafana provisioning. No Docker engine is needed (or used)."""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from genre.core.config import GenreConfig, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = REPO / "docker-compose.yml"
+DEPLOY = REPO / "deploy"
+DOCKERFILES = {"cpu": DEPLOY / "Dockerfile", "gpu": DEPLOY / "Dockerfile.gpu"}
+PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
+GRAFANA_DATASOURCE = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+GRAFANA_DASHBOARDS_PROVIDER = DEPLOY / "grafana" / "provisioning" / "dashboards" / "genre.yml"
+GRAFANA_DASHBOARDS = DEPLOY / "grafana" / "dashboards"
+
+EXPECTED_SERVICES = {
+    "kafka",
+    "kafka-init",
+    "qdrant",
+    "worker",
+    "worker-gpu",
+    "prometheus",
+    "grafana",
+}
+ONE_SHOT = {"kafka-init"}
+WORKERS = ("worker", "worker-gpu")
+DEPENDS_ON_CONDITIONS = {
+    "service_started",
+    "service_healthy",
+    "service_completed_successfully",
+}
+TORCH_PIN = "torch==2.13.0"
+
+
+# ---------------------------------------------------------------------------
+# compose helpers
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict), "docker-compose.yml must be a mapping"
+    return data
+
+
+def _services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    services = compose.get("services")
+    assert isinstance(services, dict) and services, "compose has no services"
+    return services
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    """A service's environment as a dict of strings (map or KEY=VALUE list form)."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        out = {}
+        for item in env:
+            key, _, value = str(item).partition("=")
+            out[key] = value
+        return out
+    return {
+        str(k): "" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+        for k, v in env.items()
+    }
+
+
+def depends_on_errors(compose: dict[str, Any]) -> list[str]:
+    """Every depends_on must be a mapping naming a known service with a condition."""
+    errors = []
+    services = compose.get("services") or {}
+    for name, svc in services.items():
+        deps = svc.get("depends_on")
+        if deps is None:
+            continue
+        if not isinstance(deps, dict):
+            errors.append(f"{name}: depends_on is a bare list; give each service a condition")
+            continue
+        for dep, spec in deps.items():
+            if dep not in services:
+                errors.append(f"{name}: depends_on unknown service {dep!r}")
+            cond = spec.get("condition") if isinstance(spec, dict) else None
+            if cond not in DEPENDS_ON_CONDITIONS:
+                errors.append(f"{name}: depends_on {dep!r} has no valid condition ({cond!r})")
+    return errors
+
+
+def bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> host path for the service's ./relative bind mounts."""
+    out = {}
+    for vol in service.get("volumes") or []:
+        if isinstance(vol, dict):
+            source, target = vol.get("source", ""), vol.get("target", "")
+        else:
+            source, target = [*str(vol).split(":"), ""][:2]
+        if source.startswith("."):
+            out[target] = (REPO / source).resolve()
+    return out
+
+
+# ---------------------------------------------------------------------------
+# config-key helpers
+# ---------------------------------------------------------------------------
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    for cand in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(cand, type) and issubclass(cand, BaseModel):
+            return cand
+    return None
+
+
+def env_key_error(name: str) -> str | None:
+    """Why GENRE_<SECTION>__<KEY> names no config key, or None when it names one.
+
+    ``load_config`` silently skips unknown single-word names (GENRE_TANSU_BIN...), so a
+    misspelt top-level key would pass it; this walk of the model tree does not.
+    """
+    keys = [k.lower() for k in name.removeprefix("GENRE_").split("__")]
+    model: type[BaseModel] | None = GenreConfig
+    for i, key in enumerate(keys):
+        if model is None:
+            return f"{name}: {'.'.join(keys[:i])} has no sub-keys"
+        info = model.model_fields.get(key)
+        if info is None:
+            return f"{name}: no key {key!r} in {'.'.join(keys[:i]) or '<root>'}"
+        model = _submodel(info.annotation)
+    return None
+
+
+def check_genre_env(env: dict[str, str], mounts: dict[str, Path]) -> GenreConfig:
+    """Validate a container environment the way the worker will read it."""
+    genre_vars = {k: v for k, v in env.items() if k.startswith("GENRE_")}
+    environ = {k: v for k, v in env.items() if k.startswith(("GENRE_", "QDRANT_"))}
+    if "GENRE_CONFIG" in genre_vars:
+        # A file path, not a key: it must be a repo file mounted into the container.
+        target = genre_vars.pop("GENRE_CONFIG")
+        assert target in mounts, f"GENRE_CONFIG={target} is not a bind-mounted file"
+        assert mounts[target].is_file(), f"{mounts[target]} (mounted at {target}) missing"
+        environ["GENRE_CONFIG"] = str(mounts[target])
+    errors = [e for e in map(env_key_error, genre_vars) if e]
+    assert not errors, errors
+    return load_config(environ=environ)
+
+
+# ---------------------------------------------------------------------------
+# Dockerfile parser
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def args_of(self, instruction: str) -> list[str]:
+        return [a for i, a in self.instructions if i == instruction]
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuations joined and comment lines dropped."""
+    out: list[tuple[str, str]] = []
+    buf: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue  # comments (and parser directives) may sit inside continuations too
+        if line.endswith("\\"):
+            buf.append(line[:-1].strip())
+            continue
+        buf.append(line)
+        joined = " ".join(buf)
+        buf = []
+        instr, _, args = joined.partition(" ")
+        out.append((instr.upper(), args.strip()))
+    assert not buf, "Dockerfile ends inside a line continuation"
+    return out
+
+
+def parse_dockerfile(text: str) -> tuple[dict[str, str], list[Stage]]:
+    """Global ARG defaults and the build stages, in order."""
+    global_args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for instr, args in dockerfile_instructions(text):
+        if instr == "FROM":
+            words = [w for w in args.split() if not w.startswith("--")]
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            assert len(words) in (1, 3), f"unreadable FROM {args!r}"
+            base = re.sub(
+                r"\$\{(\w+)\}|\$(\w+)",
+                lambda m: global_args.get(m.group(1) or m.group(2), m.group(0)),
+                words[0],
+            )
+            stages.append(Stage(base=base, name=name))
+        elif not stages:
+            assert instr == "ARG", f"{instr} before the first FROM"
+            key, _, value = args.partition("=")
+            global_args[key.strip()] = value.strip()
+        else:
+            stages[-1].instructions.append((instr, args))
+    return global_args, stages
+
+
+def pip_installs(run_args: str) -> list[list[str]]:
+    """The arguments of each `pip install` in a RUN command."""
+    installs = []
+    for segment in re.split(r"&&|\|\||;|\|", run_args):
+        try:
+            words = shlex.split(segment)
+        except ValueError:
+            words = segment.split()
+        for i, word in enumerate(words[:-1]):
+            if PurePosixPath(word).name in ("pip", "pip3") and words[i + 1] == "install":
+                installs.append(words[i + 2 :])
+                break
+    return installs
+
+
+def torch_installs(stage: Stage) -> list[str]:
+    """Every pip-install argument of the stage that brings in torch or the train extra."""
+    found = []
+    for run in stage.args_of("RUN"):
+        for args in pip_installs(run):
+            found += [a for a in args if re.match(r"torch\b", a) or "[train" in a]
+    return found
+
+
+def copy_sources(stage: Stage) -> list[str]:
+    """Build-context sources of the stage's COPY/ADD lines (COPY --from=... excluded)."""
+    sources = []
+    for instr, args in stage.instructions:
+        if instr not in ("COPY", "ADD"):
+            continue
+        words = json.loads(args) if args.startswith("[") else shlex.split(args)
+        if any(w.startswith("--from") for w in words):
+            continue
+        words = [w for w in words if not w.startswith("--")]
+        assert len(words) >= 2, f"{instr} {args!r} needs a source and a destination"
+        sources += words[:-1]
+    return sources
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore (plain and **/ patterns, no negation) drops the path."""
+    parts = PurePosixPath(path.rstrip("/")).parts
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for pat in patterns:
+        pat = pat.strip("/")
+        if pat.startswith("**/"):
+            if any(fnmatch.fnmatch(p, pat[3:]) for p in parts):
+                return True
+        elif any(fnmatch.fnmatch(prefix, pat) for prefix in prefixes):
+            return True
+    return False
+
+
+@pytest.fixture(scope="module", params=sorted(DOCKERFILES))
+def dockerfile(request: pytest.FixtureRequest) -> tuple[str, list[Stage]]:
+    path = DOCKERFILES[request.param]
+    assert path.is_file(), f"{path} is missing"
+    _, stages = parse_dockerfile(path.read_text())
+    return request.param, stages
+
+
+def _stage(stages: list[Stage], name: str) -> Stage:
+    named = {s.name: s for s in stages}
+    assert name in named, f"no stage named {name!r}; stages: {list(named)}"
+    return named[name]
+
+
+# ---------------------------------------------------------------------------
+# docker-compose.yml
+# ---------------------------------------------------------------------------
+
+
+def test_compose_parses_with_expected_services(compose: dict[str, Any]) -> None:
+    assert set(_services(compose)) >= EXPECTED_SERVICES, (
+        f"missing services: {EXPECTED_SERVICES - set(_services(compose))}"
+    )
+
+
+def test_every_long_running_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
+    for name, svc in _services(compose).items():
+        if name in ONE_SHOT:
+            continue
+        hc = svc.get("healthcheck")
+        assert isinstance(hc, dict), f"{name} has no healthcheck"
+        assert hc.get("test"), f"{name}: healthcheck without test"
+        assert hc.get("interval"), f"{name}: healthcheck without interval"
+        assert not hc.get("disable"), f"{name}: healthcheck disabled"
+
+
+def test_every_service_has_a_restart_policy(compose: dict[str, Any]) -> None:
+    for name, svc in _services(compose).items():
+        restart = svc.get("restart")
+        assert isinstance(restart, str), f"{name}: restart missing (or unquoted no)"
+        if name in ONE_SHOT:
+            assert restart in ("no", "on-failure") or restart.startswith("on-failure:"), (
+                f"{name} is a one-shot job; restart must be 'no' or on-failure, got {restart!r}"
+            )
+        else:
+            assert restart in ("always", "unless-stopped") or restart.startswith("on-failure"), (
+                f"{name}: restart {restart!r}"
+            )
+
+
+def test_depends_on_always_has_conditions(compose: dict[str, Any]) -> None:
+    assert depends_on_errors(compose) == []
+    services = _services(compose)
+    for worker in WORKERS:
+        deps = services[worker]["depends_on"]
+        assert deps["kafka-init"]["condition"] == "service_completed_successfully"
+        assert deps["qdrant"]["condition"] == "service_healthy"
+    assert services["kafka-init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+
+
+def test_depends_on_validator_rejects_bare_lists_and_missing_conditions() -> None:
+    bare = {"services": {"a": {"image": "x"}, "b": {"image": "y", "depends_on": ["a"]}}}
+    assert any("bare list" in e for e in depends_on_errors(bare))
+    no_cond = {"services": {"a": {}, "b": {"depends_on": {"a": {"required": True}}}}}
+    assert any("no valid condition" in e for e in depends_on_errors(no_cond))
+    unknown = {"services": {"b": {"depends_on": {"zz": {"condition": "service_healthy"}}}}}
+    assert any("unknown service" in e for e in depends_on_errors(unknown))
+
+
+def test_workers_are_scalable(compose: dict[str, Any]) -> None:
+    services = _services(compose)
+    for worker in WORKERS:
+        svc = services[worker]
+        assert "container_name" not in svc, f"{worker}: container_name blocks --scale"
+        assert not svc.get("ports"), f"{worker}: a fixed host port blocks --scale"
+        command = svc.get("command")
+        words = shlex.split(command) if isinstance(command, str) else command
+        assert words and words[-1] == "worker", f"{worker}: command {command!r}"
+
+
+def test_worker_builds_point_at_existing_dockerfiles(compose: dict[str, Any]) -> None:
+    services = _services(compose)
+    expected = {"worker": "deploy/Dockerfile", "worker-gpu": "deploy/Dockerfile.gpu"}
+    for worker, dockerfile_path in expected.items():
+        build = services[worker]["build"]
+        assert (REPO / build.get("context", ".")).resolve() == REPO
+        assert build["dockerfile"] == dockerfile_path
+        assert (REPO / dockerfile_path).is_file()
+
+
+def test_bind_mounted_repo_paths_exist(compose: dict[str, Any]) -> None:
+    for name, svc in _services(compose).items():
+        for target, host in bind_mounts(svc).items():
+            assert host.exists(), f"{name}: mount source {host} for {target} does not exist"
+
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_worker_environment_maps_to_real_config_keys(compose: dict[str, Any], worker: str) -> None:
+    svc = _services(compose)[worker]
+    env = environment(svc)
+    assert any(k.startswith("GENRE_") for k in env), f"{worker}: no GENRE_* environment"
+    cfg = check_genre_env(env, bind_mounts(svc))
+    assert cfg.kafka.bootstrap_servers == "kafka:9092"
+    assert cfg.qdrant.url == "http://qdrant:6333"
+    assert cfg.streams.web_bind == "0.0.0.0"
+    assert cfg.streams.web_port == GenreConfig().streams.web_port
+    assert cfg.kafka.exact_end_offsets is False
+    assert cfg.encoder.providers == ("cuda" if worker == "worker-gpu" else "cpu")
+    assert Path(cfg.data_dir).is_absolute()
+    assert cfg.path(cfg.encoder.dir) == Path("/models/encoder")
+
+
+def test_every_service_genre_variable_is_a_config_key(compose: dict[str, Any]) -> None:
+    for svc in _services(compose).values():
+        env = environment(svc)
+        if any(k.startswith("GENRE_") for k in env):
+            check_genre_env(env, bind_mounts(svc))
+
+
+def test_env_key_check_rejects_misspelt_keys() -> None:
+    assert env_key_error("GENRE_KAFKA__BOOTSTRAP_SERVERS") is None
+    assert env_key_error("GENRE_KAFKA__TOPICS__CLICKS__PARTITIONS") is None
+    assert env_key_error("GENRE_DATA_DIR") is None
+    assert env_key_error("GENRE_KAFKA__BOOTSTRAP_SERVER") is not None
+    assert env_key_error("GENRE_DATADIR") is not None  # load_config would ignore this one
+    assert env_key_error("GENRE_DATA_DIR__X") is not None
+
+
+def kafka_init_topics(command: Any) -> dict[str, int]:
+    """Topic -> partitions from the kafka-topics.sh --create lines of a command."""
+    text = command if isinstance(command, str) else "\n".join(map(str, command))
+    topics: dict[str, int] = {}
+    for line in text.splitlines():
+        if "kafka-topics" not in line or "--create" not in line:
+            continue
+        words = shlex.split(line)
+        opts = dict(itertools.pairwise(words))
+        assert "--if-not-exists" in words, f"not idempotent: {line}"
+        name, parts = opts.get("--topic"), opts.get("--partitions")
+        assert name and parts, f"--create without --topic/--partitions: {line}"
+        assert name not in topics, f"{name} created twice"
+        topics[name] = int(parts)
+    return topics
+
+
+def test_kafka_init_creates_every_configured_topic(compose: dict[str, Any]) -> None:
+    init = _services(compose)["kafka-init"]
+    assert init["image"] == _services(compose)["kafka"]["image"]
+    created = kafka_init_topics(init["command"])
+    assert created == GenreConfig().kafka.topics.all()
+    # The sample genre.yaml the workers mount holds the same topics.
+    assert created == load_config(REPO / "genre.yaml", environ={}).kafka.topics.all()
+
+
+def test_kafka_init_parser_sees_a_wrong_partition_count() -> None:
+    wrong = (
+        "kafka-topics.sh --bootstrap-server k:9092 --create --if-not-exists"
+        " --topic genre.clicks --partitions 3"
+    )
+    assert kafka_init_topics(wrong) == {"genre.clicks": 3}
+    assert kafka_init_topics(wrong) != GenreConfig().kafka.topics.all()
+    with pytest.raises(AssertionError, match="idempotent"):
+        kafka_init_topics("kafka-topics.sh --create --topic a --partitions 1")
+
+
+def test_kafka_is_kraft_with_a_named_volume(compose: dict[str, Any]) -> None:
+    kafka = _services(compose)["kafka"]
+    env = environment(kafka)
+    roles = env.get("KAFKA_PROCESS_ROLES", env.get("KAFKA_CFG_PROCESS_ROLES", ""))
+    assert set(roles.split(",")) == {"broker", "controller"}
+    named = set(compose.get("volumes") or {})
+    used = {str(v).split(":")[0] for v in kafka.get("volumes") or []}
+    assert used & named, "kafka needs a named volume"
+    qdrant_used = {str(v).split(":")[0] for v in _services(compose)["qdrant"]["volumes"]}
+    assert qdrant_used & named, "qdrant needs a named volume"
+
+
+def test_gpu_worker_reserves_an_nvidia_gpu(compose: dict[str, Any]) -> None:
+    gpu = _services(compose)["worker-gpu"]
+    assert "gpu" in gpu.get("profiles", [])
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
+    assert environment(gpu)["GENRE_ENCODER__PROVIDERS"] == "cuda"
+    assert not _services(compose)["worker"].get("profiles"), "the CPU worker runs by default"
+
+
+# ---------------------------------------------------------------------------
+# Prometheus and Grafana
+# ---------------------------------------------------------------------------
+
+
+def test_prometheus_scrapes_every_worker_on_the_web_port(compose: dict[str, Any]) -> None:
+    prom = yaml.safe_load(PROMETHEUS.read_text())
+    web_port = GenreConfig().streams.web_port
+    assert web_port == 6066
+    dns_targets = {}
+    for job in prom["scrape_configs"]:
+        for sd in job.get("dns_sd_configs", []):
+            assert sd.get("type", "SRV") == "A", f"{job['job_name']}: compose DNS serves A records"
+            for name in sd["names"]:
+                dns_targets[name] = sd["port"]
+    assert dns_targets.get("worker") == web_port
+    assert dns_targets.get("worker-gpu") == web_port
+    assert set(dns_targets) <= set(_services(compose)), "scrape names must be compose services"
+    mounts = bind_mounts(_services(compose)["prometheus"])
+    assert mounts.get("/etc/prometheus/prometheus.yml") == PROMETHEUS.resolve()
+
+
+def test_grafana_provisioning_points_at_prometheus(compose: dict[str, Any]) -> None:
+    services = _services(compose)
+    ds = yaml.safe_load(GRAFANA_DATASOURCE.read_text())
+    (source,) = [d for d in ds["datasources"] if d["type"] == "prometheus"]
+    url = urlparse(source["url"])
+    assert url.hostname == "prometheus" and url.hostname in services
+    assert url.port == 9090
+
+    provider = yaml.safe_load(GRAFANA_DASHBOARDS_PROVIDER.read_text())
+    (prov,) = provider["providers"]
+    mounts = bind_mounts(services["grafana"])
+    assert mounts.get(prov["options"]["path"]) == GRAFANA_DASHBOARDS.resolve()
+    assert mounts.get("/etc/grafana/provisioning") == (DEPLOY / "grafana" / "provisioning")
+    assert (GRAFANA_DASHBOARDS / "README.md").is_file()
+    for dashboard in GRAFANA_DASHBOARDS.glob("*.json"):
+        json.loads(dashboard.read_text())
+
+
+# ---------------------------------------------------------------------------
+# Dockerfiles and .dockerignore
+# ---------------------------------------------------------------------------
+
+
+def test_dockerfile_stages(dockerfile: tuple[str, list[Stage]]) -> None:
+    kind, stages = dockerfile
+    assert [s.name for s in stages] == ["export", "runtime"]
+    assert stages[0].base.startswith("python:3.11")
+    if kind == "cpu":
+        assert stages[1].base.startswith("python:3.11")
+    else:
+        assert stages[1].base.startswith("nvidia/cuda:") and "cudnn" in stages[1].base
+        assert "runtime" in stages[1].base
+
+
+def test_torch_is_pinned_in_the_export_stage_only(dockerfile: tuple[str, list[Stage]]) -> None:
+    _, stages = dockerfile
+    export, runtime = _stage(stages, "export"), _stage(stages, "runtime")
+    runs = [args for run in export.args_of("RUN") for args in pip_installs(run)]
+    torch_runs = [args for args in runs if TORCH_PIN in args]
+    assert torch_runs, f"export stage must pip install {TORCH_PIN}"
+    assert any("https://download.pytorch.org/whl/cpu" in args for args in torch_runs)
+    assert any(a.startswith(".[train") for args in runs for a in args)
+    assert any("genre export encoder" in run for run in export.args_of("RUN"))
+    assert torch_installs(runtime) == [], "the runtime stage must not install torch"
+
+
+def test_runtime_stage_serves_the_worker(dockerfile: tuple[str, list[Stage]]) -> None:
+    kind, stages = dockerfile
+    runtime = _stage(stages, "runtime")
+    installs = [a for run in runtime.args_of("RUN") for args in pip_installs(run) for a in args]
+    assert (".[gpu]" if kind == "gpu" else ".") in installs
+    assert any(
+        "--from=export" in args and "/export/models/encoder" in args and "/models/encoder" in args
+        for args in runtime.args_of("COPY")
+    )
+    env = " ".join(runtime.args_of("ENV"))
+    assert "GENRE_ENCODER__DIR=/models/encoder" in env
+    users = runtime.args_of("USER")
+    assert users and users[-1] not in ("root", "0"), "the runtime must run as a non-root user"
+    assert "6066" in " ".join(runtime.args_of("EXPOSE")).split()
+    assert [json.loads(a) for a in runtime.args_of("ENTRYPOINT")][-1] == ["genre"]
+    assert [json.loads(a) for a in runtime.args_of("CMD")][-1] == ["worker"]
+    if kind == "gpu":
+        assert any("uninstall" in run and "onnxruntime" in run for run in runtime.args_of("RUN"))
+
+
+def test_dockerfile_env_names_config_keys(dockerfile: tuple[str, list[Stage]]) -> None:
+    _, stages = dockerfile
+    env = {}
+    for args in _stage(stages, "runtime").args_of("ENV"):
+        for word in shlex.split(args):
+            key, _, value = word.partition("=")
+            env[key] = value
+    env.pop("GENRE_CONFIG", None)  # the file path; compose mounts genre.yaml there
+    errors = [e for e in map(env_key_error, (k for k in env if k.startswith("GENRE_"))) if e]
+    assert not errors, errors
+    load_config(environ={k: v for k, v in env.items() if k.startswith("GENRE_")})
+
+
+def test_copy_sources_exist_and_are_not_ignored(dockerfile: tuple[str, list[Stage]]) -> None:
+    _, stages = dockerfile
+    patterns = dockerignore_patterns()
+    names = {s.name for s in stages}
+    for stage in stages:
+        for instr, args in stage.instructions:
+            if instr == "COPY" and "--from=" in args:
+                src = re.search(r"--from=(\S+)", args).group(1)  # type: ignore[union-attr]
+                assert src in names, f"COPY --from={src} names no earlier stage"
+        for src in copy_sources(stage):
+            assert (REPO / src).exists(), f"COPY source {src} does not exist in the repo"
+            assert not ignored(src, patterns), f"COPY source {src} is excluded by .dockerignore"
+
+
+def test_dockerfile_checks_catch_torch_in_the_runtime() -> None:
+    bad = (
+        "FROM python:3.11-slim AS export\nRUN pip install torch==2.13.0\n"
+        "FROM python:3.11-slim AS runtime\n"
+        "RUN apt-get update \\\n  # a comment inside a continuation\n"
+        "  && pip install --no-cache-dir '.[train]' torch\n"
+    )
+    _, stages = parse_dockerfile(bad)
+    assert torch_installs(stages[0]) == [TORCH_PIN]
+    assert torch_installs(stages[1]) == [".[train]", "torch"]
+    assert ignored("tests/unit/x.py", ["tests"])
+    assert ignored("core/__pycache__/a.pyc", ["**/__pycache__"])
+    assert not ignored("core/config.py", ["tests", "**/__pycache__"])
+
+
+def test_dockerignore_keeps_local_state_out() -> None:
+    patterns = dockerignore_patterns()
+    for path in (".venv", ".cache", ".git", "tests", "bench", "core/__pycache__"):
+        assert ignored(path, patterns), f".dockerignore must exclude {path}"
