@@ -32,6 +32,7 @@ LABEL_MODEL = "model"
 LABEL_PROVIDER = "provider"
 LABEL_OP = "op"
 LABEL_VERSION = "version"
+LABEL_PARTITION = "partition"
 
 #: Milliseconds; dense below 100 ms where healthy latencies live.
 LATENCY_MS_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000, 10000)
@@ -62,6 +63,7 @@ class Metrics:
     fallbacks: Counter
     model_info: Gauge
     users_tracked: Gauge
+    consumer_lag: Gauge
 
 
 def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
@@ -170,6 +172,13 @@ def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
         users_tracked=Gauge(
             "users_tracked",
             "Users held in this worker's user-state table.",
+            namespace=ns,
+            registry=registry,
+        ),
+        consumer_lag=Gauge(
+            "consumer_lag",
+            "Records behind the end of each assigned partition (last fetched high watermark).",
+            [LABEL_TOPIC, LABEL_PARTITION],
             namespace=ns,
             registry=registry,
         ),

@@ -89,6 +89,14 @@ def _consume(conf: dict[str, str], topic: str, log: RecLog, stop: threading.Even
         consumer.close()
 
 
+def _secret_env(cfg: GenreConfig) -> dict[str, str]:
+    """Secrets of ``cfg`` as the environment overrides the worker reads."""
+    env = {}
+    if cfg.qdrant.api_key is not None:
+        env["QDRANT_API_KEY"] = cfg.qdrant.api_key.get_secret_value()
+    return env
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -119,10 +127,11 @@ def _demo_config(
     cfg: GenreConfig, run_dir: Path, port: int, web_port: int, sources: str | None
 ) -> tuple[GenreConfig, Path]:
     data = cfg.model_dump(mode="json")
+    data["data_dir"] = str(run_dir)  # the worker keeps its state in the run folder
     data["kafka"]["bootstrap_servers"] = f"127.0.0.1:{port}"
     data["kafka"]["embedded"]["port"] = port
     data["streams"]["web_port"] = web_port
-    data["qdrant"]["path"] = str(run_dir / "qdrant")
+    data["qdrant"]["path"] = "qdrant"
     data["encoder"]["dir"] = str(cfg.path(cfg.encoder.dir))
     if sources:
         wanted = [s.strip() for s in sources.split(",") if s.strip()]
@@ -131,8 +140,10 @@ def _demo_config(
         if missing:
             raise DemoError(f"--sources names {missing}, not in scorer.candidates: {list(specs)}")
         data["scorer"]["candidates"] = [specs[s] for s in wanted]
-    if cfg.qdrant.api_key is not None:
-        data["qdrant"]["api_key"] = cfg.qdrant.api_key.get_secret_value()
+    # Secrets never go into the generated file: the worker gets them through its
+    # environment (see run_demo), and the masked placeholders are dropped here.
+    data["qdrant"]["api_key"] = None
+    data["kafka"]["security"] = {}  # the demo's own embedded broker speaks PLAINTEXT
     path = run_dir / "genre.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     from genre.core.config import load_config
@@ -181,7 +192,7 @@ def run_demo(
 
     # 2. Broker and topics.
     broker = EmbeddedBroker("127.0.0.1", port, log_path=run_dir / "broker.log")
-    worker = WorkerProcess(dcfg_path, web_port, worker_log)
+    worker = WorkerProcess(dcfg_path, web_port, worker_log, env=_secret_env(cfg))
     # SIGTERM (e.g. `timeout`, a supervisor) must stop the child worker and broker too.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     stop = threading.Event()
@@ -254,6 +265,7 @@ def run_demo(
                 time.sleep(0.2)
         end = max(rec_log.last_at, start + replay_s)
         events_in = worker.metric("genre_events_in_total", topic=dcfg.kafka.topics.clicks.name)
+        (run_dir / "metrics.txt").write_text(worker.metrics_text())
     finally:
         stop.set()
         worker.stop()

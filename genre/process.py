@@ -20,10 +20,18 @@ class WorkerProcessError(RuntimeError):
 class WorkerProcess:
     """A ``genre worker --config <file>`` child process with its /ready and /metrics pages."""
 
-    def __init__(self, config_path: Path, web_port: int, log_path: Path) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        web_port: int,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.config_path = config_path
         self.web_port = web_port
         self.log_path = log_path
+        #: Extra environment for the child (secrets travel here, never in the config file).
+        self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -38,7 +46,7 @@ class WorkerProcess:
                 [sys.executable, "-m", "genre", "worker", "--config", str(self.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
             )
         self.wait_ready(ready_timeout_s)
         return self

@@ -138,12 +138,14 @@ def _broker_settings(config: GenreConfig) -> dict[str, Any]:
 def build_streams(config: GenreConfig, *, store: VectorStore | None = None) -> GenreStreams:
     """Create the Faust app with GENRE's topics and tables; agents attach afterwards."""
     s = config.streams
+    faust_dir = config.path("faust")
+    faust_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         config.app_id,
         store=s.store,
         # Faust's own folder (RocksDB tables, worker state) lives under data_dir,
         # not in whatever directory the worker was started from.
-        datadir=str(config.path("faust")),
+        datadir=str(faust_dir),
         autodiscover=False,
         topic_replication_factor=1,
         topic_partitions=config.kafka.topics.user_clicks.partitions,
@@ -213,8 +215,29 @@ def build_streams(config: GenreConfig, *, store: VectorStore | None = None) -> G
     return streams
 
 
+#: Seconds between consumer-lag samples: fine enough for a dashboard, cheap.
+LAG_SAMPLE_S = 5.0
+
+
 def _add_pages(streams: GenreStreams) -> None:
     app = streams.app
+
+    @app.timer(LAG_SAMPLE_S)
+    async def sample_consumer_lag() -> None:
+        """Export lag per assigned partition: high watermark minus the committed offset."""
+        consumer = app.consumer
+        # Table changelogs are read by recovery/global-table readers that commit no
+        # offsets, so "committed" means nothing there; only source topics count.
+        changelogs = {t.changelog_topic.get_topic_name() for t in app.tables.values()}
+        for tp in consumer.assignment():
+            if tp.topic in changelogs or "__assignor" in tp.topic:
+                continue
+            highwater = consumer.highwater(tp)
+            committed = consumer._committed_offset.get(tp)  # Faust keeps no public getter
+            if highwater is None or highwater < 0:
+                continue
+            lag = max(0, highwater - (committed or 0))
+            METRICS.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
 
     @app.page("/metrics")
     async def metrics(web_view: Any, request: Any) -> web.Response:

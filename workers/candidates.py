@@ -57,7 +57,7 @@ class AnnSource:
         self,
         streams: GenreStreams,
         limit: int,
-        max_overfetch: int = 200,
+        max_overfetch: int = 100,
         index: Literal["auto", "qdrant", "exact"] = "auto",
     ) -> None:
         if index not in ("auto", "qdrant", "exact"):
@@ -98,7 +98,7 @@ class CoClickSource:
 
     name = "co_click"
 
-    def __init__(self, streams: GenreStreams, limit: int, recent_items: int = 20) -> None:
+    def __init__(self, streams: GenreStreams, limit: int, recent_items: int = 10) -> None:
         self.streams = streams
         self.limit = limit
         self.recent_items = recent_items

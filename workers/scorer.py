@@ -21,6 +21,9 @@ from genre.workers.candidates import Candidate, build_sources, count_candidates
 #: that the stored list trails the published one by well under a second.
 USERS_FLUSH_S = 0.25
 
+#: History items an "ann" pick is explained against (the most similar one is named).
+EXPLAIN_RECENT = 10
+
 SOURCE_REASONS = {
     "trending": "trending now",
     "ann": "matches your taste",
@@ -114,7 +117,9 @@ def explain(scored: Scored, request: ScoreRequest, items: dict[str, StoredVector
     """A human-readable reason: the history item behind it, else the source's phrase."""
     because = scored.because
     if because is None and scored.source == "ann":
-        because = _most_similar_recent(scored.item_id, request.recent_items[-20:], items)
+        because = _most_similar_recent(
+            scored.item_id, request.recent_items[-EXPLAIN_RECENT:], items
+        )
     title = _title(items.get(because)) if because else ""
     if title:
         return f"because you watched {title}"
@@ -185,7 +190,7 @@ class ScorerWorker:
             ranked.append(scored)
             needed.update(s.item_id for s in scored)
             needed.update(s.because for s in scored if s.because)
-            needed.update(req.recent_items[-20:])
+            needed.update(req.recent_items[-EXPLAIN_RECENT:])
         items = await self.streams.items(needed)
         recs = []
         now = time.time()
