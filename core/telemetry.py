@@ -10,6 +10,9 @@ click-to-recommendation round trip < 100 ms at low load, and anything past
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -64,6 +67,8 @@ class Metrics:
     model_info: Gauge
     users_tracked: Gauge
     consumer_lag: Gauge
+    online_clicks: Counter
+    online_hits: Counter
 
 
 def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
@@ -175,6 +180,18 @@ def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
             namespace=ns,
             registry=registry,
         ),
+        online_clicks=Counter(
+            "online_clicks",
+            "Clicks checked against the user's latest published list.",
+            namespace=ns,
+            registry=registry,
+        ),
+        online_hits=Counter(
+            "online_hits",
+            "Clicks whose item was in the user's latest list (hit rate = hits / clicks).",
+            namespace=ns,
+            registry=registry,
+        ),
         consumer_lag=Gauge(
             "consumer_lag",
             "Records behind the end of each assigned partition (last fetched high watermark).",
@@ -186,6 +203,18 @@ def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
 
 
 METRICS = create_metrics()
+
+
+@contextmanager
+def measured_batch(agent: str, topic: str, size: int) -> Iterator[None]:
+    """Count a consumed micro-batch and time its processing, for one agent."""
+    METRICS.events_in.labels(topic).inc(size)
+    METRICS.batch_size.labels(agent).observe(size)
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        METRICS.agent_batch_seconds.labels(agent).observe(time.perf_counter() - start)
 
 
 def render(registry: CollectorRegistry = REGISTRY) -> tuple[bytes, str]:

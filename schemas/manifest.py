@@ -92,13 +92,10 @@ class ModelManifest(_Strict):
         return matches[0]
 
 
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+def sha256_file(path: Path) -> str:
     """Return the hex SHA-256 of a file, streamed in chunks."""
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def describe_file(model_dir: Path, rel_path: str, role: str | None = None) -> ManifestFile:

@@ -7,10 +7,9 @@ or dead-lettered once with its reason.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from genre.core.telemetry import METRICS
+from genre.core.telemetry import METRICS, measured_batch
 from genre.schemas import ClickEvent, CoClick, Rejection, ScoreRequest, UserClick, parse_record
 from genre.streams.app import GenreStreams
 from genre.streams.state import (
@@ -55,109 +54,103 @@ def register_stream_agents(streams: GenreStreams) -> None:
     async def ingest(stream: Any) -> None:
         """Validate raw clicks; good ones go to the user topic keyed by user, bad ones to DLQ."""
         async for events in stream.take_events(batch, within=within):
-            start = time.perf_counter()
-            METRICS.events_in.labels(clicks_name).inc(len(events))
-            METRICS.batch_size.labels("ingest").observe(len(events))
-            for event in events:
-                msg = event.message
-                result = parse_record(ClickEvent, msg.value)
-                if isinstance(result, Rejection):
-                    await streams.dead_letter(msg, result.reason, result.error)
-                    continue
-                envelope = UserClick(
-                    event=result,
-                    produced_at=msg.timestamp,
-                    source_partition=msg.partition,
-                    source_offset=msg.offset,
-                )
-                await topics.user_clicks.send(
-                    key=result.user_id.encode(), value=envelope.to_bytes()
-                )
-                METRICS.events_out.labels(user_clicks_name).inc()
-            METRICS.agent_batch_seconds.labels("ingest").observe(time.perf_counter() - start)
+            with measured_batch("ingest", clicks_name, len(events)):
+                for event in events:
+                    msg = event.message
+                    result = parse_record(ClickEvent, msg.value)
+                    if isinstance(result, Rejection):
+                        await streams.dead_letter(msg, result.reason, result.error)
+                        continue
+                    envelope = UserClick(
+                        event=result,
+                        produced_at=msg.timestamp,
+                        source_partition=msg.partition,
+                        source_offset=msg.offset,
+                    )
+                    await topics.user_clicks.send(
+                        key=result.user_id.encode(), value=envelope.to_bytes()
+                    )
+                    METRICS.events_out.labels(user_clicks_name).inc()
 
     @app.agent(topics.user_clicks, name="genre.user-state")
     async def user_state(stream: Any) -> None:
         """Fold clicks into user state; emit co-clicks by item and one score request per user."""
         async for events in stream.take_events(batch, within=within):
-            start = time.perf_counter()
-            METRICS.events_in.labels(user_clicks_name).inc(len(events))
-            METRICS.batch_size.labels("user-state").observe(len(events))
-            clicks = [UserClick.from_bytes(e.message.value) for e in events]
-            vectors = await streams.items(c.event.item_id for c in clicks)
-            touched: dict[str, dict] = {}
-            triggers: dict[str, UserClick] = {}
-            co: dict[str, CoClick] = {}
-            for event, click in zip(events, clicks, strict=True):
-                ev = click.event
-                state = touched.get(ev.user_id)
-                if state is None:
-                    state = streams.users.get(ev.user_id) or new_user_state()
-                if rules.is_duplicate(state, ev.event_id):
-                    METRICS.duplicate_events.inc()
-                    continue
-                stored = vectors.get(ev.item_id)
-                if stored is None:
-                    await streams.dead_letter(
-                        event.message,
-                        "unknown_item",
-                        f"item_id {ev.item_id!r} is not in the catalog; send its ItemUpsert "
-                        f"to {topics.items.get_topic_name()} first",
-                        payload=ev.to_bytes(),
-                        origin=(clicks_name, click.source_partition, click.source_offset),
+            with measured_batch("user-state", user_clicks_name, len(events)):
+                clicks = [UserClick.from_bytes(e.message.value) for e in events]
+                vectors = await streams.items(c.event.item_id for c in clicks)
+                touched: dict[str, dict] = {}
+                triggers: dict[str, UserClick] = {}
+                co: dict[str, CoClick] = {}
+                for event, click in zip(events, clicks, strict=True):
+                    ev = click.event
+                    state = touched.get(ev.user_id)
+                    if state is None:
+                        state = streams.users.get(ev.user_id) or new_user_state()
+                    if rules.is_duplicate(state, ev.event_id):
+                        METRICS.duplicate_events.inc()
+                        continue
+                    stored = vectors.get(ev.item_id)
+                    if stored is None:
+                        await streams.dead_letter(
+                            event.message,
+                            "unknown_item",
+                            f"item_id {ev.item_id!r} is not in the catalog; send its ItemUpsert "
+                            f"to {topics.items.get_topic_name()} first",
+                            payload=ev.to_bytes(),
+                            origin=(clicks_name, click.source_partition, click.source_offset),
+                        )
+                        continue
+                    METRICS.online_clicks.inc()
+                    if ev.item_id in (streams.latest_lists.get(ev.user_id) or ()):
+                        METRICS.online_hits.inc()
+                    neighbours = rules.apply(state, ev, stored.vector)
+                    streams.observe_event_time(ev.ts)
+                    touched[ev.user_id] = state
+                    triggers[ev.user_id] = click
+                    _add_co_click(co, ev.item_id, neighbours, ev.ts, clicks=1.0)
+                    for nbr in neighbours:
+                        _add_co_click(co, nbr, [ev.item_id], ev.ts)
+                for user_id, state in touched.items():
+                    streams.users[user_id] = state
+                for item_id, record in co.items():
+                    await topics.co_clicks.send(key=item_id.encode(), value=record.to_bytes())
+                METRICS.events_out.labels(co_clicks_name).inc(len(co))
+                for user_id, click in triggers.items():
+                    state = touched[user_id]
+                    request = ScoreRequest(
+                        user_id=user_id,
+                        trigger_event_id=click.event.event_id,
+                        trigger_produced_at=click.produced_at,
+                        trigger_ts=click.event.ts,
+                        recent_items=state["history"],
+                        seen_items=state["seen"],
+                        vector=state["vector"],
+                        clicks=state["clicks"],
                     )
-                    continue
-                neighbours = rules.apply(state, ev, stored.vector)
-                streams.observe_event_time(ev.ts)
-                touched[ev.user_id] = state
-                triggers[ev.user_id] = click
-                _add_co_click(co, ev.item_id, neighbours, ev.ts, clicks=1.0)
-                for nbr in neighbours:
-                    _add_co_click(co, nbr, [ev.item_id], ev.ts)
-            for user_id, state in touched.items():
-                streams.users[user_id] = state
-            for item_id, record in co.items():
-                await topics.co_clicks.send(key=item_id.encode(), value=record.to_bytes())
-            METRICS.events_out.labels(co_clicks_name).inc(len(co))
-            for user_id, click in triggers.items():
-                state = touched[user_id]
-                request = ScoreRequest(
-                    user_id=user_id,
-                    trigger_event_id=click.event.event_id,
-                    trigger_produced_at=click.produced_at,
-                    trigger_ts=click.event.ts,
-                    recent_items=state["history"],
-                    seen_items=state["seen"],
-                    vector=state["vector"],
-                    clicks=state["clicks"],
-                )
-                await topics.score_requests.send(key=user_id.encode(), value=request.to_bytes())
-            METRICS.events_out.labels(topics.score_requests.get_topic_name()).inc(len(triggers))
-            METRICS.users_tracked.set(len(streams.users))
-            METRICS.agent_batch_seconds.labels("user-state").observe(time.perf_counter() - start)
+                    await topics.score_requests.send(key=user_id.encode(), value=request.to_bytes())
+                METRICS.events_out.labels(topics.score_requests.get_topic_name()).inc(len(triggers))
+                METRICS.users_tracked.set(len(streams.users))
 
     @app.agent(topics.co_clicks, name="genre.graph")
     async def graph(stream: Any) -> None:
         """Update time-decayed co-click edges and trending counts, one write per item per batch."""
         async for events in stream.take_events(batch, within=within):
-            start = time.perf_counter()
-            METRICS.events_in.labels(co_clicks_name).inc(len(events))
-            METRICS.batch_size.labels("graph").observe(len(events))
-            touched: dict[str, dict] = {}
-            for event in events:
-                record = CoClick.from_bytes(event.message.value)
-                streams.observe_event_time(record.ts)
-                state = touched.get(record.item_id)
-                if state is None:
-                    state = streams.graph.get(record.item_id) or new_item_state()
-                if record.neighbours:
-                    grules.add_neighbours(state, record.neighbours, record.ts)
-                if record.clicks:
-                    grules.add_click(state, record.ts, record.clicks)
-                touched[record.item_id] = state
-            for item_id, state in touched.items():
-                streams.graph[item_id] = state
-            METRICS.agent_batch_seconds.labels("graph").observe(time.perf_counter() - start)
+            with measured_batch("graph", co_clicks_name, len(events)):
+                touched: dict[str, dict] = {}
+                for event in events:
+                    record = CoClick.from_bytes(event.message.value)
+                    streams.observe_event_time(record.ts)
+                    state = touched.get(record.item_id)
+                    if state is None:
+                        state = streams.graph.get(record.item_id) or new_item_state()
+                    if record.neighbours:
+                        grules.add_neighbours(state, record.neighbours, record.ts)
+                    if record.clicks:
+                        grules.add_click(state, record.ts, record.clicks)
+                    touched[record.item_id] = state
+                for item_id, state in touched.items():
+                    streams.graph[item_id] = state
 
 
 def _add_co_click(

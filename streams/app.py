@@ -49,6 +49,7 @@ class GenreStreams:
     topics: Topics
     users: Any  # faust Table: user_id -> user state dict
     graph: Any  # faust GlobalTable: item_id -> item state dict
+    latest_lists: Any  # faust Table: user_id -> item ids of the user's latest published list
     store: VectorStore
     catalog: ItemCatalog
     #: One thread for vector-store calls: qdrant local mode is not thread-safe.
@@ -208,9 +209,15 @@ def build_streams(config: GenreConfig, *, store: VectorStore | None = None) -> G
         schema=faust.Schema(key_type=str, key_serializer="json", value_serializer="json"),
         use_partitioner=True,
     )
+    latest_lists = app.Table(
+        "latest-lists",
+        partitions=t.user_clicks.partitions,
+        schema=faust.Schema(key_type=str, key_serializer="json", value_serializer="json"),
+        use_partitioner=True,
+    )
     vector_store = store if store is not None else open_vector_store(config)
     catalog = ItemCatalog(vector_store, config.qdrant.items_collection)
-    streams = GenreStreams(config, app, topics, users, graph, vector_store, catalog)
+    streams = GenreStreams(config, app, topics, users, graph, latest_lists, vector_store, catalog)
     _add_pages(streams)
     return streams
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from genre.core.telemetry import METRICS
+from genre.core.telemetry import METRICS, measured_batch
 from genre.schemas import ItemUpsert, Rejection, parse_record
 from genre.streams.app import GenreStreams
 from genre.workers.text_encoder import TextEncoder
@@ -68,15 +68,12 @@ def register_item_encoder_agent(streams: GenreStreams, worker: ItemEncoderWorker
     @streams.app.agent(topic, name="genre.item-encoder")
     async def item_encoder(stream: Any) -> None:
         async for events in stream.take_events(batch, within=0.05):
-            start = time.perf_counter()
-            METRICS.events_in.labels(name).inc(len(events))
-            METRICS.batch_size.labels("item-encoder").observe(len(events))
-            good = []
-            for event in events:
-                result = parse_record(ItemUpsert, event.message.value)
-                if isinstance(result, Rejection):
-                    await streams.dead_letter(event.message, result.reason, result.error)
-                else:
-                    good.append(result)
-            await worker.handle(good)
-            METRICS.agent_batch_seconds.labels("item-encoder").observe(time.perf_counter() - start)
+            with measured_batch("item-encoder", name, len(events)):
+                good = []
+                for event in events:
+                    result = parse_record(ItemUpsert, event.message.value)
+                    if isinstance(result, Rejection):
+                        await streams.dead_letter(event.message, result.reason, result.error)
+                    else:
+                        good.append(result)
+                await worker.handle(good)

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from genre.core.registry import Registry
-from genre.core.telemetry import METRICS
+from genre.core.telemetry import METRICS, measured_batch
 from genre.core.vectorstore import StoredVector
 from genre.schemas import Recommendation, RecommendedItem, ScoreRequest
 from genre.streams.app import GenreStreams
@@ -220,6 +220,7 @@ class ScorerWorker:
         topic = self.streams.topics.recommendations
         for rec in recs:
             await topic.send(key=rec.user_id.encode(), value=rec.to_bytes())
+            self.streams.latest_lists[rec.user_id] = [i.item_id for i in rec.items]
             METRICS.click_to_recommendation_ms.observe(rec.latency_ms)
         METRICS.recommendations.inc(len(recs))
         METRICS.events_out.labels(topic.get_topic_name()).inc(len(recs))
@@ -270,9 +271,6 @@ def register_scorer_agent(streams: GenreStreams, worker: ScorerWorker) -> None:
     @streams.app.agent(topic, name="genre.scorer")
     async def scorer(stream: Any) -> None:
         async for events in stream.take_events(cfg.batch_size, within=cfg.batch_within_ms / 1000):
-            start = time.perf_counter()
-            METRICS.events_in.labels(name).inc(len(events))
-            METRICS.batch_size.labels("scorer").observe(len(events))
-            requests = [ScoreRequest.from_bytes(e.message.value) for e in events]
-            await worker.handle(requests)
-            METRICS.agent_batch_seconds.labels("scorer").observe(time.perf_counter() - start)
+            with measured_batch("scorer", name, len(events)):
+                requests = [ScoreRequest.from_bytes(e.message.value) for e in events]
+                await worker.handle(requests)
