@@ -7,6 +7,7 @@ or dead-lettered once with its reason.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from genre.core.telemetry import METRICS, measured_batch
@@ -19,6 +20,8 @@ from genre.streams.state import (
     new_item_state,
     new_user_state,
 )
+
+log = logging.getLogger("genre.streams")
 
 
 def user_rules(streams: GenreStreams) -> UserStateRules:
@@ -78,7 +81,14 @@ def register_stream_agents(streams: GenreStreams) -> None:
         async for events in stream.take_events(batch, within=within):
             with measured_batch("user-state", user_clicks_name, len(events)):
                 clicks = [UserClick.from_bytes(e.message.value) for e in events]
-                vectors = await streams.items(c.event.item_id for c in clicks)
+                store_down = False
+                try:
+                    vectors = await streams.items(c.event.item_id for c in clicks)
+                except Exception as exc:  # vector store unreachable: keep the stream moving
+                    log.warning("item lookup failed (%s); using cached vectors only", exc)
+                    METRICS.fallbacks.labels("user-state", type(exc).__name__).inc()
+                    vectors, _ = streams.catalog.cached(c.event.item_id for c in clicks)
+                    store_down = True
                 touched: dict[str, dict] = {}
                 triggers: dict[str, UserClick] = {}
                 co: dict[str, CoClick] = {}
@@ -91,7 +101,7 @@ def register_stream_agents(streams: GenreStreams) -> None:
                         METRICS.duplicate_events.inc()
                         continue
                     stored = vectors.get(ev.item_id)
-                    if stored is None:
+                    if stored is None and not store_down:
                         await streams.dead_letter(
                             event.message,
                             "unknown_item",
@@ -104,7 +114,9 @@ def register_stream_agents(streams: GenreStreams) -> None:
                     METRICS.online_clicks.inc()
                     if ev.item_id in (streams.latest_lists.get(ev.user_id) or ()):
                         METRICS.online_hits.inc()
-                    neighbours = rules.apply(state, ev, stored.vector)
+                    # With the store down an uncached item is applied without its vector:
+                    # history, graph and counts stay exact; the vector catches up later.
+                    neighbours = rules.apply(state, ev, stored.vector if stored else None)
                     streams.observe_event_time(ev.ts)
                     touched[ev.user_id] = state
                     triggers[ev.user_id] = click

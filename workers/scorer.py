@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from genre.core.vectorstore import StoredVector
 from genre.schemas import Recommendation, RecommendedItem, ScoreRequest
 from genre.streams.app import GenreStreams
 from genre.workers.candidates import Candidate, build_sources, count_candidates
+
+log = logging.getLogger("genre.scorer")
 
 #: How often user vectors and lists are written to Qdrant ``users``: often enough
 #: that the stored list trails the published one by well under a second.
@@ -170,7 +173,12 @@ class ScorerWorker:
         per_source = []
         for source, weight in self.sources:
             start = time.perf_counter()
-            candidates = await source.generate(batch)
+            try:
+                candidates = await source.generate(batch)
+            except Exception as exc:  # an outage of one source must not stall the stream
+                log.warning("candidate source %s failed (%s); ranking without it", source.name, exc)
+                METRICS.fallbacks.labels(f"source:{source.name}", type(exc).__name__).inc()
+                continue
             METRICS.inference_seconds.labels(f"source:{source.name}", "cpu").observe(
                 time.perf_counter() - start
             )
@@ -191,7 +199,12 @@ class ScorerWorker:
             needed.update(s.item_id for s in scored)
             needed.update(s.because for s in scored if s.because)
             needed.update(req.recent_items[-EXPLAIN_RECENT:])
-        items = await self.streams.items(needed)
+        try:
+            items = await self.streams.items(needed)
+        except Exception as exc:  # titles only: explain from what is cached
+            log.warning("item lookup for explanations failed (%s); using the cache", exc)
+            METRICS.fallbacks.labels("explain", type(exc).__name__).inc()
+            items, _ = self.streams.catalog.cached(needed)
         recs = []
         now = time.time()
         for req, scored in zip(batch, ranked, strict=True):
@@ -242,13 +255,19 @@ class ScorerWorker:
             return 0
         pending, self.pending_users = self.pending_users, {}
         ids = list(pending)
-        await self.streams.in_store(
-            self.streams.store.upsert,
-            self.users_collection,
-            ids,
-            np.asarray([pending[u][0] for u in ids], np.float32),
-            [pending[u][1] for u in ids],
-        )
+        try:
+            await self.streams.in_store(
+                self.streams.store.upsert,
+                self.users_collection,
+                ids,
+                np.asarray([pending[u][0] for u in ids], np.float32),
+                [pending[u][1] for u in ids],
+            )
+        except Exception as exc:  # vector store down: keep the writes for the next flush
+            log.warning("writing %d users to Qdrant failed (%s); will retry", len(ids), exc)
+            METRICS.fallbacks.labels("users-write", type(exc).__name__).inc()
+            self.pending_users = {**pending, **self.pending_users}  # newer entries win
+            return 0
         return len(ids)
 
 
