@@ -137,7 +137,10 @@ class DeadLetter(_Record):
     source_topic: str
     source_partition: int
     source_offset: int
-    raw_payload: str = Field(description="The payload as received (UTF-8, invalid bytes escaped).")
+    raw_payload: str = Field(
+        description="The payload as received (UTF-8, invalid bytes escaped, truncated at 4 KiB); "
+        "for unknown_item, the validated event re-serialised."
+    )
     raw_key: str | None = None
     reason: str = Field(description="Machine-readable reason code, e.g. invalid_json.")
     error: str = Field(description="Human-readable description of what was wrong.")

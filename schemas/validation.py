@@ -20,6 +20,9 @@ MAX_PAYLOAD_BYTES = 64 * 1024
 _PYDANTIC_REASONS = {
     "missing": "missing_field",
     "extra_forbidden": "unknown_field",
+    # pydantic's parser rejects JSON that orjson accepted (e.g. nesting past its
+    # recursion limit): still malformed JSON, not a bad value.
+    "json_invalid": "invalid_json",
 }
 
 
