@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.types import TP
@@ -44,9 +44,13 @@ def exact_end_offsets(
         result: dict[tuple[str, int], int] = {}
         pending: dict[tuple[str, int], int] = {}
         for topic, partition in tps:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=timeout_s
-            )
+            try:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=timeout_s
+                )
+            except KafkaException:  # the partition does not exist (yet): nothing to replay
+                result[(topic, partition)] = 0
+                continue
             if high <= low:
                 result[(topic, partition)] = high
             else:
@@ -79,9 +83,13 @@ class ExactEndRecovery(Recovery):
         config = CLIENT_CONFIG.get(self.app.conf.id)
         if config is None or not tps:
             return await super()._build_highwaters(consumer, tps, destination, title)
-        ends = await asyncio.get_running_loop().run_in_executor(
-            None, exact_end_offsets, config, [(tp.topic, tp.partition) for tp in tps]
-        )
+        try:
+            ends = await asyncio.get_running_loop().run_in_executor(
+                None, exact_end_offsets, config, [(tp.topic, tp.partition) for tp in tps]
+            )
+        except Exception as exc:  # never let the probe take the worker down
+            self.log.warning("exact end offsets unavailable (%r); using the broker's", exc)
+            return await super()._build_highwaters(consumer, tps, destination, title)
         # Faust tracks the last offset, not the end: hence the -1, as upstream does.
         highwaters = {tp: ends[(tp.topic, tp.partition)] - 1 for tp in tps}
         self.log.info("Exact highwaters for %s changelog partitions: %s", title, highwaters)
