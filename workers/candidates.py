@@ -17,8 +17,9 @@ import numpy as np
 from genre.core.registry import Registry
 from genre.core.telemetry import METRICS
 from genre.schemas import ScoreRequest
+from genre.streams.agents import graph_rules
 from genre.streams.app import GenreStreams
-from genre.streams.state import GraphRules, neighbour_scores
+from genre.streams.state import neighbour_scores
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +103,7 @@ class CoClickSource:
         self.streams = streams
         self.limit = limit
         self.recent_items = recent_items
-        s = streams.config.streams
-        self.rules = GraphRules(s.edge_half_life_s, s.trending_half_life_s, s.max_neighbours)
+        self.rules = graph_rules(streams)
 
     async def generate(self, requests: list[ScoreRequest]) -> list[dict[str, Candidate]]:
         now = self.streams.event_now()
@@ -132,8 +132,7 @@ class TrendingSource:
         self.streams = streams
         self.limit = limit
         self.refresh_s = refresh_s
-        s = streams.config.streams
-        self.rules = GraphRules(s.edge_half_life_s, s.trending_half_life_s, s.max_neighbours)
+        self.rules = graph_rules(streams)
         self._top: list[tuple[str, float]] = []
         self._refreshed = 0.0
 
