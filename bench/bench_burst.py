@@ -405,19 +405,22 @@ def run_burst(
                 # Drain: until every event is applied, a duplicate or dead-lettered.
                 deadline = t0 + timeout_s
                 counters = Counters()
-                while True:
-                    if not worker.running:
-                        error = f"worker died; log:\n{worker.log_tail()}"
-                        break
-                    with contextlib.suppress(OSError):  # slow /metrics: keep the last ones
-                        counters = read_counters(worker, *topics)
-                    # Drained: every click accounted for and the scorer has caught up.
-                    if counters.accounted >= events and counters.scorer_drained:
-                        break
-                    if time.time() > deadline:
-                        error = f"timeout: {int(counters.accounted)}/{events} accounted"
-                        break
-                    time.sleep(CHECK_EVERY_S)
+                try:
+                    while True:
+                        if not worker.running:
+                            error = f"worker died; log:\n{worker.log_tail()}"
+                            break
+                        with contextlib.suppress(OSError):  # slow /metrics: keep the last ones
+                            counters = read_counters(worker, *topics)
+                        # Drained: every click accounted for and the scorer has caught up.
+                        if counters.accounted >= events and counters.scorer_drained:
+                            break
+                        if time.time() > deadline:
+                            error = f"timeout: {int(counters.accounted)}/{events} accounted"
+                            break
+                        time.sleep(CHECK_EVERY_S)
+                except KeyboardInterrupt:  # Ctrl-C / SIGTERM: still report what was measured
+                    error = f"interrupted: {int(counters.accounted)}/{events} accounted"
                 t_done = time.time()
                 sampler.stop_event.set()
                 sampler.join(10)
@@ -452,6 +455,8 @@ def run_burst(
         "clicks_in": int(counters.clicks_in),
         "user_clicks_in": int(counters.user_clicks_in),
         "recommendations": int(counters.recommendations),
+        "score_requests_out": int(counters.requests_out),
+        "score_requests_in": int(counters.requests_in),
         "consumer_lag_end": {k: int(v) for k, v in sorted(counters.lag.items())},
         "worker_rss_mb": worker_mem.as_dict(),
         "broker_rss_mb": broker_mem.as_dict(),
