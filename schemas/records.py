@@ -148,14 +148,19 @@ class DeadLetter(_Record):
 
 
 class ScoreRequest(_Record):
-    """Internal: the user-state agent asks the scorer for a fresh list."""
+    """Internal: the user-state agent asks the scorer for a fresh list.
+
+    On the wire it carries only the user and the trigger; the scorer fills in
+    history, seen set and vector from the co-partitioned user-state table
+    (``model_copy``) before ranking, so requests stay ~150 bytes.
+    """
 
     user_id: str
     trigger_event_id: str
     trigger_produced_at: float
     trigger_ts: float = Field(description="Event time of the trigger click.")
-    recent_items: list[str]
-    seen_items: list[str]
+    recent_items: list[str] = Field(default_factory=list)
+    seen_items: list[str] = Field(default_factory=list)
     vector: list[float] | None = None
     clicks: int = 0
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from genre.core.telemetry import METRICS, measured_batch
 from genre.schemas import ClickEvent, CoClick, Rejection, ScoreRequest, UserClick, parse_record
-from genre.streams.app import GenreStreams
+from genre.streams.app import GenreStreams, table_key
 from genre.streams.state import (
     USER_VECTOR_UPDATERS,
     GraphRules,
@@ -71,7 +71,7 @@ def register_stream_agents(streams: GenreStreams) -> None:
                         source_offset=msg.offset,
                     )
                     await topics.user_clicks.send(
-                        key=result.user_id.encode(), value=envelope.to_bytes()
+                        key=table_key(result.user_id), value=envelope.to_bytes()
                     )
                     METRICS.events_out.labels(user_clicks_name).inc()
 
@@ -126,21 +126,18 @@ def register_stream_agents(streams: GenreStreams) -> None:
                 for user_id, state in touched.items():
                     streams.users[user_id] = state
                 for item_id, record in co.items():
-                    await topics.co_clicks.send(key=item_id.encode(), value=record.to_bytes())
+                    await topics.co_clicks.send(key=table_key(item_id), value=record.to_bytes())
                 METRICS.events_out.labels(co_clicks_name).inc(len(co))
                 for user_id, click in triggers.items():
-                    state = touched[user_id]
                     request = ScoreRequest(
                         user_id=user_id,
                         trigger_event_id=click.event.event_id,
                         trigger_produced_at=click.produced_at,
                         trigger_ts=click.event.ts,
-                        recent_items=state["history"],
-                        seen_items=state["seen"],
-                        vector=state["vector"],
-                        clicks=state["clicks"],
                     )
-                    await topics.score_requests.send(key=user_id.encode(), value=request.to_bytes())
+                    await topics.score_requests.send(
+                        key=table_key(user_id), value=request.to_bytes()
+                    )
                 METRICS.events_out.labels(topics.score_requests.get_topic_name()).inc(len(triggers))
                 METRICS.users_tracked.set(len(streams.users))
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import faust
+import orjson
 from aiohttp import web
 from faust.tables import TableManager
 
@@ -136,6 +137,20 @@ def _broker_settings(config: GenreConfig) -> dict[str, Any]:
     return settings
 
 
+TABLE_SCHEMA = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
+
+
+def table_key(key: str) -> bytes:
+    """Message key for internal topics that are co-partitioned with a table.
+
+    Faust writes ``str`` table keys to changelogs JSON-encoded ('"u1"'). Keying
+    the internal topics with the same bytes makes the partitioner put a user's
+    clicks, score requests and changelog records in the same partition number,
+    so the worker that owns a user's clicks also owns that user's state.
+    """
+    return orjson.dumps(key)
+
+
 def build_streams(config: GenreConfig, *, store: VectorStore | None = None) -> GenreStreams:
     """Create the Faust app with GENRE's topics and tables; agents attach afterwards."""
     s = config.streams
@@ -198,7 +213,7 @@ def build_streams(config: GenreConfig, *, store: VectorStore | None = None) -> G
     users = app.Table(
         "user-state",
         partitions=t.user_clicks.partitions,
-        schema=faust.Schema(key_type=str, key_serializer="json", value_serializer="json"),
+        schema=TABLE_SCHEMA,
         # Batched agents write after awaiting (no current event), so the changelog
         # partition comes from the key, as the source topic's partition does.
         use_partitioner=True,
@@ -206,13 +221,13 @@ def build_streams(config: GenreConfig, *, store: VectorStore | None = None) -> G
     graph = app.GlobalTable(
         "item-graph",
         partitions=t.co_clicks.partitions,
-        schema=faust.Schema(key_type=str, key_serializer="json", value_serializer="json"),
+        schema=TABLE_SCHEMA,
         use_partitioner=True,
     )
     latest_lists = app.Table(
         "latest-lists",
         partitions=t.user_clicks.partitions,
-        schema=faust.Schema(key_type=str, key_serializer="json", value_serializer="json"),
+        schema=TABLE_SCHEMA,
         use_partitioner=True,
     )
     vector_store = store if store is not None else open_vector_store(config)

@@ -169,7 +169,7 @@ class ScorerWorker:
         for req in requests:
             latest[req.user_id] = req
             self.streams.observe_event_time(req.trigger_ts)
-        batch = list(latest.values())
+        batch = [self._with_state(req) for req in latest.values()]
         per_source = []
         for source, weight in self.sources:
             start = time.perf_counter()
@@ -228,6 +228,26 @@ class ScorerWorker:
             recs.append(rec)
         await self._publish(batch, recs)
         return recs
+
+    def _with_state(self, request: ScoreRequest) -> ScoreRequest:
+        """The request with the user's history, seen set and vector from the user table.
+
+        Score requests and user clicks are co-partitioned (same key, same partition
+        count), so the worker scoring a user also holds that user's state.
+        """
+        state = self.streams.users.get(request.user_id)
+        if state is None:
+            log.warning("no state for user %s on this worker; ranking cold", request.user_id)
+            METRICS.fallbacks.labels("scorer", "no_user_state").inc()
+            return request
+        return request.model_copy(
+            update={
+                "recent_items": state["history"],
+                "seen_items": state["seen"],
+                "vector": state["vector"],
+                "clicks": state["clicks"],
+            }
+        )
 
     async def _publish(self, batch: list[ScoreRequest], recs: list[Recommendation]) -> None:
         topic = self.streams.topics.recommendations

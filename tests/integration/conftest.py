@@ -21,38 +21,52 @@ from genre.process import WorkerProcess
 from genre.schemas import ClickEvent, ItemUpsert, Recommendation
 
 GENRES = {
-    "space": ["Star Wars: a space opera of rebels and an empire among the stars",
-              "Star Trek: a starship crew explores deep space",
-              "Alien: a deadly creature stalks a spaceship crew",
-              "Apollo 13: astronauts stranded in space fight to return to Earth",
-              "Interstellar: explorers travel through a wormhole to save humanity",
-              "Gravity: an astronaut adrift in orbit after a space disaster"],
-    "animation": ["Toy Story: toys come alive when their owner is away",
-                  "Finding Nemo: a clownfish father crosses the ocean for his son",
-                  "The Lion King: a lion cub grows up to reclaim his kingdom",
-                  "Shrek: an ogre and a donkey rescue a princess in a fairy tale",
-                  "Aladdin: a street boy finds a magic lamp with a genie",
-                  "Up: an old man flies his house away with balloons"],
-    "cooking": ["Chef's Table: portraits of great chefs and their restaurants",
-                "The Great British Bake Off: amateur bakers compete with cakes",
-                "Julie & Julia: a cook works through a French cookbook recipe by recipe",
-                "Ratatouille: a rat becomes a chef in a Paris kitchen",
-                "Salt Fat Acid Heat: the elements of good cooking",
-                "Jiro Dreams of Sushi: a master sushi chef in Tokyo"],
-    "crime": ["The Godfather: a mafia family's patriarch hands power to his son",
-              "Heat: a detective hunts a professional bank robber in Los Angeles",
-              "Se7en: two detectives track a serial killer",
-              "The Departed: an undercover cop and a mole in the police",
-              "Goodfellas: the life of a gangster in the mob",
-              "Zodiac: journalists and police chase an elusive killer"],
+    "space": [
+        "Star Wars: a space opera of rebels and an empire among the stars",
+        "Star Trek: a starship crew explores deep space",
+        "Alien: a deadly creature stalks a spaceship crew",
+        "Apollo 13: astronauts stranded in space fight to return to Earth",
+        "Interstellar: explorers travel through a wormhole to save humanity",
+        "Gravity: an astronaut adrift in orbit after a space disaster",
+    ],
+    "animation": [
+        "Toy Story: toys come alive when their owner is away",
+        "Finding Nemo: a clownfish father crosses the ocean for his son",
+        "The Lion King: a lion cub grows up to reclaim his kingdom",
+        "Shrek: an ogre and a donkey rescue a princess in a fairy tale",
+        "Aladdin: a street boy finds a magic lamp with a genie",
+        "Up: an old man flies his house away with balloons",
+    ],
+    "cooking": [
+        "Chef's Table: portraits of great chefs and their restaurants",
+        "The Great British Bake Off: amateur bakers compete with cakes",
+        "Julie & Julia: a cook works through a French cookbook recipe by recipe",
+        "Ratatouille: a rat becomes a chef in a Paris kitchen",
+        "Salt Fat Acid Heat: the elements of good cooking",
+        "Jiro Dreams of Sushi: a master sushi chef in Tokyo",
+    ],
+    "crime": [
+        "The Godfather: a mafia family's patriarch hands power to his son",
+        "Heat: a detective hunts a professional bank robber in Los Angeles",
+        "Se7en: two detectives track a serial killer",
+        "The Departed: an undercover cop and a mole in the police",
+        "Goodfellas: the life of a gangster in the mob",
+        "Zodiac: journalists and police chase an elusive killer",
+    ],
 }
 
 
 def catalog() -> list[ItemUpsert]:
     """24 items in 4 clearly separated genres; ids are '<genre>-<n>'."""
     return [
-        ItemUpsert(item_id=f"{genre}-{i}", title=text.split(":")[0], text=text, category=genre,
-                   tags=[genre], ts=1_700_000_000.0)
+        ItemUpsert(
+            item_id=f"{genre}-{i}",
+            title=text.split(":")[0],
+            text=text,
+            category=genre,
+            tags=[genre],
+            ts=1_700_000_000.0,
+        )
         for genre, texts in GENRES.items()
         for i, text in enumerate(texts)
     ]
@@ -64,16 +78,25 @@ def click(event_id: str, user: str, item: str, ts: float = 1_700_000_100.0) -> C
 
 
 def read_topic(
-    config: GenreConfig, topic: str, *, until: Callable[[list[Any]], bool] | None = None,
-    idle_s: float = 3.0, timeout_s: float = 60.0,
+    config: GenreConfig,
+    topic: str,
+    *,
+    until: Callable[[list[Any]], bool] | None = None,
+    idle_s: float = 3.0,
+    timeout_s: float = 60.0,
 ) -> list[Any]:
     """All messages of ``topic`` from the start (partitions assigned, no group).
 
     Stops when ``until(messages)`` is true, after ``idle_s`` without a message
     (only when no ``until`` is given), or at ``timeout_s``.
     """
-    consumer = Consumer({**config.kafka.consumer_config(), "group.id": f"test-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            **config.kafka.consumer_config(),
+            "group.id": f"test-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+        }
+    )
     meta = consumer.list_topics(topic, timeout=10).topics[topic]
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
     messages: list[Any] = []
@@ -92,8 +115,9 @@ def read_topic(
     finally:
         consumer.close()
     if until is not None:
-        raise AssertionError(f"condition not met on {topic} within {timeout_s}s "
-                             f"({len(messages)} messages)")
+        raise AssertionError(
+            f"condition not met on {topic} within {timeout_s}s ({len(messages)} messages)"
+        )
     return messages
 
 
@@ -115,23 +139,25 @@ class Pipeline:
     def send_clicks(self, events: list[ClickEvent]) -> None:
         with self.producer() as producer:
             for event in events:
-                producer.send_raw(self.topics.clicks.name, event.to_bytes(),
-                                  event.user_id.encode())
+                producer.send_raw(self.topics.clicks.name, event.to_bytes(), event.user_id.encode())
 
     def send_raw(self, payloads: list[bytes]) -> None:
         with self.producer() as producer:
             for payload in payloads:
                 producer.send_raw(self.topics.clicks.name, payload, b"raw")
 
-    def recommendations(self, until_triggers: set[str], timeout_s: float = 60.0
-                        ) -> list[Recommendation]:
+    def recommendations(
+        self, until_triggers: set[str], timeout_s: float = 60.0
+    ) -> list[Recommendation]:
         """Read recommendations until each event id in ``until_triggers`` triggered one."""
+
         def done(msgs: list[Any]) -> bool:
             seen = {Recommendation.from_bytes(m.value()).trigger_event_id for m in msgs}
             return until_triggers <= seen
 
-        msgs = read_topic(self.config, self.topics.recommendations.name, until=done,
-                          timeout_s=timeout_s)
+        msgs = read_topic(
+            self.config, self.topics.recommendations.name, until=done, timeout_s=timeout_s
+        )
         return [Recommendation.from_bytes(m.value()) for m in msgs]
 
     def user_state(self, user_id: str) -> dict[str, Any] | None:
@@ -181,8 +207,9 @@ def start_pipeline(tmp: Path, bootstrap: str, encoder_dir: Path, **overrides: An
 
 
 @pytest.fixture(scope="module")
-def pipeline(broker: Any, encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[Pipeline]:
+def pipeline(
+    broker: Any, encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pipeline]:
     """A worker shared by a test module (tests use distinct user ids)."""
     p = start_pipeline(tmp_path_factory.mktemp("pipeline"), broker.bootstrap, encoder_dir)
     try:

@@ -30,8 +30,9 @@ def latest_by_user(recs: list[Recommendation]) -> dict[str, Recommendation]:
 def test_clicks_produce_schema_valid_recommendations(pipeline: Pipeline) -> None:
     events = []
     for user, genre in (("ann-space", "space"), ("ann-cook", "cooking"), ("ann-crime", "crime")):
-        events += [click(f"{user}-{i}", user, f"{genre}-{i}", ts=1_700_000_100.0 + i)
-                   for i in range(3)]
+        events += [
+            click(f"{user}-{i}", user, f"{genre}-{i}", ts=1_700_000_100.0 + i) for i in range(3)
+        ]
     pipeline.send_clicks(events)
     last = {f"{u}-2" for u in ("ann-space", "ann-cook", "ann-crime")}
     recs = pipeline.recommendations(until_triggers=last)
@@ -65,8 +66,10 @@ def test_co_clicks_drive_recommendations(pipeline: Pipeline) -> None:
     events = []
     for u in range(6):
         user = f"cc-crowd-{u}"
-        events += [click(f"{user}-a", user, "space-0", ts=1_700_000_200.0 + u),
-                   click(f"{user}-b", user, "cooking-5", ts=1_700_000_201.0 + u)]
+        events += [
+            click(f"{user}-a", user, "space-0", ts=1_700_000_200.0 + u),
+            click(f"{user}-b", user, "cooking-5", ts=1_700_000_201.0 + u),
+        ]
     pipeline.send_clicks(events)
     pipeline.recommendations(until_triggers={f"cc-crowd-{u}-b" for u in range(6)})
     pipeline.send_clicks([click("cc-new-a", "cc-new", "space-0", ts=1_700_000_300.0)])
@@ -86,10 +89,8 @@ def test_bad_events_go_to_dlq_with_reasons_while_good_ones_flow(pipeline: Pipeli
         b"[1, 2, 3]": "not_an_object",
         b'{"event_id": "x1", "user_id": "u", "ts": 1700000000}': "missing_field",
         b'{"event_id": "x2", "user_id": "u", "item_id": "space-1", "ts": "soon"}': "wrong_type",
-        b'{"event_id": "x3", "user_id": "u", "item_id": "space-1", "ts": 1700000000000}':
-            "invalid_value",
-        b'{"event_id": "x4", "user_id": "u", "item_id": "space-1", "ts": 1.7e9, "x": 1}':
-            "unknown_field",
+        b'{"event_id": "x3", "user_id": "u", "item_id": "space-1", "ts": 1700000000000}': "invalid_value",
+        b'{"event_id": "x4", "user_id": "u", "item_id": "space-1", "ts": 1.7e9, "x": 1}': "unknown_field",
         b"{" + b'"pad": "' + b"a" * 70_000 + b'"}': "payload_too_large",
         b"": "empty_payload",
     }
@@ -102,10 +103,13 @@ def test_bad_events_go_to_dlq_with_reasons_while_good_ones_flow(pipeline: Pipeli
     assert any(r.user_id == "dlq-good" for r in recs)
 
     expected = sorted([*bad.values(), "unknown_item"])
-    msgs = read_topic(pipeline.config, pipeline.topics.dlq.name,
-                      until=lambda m: len(m) >= len(expected) + dlq_before)
+    msgs = read_topic(
+        pipeline.config,
+        pipeline.topics.dlq.name,
+        until=lambda m: len(m) >= len(expected) + dlq_before,
+    )
     letters = [DeadLetter.from_bytes(m.value()) for m in msgs]
-    mine = [d for d in letters if d.reason in set(expected)][-len(expected):]
+    mine = [d for d in letters if d.reason in set(expected)][-len(expected) :]
     assert sorted(d.reason for d in mine) == expected
     for letter in mine:
         assert letter.source_topic == pipeline.topics.clicks.name
@@ -119,9 +123,7 @@ def test_bad_events_go_to_dlq_with_reasons_while_good_ones_flow(pipeline: Pipeli
     w = pipeline.worker
     consumed = w.metric("genre_events_in_total", topic=pipeline.topics.clicks.name)
     forwarded = w.metric("genre_events_out_total", topic=pipeline.topics.user_clicks.name)
-    ingest_rejects = sum(
-        w.metric("genre_dlq_records_total", reason=r) for r in set(bad.values())
-    )
+    ingest_rejects = sum(w.metric("genre_dlq_records_total", reason=r) for r in set(bad.values()))
     assert consumed == forwarded + ingest_rejects
 
 
@@ -152,17 +154,16 @@ def test_restarted_worker_recovers_tables_from_changelog(
     else:
         assert p.worker.stop() is not None
     p.worker.start(ready_timeout_s=120)
-    after = [click(f"rs-{i}", "rs-user", f"crime-{i - 5}", ts=1_700_000_200.0 + i)
-             for i in range(5, 8)]
+    after = [
+        click(f"rs-{i}", "rs-user", f"crime-{i - 5}", ts=1_700_000_200.0 + i) for i in range(5, 8)
+    ]
     p.send_clicks(after)
     recs = p.recommendations(until_triggers={"rs-7"})
     state = p.user_state("rs-user")
     assert state is not None
     # Each accepted event is reflected exactly once, across the restart.
     assert state["clicks"] == 8
-    assert state["history"] == [f"space-{i}" for i in range(5)] + [
-        f"crime-{i}" for i in range(3)
-    ]
+    assert state["history"] == [f"space-{i}" for i in range(5)] + [f"crime-{i}" for i in range(3)]
     final = next(r for r in recs if r.trigger_event_id == "rs-7")
     assert not {i.item_id for i in final.items} & set(state["history"])
 
@@ -185,10 +186,17 @@ def test_user_vector_and_list_are_stored_in_qdrant(fresh_pipeline: Pipeline) -> 
 
 def test_metrics_page_exports_every_stage(pipeline: Pipeline) -> None:
     text = pipeline.worker.metrics_text()
-    for name in ("genre_events_in_total", "genre_events_out_total", "genre_items_encoded_total",
-                 "genre_agent_batch_seconds_bucket", "genre_click_to_recommendation_ms_bucket",
-                 "genre_inference_seconds_bucket", "genre_qdrant_seconds_bucket",
-                 "genre_candidates_total", "genre_model_info"):
+    for name in (
+        "genre_events_in_total",
+        "genre_events_out_total",
+        "genre_items_encoded_total",
+        "genre_agent_batch_seconds_bucket",
+        "genre_click_to_recommendation_ms_bucket",
+        "genre_inference_seconds_bucket",
+        "genre_qdrant_seconds_bucket",
+        "genre_candidates_total",
+        "genre_model_info",
+    ):
         assert name in text, name
 
 
@@ -201,8 +209,12 @@ def test_worker_names_the_unreachable_broker(encoder_dir: Path, tmp_path: Path) 
     from .conftest import write_config
 
     path = write_config(tmp_path, f"127.0.0.1:{free_port()}", encoder_dir)
-    out = subprocess.run([sys.executable, "-m", "genre", "worker", "--config", str(path)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "genre", "worker", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1
     message = " ".join((out.stderr + out.stdout).split())
     assert "kafka.bootstrap_servers" in message
@@ -216,3 +228,26 @@ def test_state_changelog_is_json(pipeline: Pipeline) -> None:
     assert state is not None
     assert orjson.loads(orjson.dumps(state)) == state
     assert len(state["vector"]) == pipeline.config.encoder.dim
+
+
+def test_user_topics_and_state_changelog_are_co_partitioned(pipeline: Pipeline) -> None:
+    users = [f"cp-user-{i}" for i in range(12)]
+    pipeline.send_clicks([click(f"cp-{u}", u, "animation-4") for u in users])
+    pipeline.recommendations(until_triggers={f"cp-{u}" for u in users})
+
+    def partitions(topic: str) -> dict[str, set[int]]:
+        out: dict[str, set[int]] = {}
+        for msg in read_topic(pipeline.config, topic, idle_s=2.0):
+            key = orjson.loads(msg.key())
+            if key in users:
+                out.setdefault(key, set()).add(msg.partition())
+        return out
+
+    clicks = partitions(pipeline.topics.user_clicks.name)
+    requests = partitions(pipeline.topics.score_requests.name)
+    state = partitions(f"{pipeline.config.app_id}-user-state-changelog")
+    assert set(clicks) == set(requests) == set(state) == set(users)
+    for user in users:
+        assert len(clicks[user]) == 1
+        assert clicks[user] == requests[user] == state[user], user
+    assert len({p for ps in clicks.values() for p in ps}) > 1  # really spread out
