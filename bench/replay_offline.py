@@ -65,8 +65,11 @@ def parse_weights(text: str) -> list[CandidateSourceSpec]:
     for part in text.split(","):
         name, _, weight = part.partition("=")
         base = defaults[name.strip()]
-        specs.append(base.model_copy(update={"weight": float(weight or 1.0),
-                                             "params": {**base.params, **_fresh(name)}}))
+        specs.append(
+            base.model_copy(
+                update={"weight": float(weight or 1.0), "params": {**base.params, **_fresh(name)}}
+            )
+        )
     return specs
 
 
@@ -75,8 +78,9 @@ def _fresh(name: str) -> dict[str, Any]:
     return {"refresh_s": 0.0} if name.strip() == "trending" else {}
 
 
-def replay(config: GenreConfig, ml: Any, vectors: np.ndarray, n_events: int, k: int = 10,
-           lag: int = 0) -> dict[str, Any]:
+def replay(
+    config: GenreConfig, ml: Any, vectors: np.ndarray, n_events: int, k: int = 10, lag: int = 0
+) -> dict[str, Any]:
     """Hit rate at k of the configured ranker over the first ``n_events`` clicks.
 
     ``lag`` models pipeline latency in events: the list computed after click
@@ -98,9 +102,14 @@ def replay(config: GenreConfig, ml: Any, vectors: np.ndarray, n_events: int, k: 
     start = time.perf_counter()
     events = list(as_click_events(ml, limit=n_events))
     published: dict[str, list[tuple[int, set[str]]]] = {}  # user -> [(usable_from, items)]
-    for i, ev in enumerate(track(events, description=" ".join(
-            f"{c.name}={c.weight}" for c in config.scorer.candidates) + f" lag={lag}",
-            transient=True)):
+    for i, ev in enumerate(
+        track(
+            events,
+            description=" ".join(f"{c.name}={c.weight}" for c in config.scorer.candidates)
+            + f" lag={lag}",
+            transient=True,
+        )
+    ):
         state = users.setdefault(ev.user_id, new_user_state())
         streams.event_time = max(streams.event_time, ev.ts)
         lists = published.get(ev.user_id, [])
@@ -114,14 +123,21 @@ def replay(config: GenreConfig, ml: Any, vectors: np.ndarray, n_events: int, k: 
         grules.add_neighbours(item_state, neighbours, ev.ts)
         grules.add_click(item_state, ev.ts)
         for nbr in neighbours:
-            grules.add_neighbours(streams.graph.setdefault(nbr, new_item_state()),
-                                  [ev.item_id], ev.ts)
-        req = ScoreRequest(user_id=ev.user_id, trigger_event_id=ev.event_id,
-                           trigger_produced_at=0.0, trigger_ts=ev.ts,
-                           recent_items=state["history"], seen_items=state["seen"],
-                           vector=state["vector"])
-        per_source = [(s.name, w, loop.run_until_complete(s.generate([req]))[0])
-                      for s, w in sources]
+            grules.add_neighbours(
+                streams.graph.setdefault(nbr, new_item_state()), [ev.item_id], ev.ts
+            )
+        req = ScoreRequest(
+            user_id=ev.user_id,
+            trigger_event_id=ev.event_id,
+            trigger_produced_at=0.0,
+            trigger_ts=ev.ts,
+            recent_items=state["history"],
+            seen_items=state["seen"],
+            vector=state["vector"],
+        )
+        per_source = [
+            (s.name, w, loop.run_until_complete(s.generate([req]))[0]) for s, w in sources
+        ]
         tests = [f.predicate(req) for f in filters]
         ranked = scorer.rank(per_source, lambda item, t=tests: all(f(item) for f in t), k)
         published.setdefault(ev.user_id, []).append((i + lag + 1, {r.item_id for r in ranked}))
@@ -139,16 +155,26 @@ def replay(config: GenreConfig, ml: Any, vectors: np.ndarray, n_events: int, k: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--lag", type=int, action="append", default=[],
-                        help="pipeline lag in events (repeatable); default 0")
-    parser.add_argument("--config", action="append", default=[],
-                        help="candidate weights, e.g. co_click=1,ann=0.5,trending=0.5")
+    parser.add_argument(
+        "--lag",
+        type=int,
+        action="append",
+        default=[],
+        help="pipeline lag in events (repeatable); default 0",
+    )
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help="candidate weights, e.g. co_click=1,ann=0.5,trending=0.5",
+    )
     args = parser.parse_args()
     base = load_config()
     ml = load_ml100k(fetch_ml100k(base.path("datasets")))
     vectors = item_vectors(base, ml.items)
-    for weights in args.config or [",".join(f"{c.name}={c.weight}"
-                                            for c in base.scorer.candidates)]:
+    for weights in args.config or [
+        ",".join(f"{c.name}={c.weight}" for c in base.scorer.candidates)
+    ]:
         cfg = base.model_copy(deep=True)
         cfg.scorer.candidates = parse_weights(weights)
         for lag in args.lag or [0]:

@@ -89,8 +89,11 @@ def test_bad_events_go_to_dlq_with_reasons_while_good_ones_flow(pipeline: Pipeli
         b"[1, 2, 3]": "not_an_object",
         b'{"event_id": "x1", "user_id": "u", "ts": 1700000000}': "missing_field",
         b'{"event_id": "x2", "user_id": "u", "item_id": "space-1", "ts": "soon"}': "wrong_type",
-        b'{"event_id": "x3", "user_id": "u", "item_id": "space-1", "ts": 1700000000000}': "invalid_value",
-        b'{"event_id": "x4", "user_id": "u", "item_id": "space-1", "ts": 1.7e9, "x": 1}': "unknown_field",
+        # ts in milliseconds, and an extra field:
+        b'{"event_id": "x3", "user_id": "u", "item_id": "space-1", "ts": 17e11}': "invalid_value",
+        b'{"event_id": "x4", "user_id": "u", "item_id": "space-1", "ts": 1.7e9, "x": 1}': (
+            "unknown_field"
+        ),
         b"{" + b'"pad": "' + b"a" * 70_000 + b'"}': "payload_too_large",
         b"": "empty_payload",
     }
