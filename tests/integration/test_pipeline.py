@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import jsonschema
@@ -154,6 +155,7 @@ def test_restarted_worker_recovers_tables_from_changelog(
     p.recommendations(until_triggers={"rs-4"})
     if how == "kill":
         p.worker.kill()
+        time.sleep(7.0)  # let the killed member's 6 s session expire first
     else:
         assert p.worker.stop() is not None
     p.worker.start(ready_timeout_s=120)
