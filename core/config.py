@@ -192,6 +192,33 @@ class ScorerConfig(_Section):
         return self
 
 
+class RankerTrainSettings(_Section):
+    """How `genre train` / `genre evaluate` fit the learned ranker."""
+
+    epochs: int = Field(default=12, ge=1)
+    patience: int = Field(default=2, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+    negatives: int = Field(default=64, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    dim: int = Field(default=64, ge=4)
+    heads: int = Field(default=4, ge=1)
+    seed: int = 0
+    threads: int | None = Field(default=None, ge=1)
+
+
+class RankerSettings(_Section):
+    """The learned ranker (ONNX): where it lives, how the scorer worker serves it."""
+
+    enabled: Literal["auto", "on", "off"] = "auto"
+    dir: str = "models/ranker"
+    checkpoint: str = "models/ranker-checkpoint.pt"
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    providers: str | list[str] = "auto"
+    threads: int | None = Field(default=None, ge=1)
+    reload_s: float = Field(default=5.0, gt=0)
+    train: RankerTrainSettings = RankerTrainSettings()
+
+
 class DemoConfig(_Section):
     """Defaults for ``genre demo``."""
 
@@ -211,6 +238,7 @@ class GenreConfig(_Section):
     qdrant: QdrantConfig = QdrantConfig()
     encoder: EncoderConfig = EncoderConfig()
     scorer: ScorerConfig = ScorerConfig()
+    ranker: RankerSettings = RankerSettings()
     demo: DemoConfig = DemoConfig()
 
     #: Where the file came from, for error messages; not a YAML key.

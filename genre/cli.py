@@ -138,6 +138,111 @@ def export_encoder(
     typer.echo(manifest.model_dump_json(indent=2))
 
 
+@export_app.command("ranker")
+def export_ranker(
+    config: ConfigOpt = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Checkpoint (default: ranker.checkpoint)")
+    ] = None,
+    opset: Annotated[int, typer.Option(min=17, help="ONNX opset")] = 17,
+) -> None:
+    """Export the trained ranker (item tower, user encoder, scorer; fp32/fp16/int8) to ONNX."""
+    try:
+        from genre.model_export.ranker_export import export_ranker as run_export
+    except ImportError as exc:
+        console.print(
+            f"[red]{exc}[/red]; install the training extra: pip install 'genre-recsys[train]'"
+        )
+        raise typer.Exit(1) from None
+    cfg = _config(config)
+    ckpt = checkpoint or cfg.path(cfg.ranker.checkpoint)
+    if not ckpt.is_file():
+        console.print(f"[red]no checkpoint at {ckpt}[/red]; run `genre train` first")
+        raise typer.Exit(1)
+    manifest = run_export(ckpt, cfg.path(cfg.ranker.dir), opset=opset, console=console)
+    typer.echo(manifest.model_dump_json(indent=2))
+
+
+_EvalOut = Annotated[
+    Path | None, typer.Option(help="Report folder (default: <data_dir>/reports/...)")
+]
+_ClicksOpt = Annotated[
+    Path | None, typer.Option(help="JSONL of ClickEvent records instead of --dataset")
+]
+_ItemsOpt = Annotated[Path | None, typer.Option(help="JSONL of ItemUpsert records (with --clicks)")]
+
+
+def _click_log(cfg: GenreConfig, dataset: str, clicks: Path | None, items: Path | None) -> object:
+    from genre.model_export.datasets import DatasetError
+    from genre.model_export.replay import ReplayError
+    from genre.ranking import RankingInputError, load_click_log
+
+    try:
+        return load_click_log(cfg, dataset, clicks, items)
+    except (RankingInputError, DatasetError, ReplayError) as exc:
+        console.print(f"[red]cannot load the click log:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def train(
+    config: ConfigOpt = None,
+    dataset: Annotated[str, typer.Option(help="Dataset: ml-100k")] = "ml-100k",
+    clicks: _ClicksOpt = None,
+    items: _ItemsOpt = None,
+    epochs: Annotated[int | None, typer.Option(help="Max epochs (default: ranker.train)")] = None,
+    out_dir: _EvalOut = None,
+) -> None:
+    """Train the GENRE ranker on a click log (temporal split, early stopping); print JSON."""
+    from genre.ranking import run_train
+
+    cfg = _config(config)
+    log = _click_log(cfg, dataset, clicks, items)
+    out = out_dir or cfg.path("reports/train")
+    summary = run_train(cfg, log, out_dir=out, console=console, epochs=epochs)  # type: ignore[arg-type]
+    typer.echo(json.dumps(summary))
+
+
+@app.command()
+def evaluate(
+    config: ConfigOpt = None,
+    dataset: Annotated[str, typer.Option(help="Dataset: ml-100k")] = "ml-100k",
+    clicks: _ClicksOpt = None,
+    items: _ItemsOpt = None,
+    models: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated subset: genre,popularity,item_knn,content,bpr,sasrec"),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="GENRE max epochs")] = None,
+    quick: Annotated[bool, typer.Option(help="Cap baseline epochs (smoke tests only)")] = False,
+    out_dir: _EvalOut = None,
+    as_json: Annotated[bool, typer.Option("--json", help="End with a JSON summary line")] = False,
+) -> None:
+    """GENRE ranker vs baselines on a temporal split with full ranking (HR@10, NDCG@10, MRR)."""
+    from genre.ranking import run_evaluate
+
+    cfg = _config(config)
+    log = _click_log(cfg, dataset, clicks, items)
+    names = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    out = out_dir or cfg.path("reports/evaluate")
+    try:
+        summary = run_evaluate(
+            cfg,
+            log,
+            models=names,
+            out_dir=out,
+            console=console,
+            epochs=epochs,
+            quick=quick,  # type: ignore[arg-type]
+        )
+    except ValueError as exc:
+        console.print(f"[red]cannot evaluate:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    console.print(f"report: {summary['report']['markdown']} and {summary['report']['plot']}")
+    if as_json:
+        typer.echo(json.dumps(summary))
+
+
 @data_app.command("fetch")
 def data_fetch(
     name: Annotated[str, typer.Argument(help="Dataset name: ml-100k")] = "ml-100k",

@@ -75,7 +75,9 @@ def temporal_split(n: int, fractions: tuple[float, float] = (0.8, 0.9)) -> np.nd
     """Split ``n`` time-ordered events: the first 80% train, the next 10% valid, the rest test."""
     lo, hi = fractions
     if not 0.0 < lo < hi < 1.0:
-        raise ReplayError(f"split fractions must satisfy 0 < train < train+valid < 1, got {lo}, {hi}")
+        raise ReplayError(
+            f"split fractions must satisfy 0 < train < train+valid < 1, got {lo}, {hi}"
+        )
     split = np.full(n, TEST, np.int8)
     split[: int(n * hi)] = VALID
     split[: int(n * lo)] = TRAIN

@@ -21,7 +21,7 @@ from rich.progress import Progress
 
 from genre.model_export.metrics import ndcg_at_k
 from genre.model_export.ranker import GenreRanker, RankerConfig
-from genre.model_export.replay import TRAIN, FeatureSpec, Interactions, QueryBatch, StreamReplay
+from genre.model_export.replay import FeatureSpec, Interactions, QueryBatch, StreamReplay
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,11 @@ def train_ranker(
     best, best_state, stale = -1.0, None, 0
     start = time.perf_counter()
     n_batches = -(-len(train_set) // cfg.batch_size)
-    task = progress.add_task("training GENRE ranker", total=cfg.epochs * n_batches) if progress else None
+    task = (
+        progress.add_task("training GENRE ranker", total=cfg.epochs * n_batches)
+        if progress
+        else None
+    )
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         order = rng.permutation(len(train_set))
@@ -180,11 +184,13 @@ def train_ranker(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             if progress is not None and task is not None:
                 progress.advance(task)
         val = ndcg_at_k(score_queries(model, inputs, valid, cfg.eval_batch), valid)
-        result.history.append({"epoch": epoch, "loss": float(np.mean(losses)), "valid_ndcg@10": val})
+        result.history.append(
+            {"epoch": epoch, "loss": float(np.mean(losses)), "valid_ndcg@10": val}
+        )
         if val > best:
             best, stale, result.best_epoch = val, 0, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

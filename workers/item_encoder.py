@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from genre.core.telemetry import METRICS, measured_batch
@@ -14,8 +15,15 @@ from genre.workers.text_encoder import TextEncoder
 class ItemEncoderWorker:
     """Encodes item text in batches and writes vectors plus payload to the vector store."""
 
-    def __init__(self, streams: GenreStreams, encoder: TextEncoder) -> None:
+    def __init__(
+        self,
+        streams: GenreStreams,
+        encoder: TextEncoder,
+        on_change: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        """``on_change(ids)`` runs after items are re-encoded or deleted (cache invalidation)."""
         self.streams = streams
+        self.on_change = on_change
         self.encoder = encoder
         self.collection = streams.config.qdrant.items_collection
         self.batch_size = streams.config.encoder.batch_size
@@ -35,6 +43,8 @@ class ItemEncoderWorker:
                 self.streams.catalog.forget(key)
             if self.streams.index is not None:
                 self.streams.index.delete(deletes)
+            if self.on_change is not None:
+                self.on_change(deletes)
         if not upserts:
             return
         start = time.perf_counter()
@@ -56,6 +66,8 @@ class ItemEncoderWorker:
             self.streams.catalog.put(key, vec, {**payload, "id": key})
         if self.streams.index is not None:
             self.streams.index.upsert(ids, vectors)
+        if self.on_change is not None:
+            self.on_change(ids)
         METRICS.items_encoded.inc(len(upserts))
 
 

@@ -15,8 +15,12 @@ from genre.core.registry import Registry
 from genre.core.telemetry import METRICS, measured_batch
 from genre.core.vectorstore import StoredVector
 from genre.schemas import Recommendation, RecommendedItem, ScoreRequest
+from genre.schemas.manifest import ManifestError
+from genre.streams.agents import graph_rules
 from genre.streams.app import GenreStreams
+from genre.streams.state import neighbour_scores
 from genre.workers.candidates import Candidate, build_sources, count_candidates
+from genre.workers.ranker import OnnxRanker, RankerHandle
 
 log = logging.getLogger("genre.scorer")
 
@@ -26,6 +30,9 @@ USERS_FLUSH_S = 0.25
 
 #: History items an "ann" pick is explained against (the most similar one is named).
 EXPLAIN_RECENT = 10
+
+#: Per-candidate features the ranker graphs take, in order, and how this worker computes them.
+RANKER_FEATURES = ("trending", "co_click")
 
 SOURCE_REASONS = {
     "trending": "trending now",
@@ -147,9 +154,15 @@ def _title(stored: StoredVector | None) -> str:
 class ScorerWorker:
     """Turns score requests into published recommendations, a micro-batch at a time."""
 
-    def __init__(self, streams: GenreStreams, model_version: str) -> None:
+    def __init__(
+        self, streams: GenreStreams, model_version: str, ranker: RankerHandle | None = None
+    ) -> None:
         cfg = streams.config.scorer
         self.streams = streams
+        self.ranker = ranker
+        self.graph_rules = graph_rules(streams)
+        if ranker is not None and ranker.current is not None:
+            check_ranker_features(ranker.current, streams)
         self.top_k = cfg.top_k
         self.sources = build_sources(streams)
         self.scorer = SCORERS.create(cfg.name)
@@ -184,18 +197,26 @@ class ScorerWorker:
             )
             count_candidates(source.name, candidates)
             per_source.append((source.name, weight, candidates))
-        ranked = []
+        keeps = [self._keep(req) for req in batch]
+        ranked: list[list[Scored]] | None = None
+        version = self.model_version
+        learned = self.ranker.current if self.ranker is not None else None
+        if learned is not None:
+            try:
+                ranked = await self._rank_learned(learned, batch, per_source, keeps)
+                version = f"ranker@{learned.version}+{'+'.join(s.name for s, _ in self.sources)}"
+            except Exception as exc:  # a model failure degrades to the blend, never stalls
+                log.warning("ranker %s failed (%s); blending instead", learned.version, exc)
+                METRICS.fallbacks.labels("ranker", type(exc).__name__).inc()
+        if ranked is None:
+            ranked = [
+                self.scorer.rank(
+                    [(name, w, cands[i]) for name, w, cands in per_source], keep, self.top_k
+                )
+                for i, keep in enumerate(keeps)
+            ]
         needed: set[str] = set()
-        for i, req in enumerate(batch):
-            tests = [f.predicate(req) for f in self.filters]
-
-            def keep(item: str, tests: list[Callable[[str], bool]] = tests) -> bool:
-                return all(test(item) for test in tests)
-
-            scored = self.scorer.rank(
-                [(name, w, cands[i]) for name, w, cands in per_source], keep, self.top_k
-            )
-            ranked.append(scored)
+        for req, scored in zip(batch, ranked, strict=True):
             needed.update(s.item_id for s in scored)
             needed.update(s.because for s in scored if s.because)
             needed.update(req.recent_items[-EXPLAIN_RECENT:])
@@ -220,7 +241,7 @@ class ScorerWorker:
                     )
                     for s in scored
                 ],
-                model_version=self.model_version,
+                model_version=version,
                 trigger_event_id=req.trigger_event_id,
                 generated_at=now,
                 latency_ms=round(max(0.0, (now - req.trigger_produced_at) * 1000.0), 3),
@@ -228,6 +249,81 @@ class ScorerWorker:
             recs.append(rec)
         await self._publish(batch, recs)
         return recs
+
+    def _keep(self, request: ScoreRequest) -> Callable[[str], bool]:
+        tests = [f.predicate(request) for f in self.filters]
+        return lambda item: all(test(item) for test in tests)
+
+    async def _rank_learned(
+        self,
+        ranker: OnnxRanker,
+        batch: list[ScoreRequest],
+        per_source: Sequence[tuple[str, float, list[dict[str, Candidate]]]],
+        keeps: list[Callable[[str], bool]],
+    ) -> list[list[Scored]]:
+        """Re-rank the union of every source's candidates with the learned ranker."""
+        origins: list[dict[str, str]] = []  # per request: item -> the first source proposing it
+        for i, keep in enumerate(keeps):
+            origin: dict[str, str] = {}
+            for name, _, cands in per_source:
+                for item in cands[i]:
+                    if item not in origin and keep(item):
+                        origin[item] = name
+            origins.append(origin)
+        histories = [req.recent_items[-ranker.history_len :] for req in batch]
+        needed = {x for o in origins for x in o} | {x for h in histories for x in h}
+        reps, missing = ranker.cached_reps(list(needed))
+        if missing:
+            stored = await self.streams.items(missing)
+            have = [m for m in missing if m in stored]
+            if have:
+                text = np.stack([stored[m].vector for m in have])
+                reps.update(await self.streams.in_model(ranker.encode_items, have, text))
+        histories = [[x for x in h if x in reps] for h in histories]
+        candidates = [[x for x in o if x in reps] for o in origins]
+        features = self._features(ranker, batch, candidates)
+        out = await self.streams.in_model(ranker.score, histories, candidates, features, reps)
+        h_len = out.attention.shape[-1]
+        ranked = []
+        for i, (hist, cands) in enumerate(zip(histories, candidates, strict=True)):
+            scores = out.scores[i, : len(cands)]
+            top = np.argsort(-scores, kind="stable")[: self.top_k]
+            attention = out.attention[i, :, h_len - len(hist) :] if hist else None
+            ranked.append(
+                [
+                    Scored(
+                        cands[j],
+                        float(scores[j]),
+                        origins[i][cands[j]],
+                        hist[int(np.argmax(attention[j]))] if attention is not None else None,
+                    )
+                    for j in top
+                ]
+            )
+        return ranked
+
+    def _features(
+        self, ranker: OnnxRanker, batch: list[ScoreRequest], candidates: list[list[str]]
+    ) -> np.ndarray:
+        """Float32 [B, C, 2]: each candidate's trending score and co-click score, decayed
+        to the stream's event time exactly as the training replay computed them."""
+        now = self.streams.event_now()
+        rules = self.graph_rules
+        recent = int(ranker.manifest.feature_spec.get("co_click_recent", 10))
+        c_len = max(1, max(len(c) for c in candidates))
+        features = np.zeros((len(batch), c_len, len(RANKER_FEATURES)), np.float32)
+        popularity: dict[str, float] = {}
+        for i, (req, cands) in enumerate(zip(batch, candidates, strict=True)):
+            co = neighbour_scores(self.streams.graph.get, req.recent_items[-recent:], rules, now)
+            for j, item in enumerate(cands):
+                pop = popularity.get(item)
+                if pop is None:
+                    state = self.streams.graph.get(item)
+                    pop = popularity[item] = rules.popularity(state, now) if state else 0.0
+                features[i, j, 0] = pop
+                hit = co.get(item)
+                features[i, j, 1] = hit[0] if hit else 0.0
+        return features
 
     def _with_state(self, request: ScoreRequest) -> ScoreRequest:
         """The request with the user's history, seen set and vector from the user table.
@@ -291,6 +387,28 @@ class ScorerWorker:
         return len(ids)
 
 
+def check_ranker_features(ranker: OnnxRanker, streams: GenreStreams) -> None:
+    """Refuse a ranker whose features this worker cannot compute; warn on drifted rules."""
+    names = tuple(ranker.manifest.feature_names)
+    if names != RANKER_FEATURES:
+        raise ManifestError(
+            f"ranker {ranker.version} takes features {names}, this worker computes "
+            f"{RANKER_FEATURES}; re-train and re-export it with this GENRE version"
+        )
+    spec, s = ranker.manifest.feature_spec, streams.config.streams
+    for key in ("trending_half_life_s", "edge_half_life_s", "co_click_window"):
+        if key in spec and float(spec[key]) != float(getattr(s, key)):
+            log.warning(
+                "ranker %s was trained with %s=%s but streams.%s is %s; its features will "
+                "drift from training (re-train with the current config)",
+                ranker.version,
+                key,
+                spec[key],
+                key,
+                getattr(s, key),
+            )
+
+
 def register_scorer_agent(streams: GenreStreams, worker: ScorerWorker) -> None:
     """Attach the scorer agent (consumes score requests in micro-batches)."""
     cfg = streams.config.scorer
@@ -306,6 +424,14 @@ def register_scorer_agent(streams: GenreStreams, worker: ScorerWorker) -> None:
                 await worker.flush_users()
         finally:
             await worker.flush_users()
+
+    if worker.ranker is not None:
+        handle = worker.ranker
+
+        @streams.app.timer(streams.config.ranker.reload_s)
+        async def reload_ranker() -> None:
+            if await streams.in_model(handle.maybe_reload) and handle.current is not None:
+                check_ranker_features(handle.current, streams)
 
     @streams.app.agent(topic, name="genre.scorer")
     async def scorer(stream: Any) -> None:

@@ -13,6 +13,7 @@ from genre.core.vectorstore import VectorStore, open_vector_store
 from genre.streams.agents import register_stream_agents
 from genre.streams.app import GenreStreams, build_streams
 from genre.workers.item_encoder import ItemEncoderWorker, register_item_encoder_agent
+from genre.workers.ranker import RankerHandle
 from genre.workers.scorer import ScorerWorker, register_scorer_agent
 from genre.workers.text_encoder import TextEncoder
 
@@ -33,6 +34,24 @@ def load_encoder(config: GenreConfig) -> TextEncoder:
     return encoder
 
 
+def load_ranker(config: GenreConfig) -> RankerHandle | None:
+    """The learned ranker per ``ranker.enabled``: None when off (or auto with no model)."""
+    r = config.ranker
+    if r.enabled == "off":
+        return None
+    model_dir = config.path(r.dir)
+    required = r.enabled == "on"
+    if required and not (model_dir / "manifest.json").is_file():
+        raise FileNotFoundError(
+            f"ranker.enabled is 'on' but {model_dir} holds no manifest.json; run `genre train` "
+            "and `genre export ranker`, or set ranker.enabled: auto"
+        )
+    handle = RankerHandle(model_dir, r.precision, r.providers, r.threads, required)
+    if handle.current is None:
+        log.info("no ranker in %s: blending candidates (ranker.enabled: auto)", model_dir)
+    return handle
+
+
 def build_worker(config: GenreConfig, *, store: VectorStore | None = None) -> GenreStreams:
     """Build the Faust app with every agent of a full worker attached."""
     encoder = load_encoder(config)
@@ -46,8 +65,14 @@ def build_worker(config: GenreConfig, *, store: VectorStore | None = None) -> Ge
         loaded = streams.index.load(store.scroll(config.qdrant.items_collection))
         log.info("exact item index: %d items loaded from local Qdrant", loaded)
     register_stream_agents(streams)
-    register_item_encoder_agent(streams, ItemEncoderWorker(streams, encoder))
-    register_scorer_agent(streams, ScorerWorker(streams, encoder.version))
+    ranker = load_ranker(config)
+
+    def forget_items(ids: list[str]) -> None:
+        if ranker is not None and ranker.current is not None:
+            ranker.current.forget(ids)  # their text vector changed: recompute on next use
+
+    register_item_encoder_agent(streams, ItemEncoderWorker(streams, encoder, forget_items))
+    register_scorer_agent(streams, ScorerWorker(streams, encoder.version, ranker))
     streams.ready["encoder"] = True
     return streams
 
