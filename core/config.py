@@ -225,6 +225,7 @@ class DemoConfig(_Section):
     dataset: Literal["ml-100k"] = "ml-100k"
     events: int = Field(default=20_000, ge=1)
     rate_eps: float = Field(default=100.0, gt=0)
+    window: Literal["first", "last"] = "last"
     drain_timeout_s: float = Field(default=60.0, gt=0)
 
 

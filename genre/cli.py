@@ -357,6 +357,12 @@ def demo(
     sources: Annotated[
         str | None, typer.Option(help="Comma-separated candidate sources to keep, e.g. trending")
     ] = None,
+    ranker: Annotated[
+        str | None, typer.Option(help="Learned ranker: auto, on or off (default ranker.enabled)")
+    ] = None,
+    window: Annotated[
+        str | None, typer.Option(help="Replay the first or last clicks (default demo.window)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with a JSON summary line")] = False,
 ) -> None:
     """Replay MovieLens-100k through the whole pipeline and report what came out."""
@@ -364,7 +370,15 @@ def demo(
 
     cfg = _config(config)
     try:
-        summary = run_demo(cfg, events=events, rate=rate, sources=sources, console=console)
+        summary = run_demo(
+            cfg,
+            events=events,
+            rate=rate,
+            sources=sources,
+            ranker=ranker,
+            window=window,
+            console=console,
+        )
     except DemoError as exc:
         console.print(f"[red]demo failed:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None

@@ -10,6 +10,7 @@ a consumer thread records every recommendation; 6. drain, then measure.
 from __future__ import annotations
 
 import bisect
+import itertools
 import os
 import shutil
 import signal
@@ -48,6 +49,7 @@ class RecLog:
     arrivals: dict[str, float] = field(default_factory=dict)  # trigger_event_id -> consumed_at
     count: int = 0
     bad: int = 0
+    versions: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     last_at: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -57,6 +59,7 @@ class RecLog:
             self.arrivals.setdefault(rec.trigger_event_id, at)
             self.count += 1
             self.last_at = at
+            self.versions[rec.model_version] += 1
 
 
 def _assigned_consumer(conf: dict[str, str], topic: str) -> Consumer:
@@ -124,7 +127,12 @@ def online_hit_rate(
 
 
 def _demo_config(
-    cfg: GenreConfig, run_dir: Path, port: int, web_port: int, sources: str | None
+    cfg: GenreConfig,
+    run_dir: Path,
+    port: int,
+    web_port: int,
+    sources: str | None,
+    ranker: str | None = None,
 ) -> tuple[GenreConfig, Path]:
     data = cfg.model_dump(mode="json")
     data["data_dir"] = str(run_dir)  # the worker keeps its state in the run folder
@@ -133,6 +141,10 @@ def _demo_config(
     data["streams"]["web_port"] = web_port
     data["qdrant"]["path"] = "qdrant"
     data["encoder"]["dir"] = str(cfg.path(cfg.encoder.dir))
+    data["ranker"]["dir"] = str(cfg.path(cfg.ranker.dir))
+    data["ranker"]["checkpoint"] = str(cfg.path(cfg.ranker.checkpoint))
+    if ranker:
+        data["ranker"]["enabled"] = ranker
     if sources:
         wanted = [s.strip() for s in sources.split(",") if s.strip()]
         specs = {c["name"]: c for c in data["scorer"]["candidates"]}
@@ -157,9 +169,17 @@ def run_demo(
     events: int | None = None,
     rate: float | None = None,
     sources: str | None = None,
+    ranker: str | None = None,
+    window: str | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Run the demo; returns the summary (also printed as a table)."""
+    """Run the demo; returns the summary (also printed as a table).
+
+    ``window`` picks the clicks replayed: ``last`` (default) the most recent
+    ``events`` of the dataset, which follow the ranker's training window (the
+    first 80%), so a trained ranker is measured on clicks it never saw;
+    ``first`` the earliest ones. ``ranker`` overrides ``ranker.enabled``.
+    """
     from genre.model_export.datasets import DatasetError, as_click_events, fetch_ml100k, load_ml100k
 
     console = console or Console(stderr=True)
@@ -186,7 +206,11 @@ def run_demo(
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     port, web_port = free_port(), free_port()
-    dcfg, dcfg_path = _demo_config(cfg, run_dir, port, web_port, sources)
+    dcfg, dcfg_path = _demo_config(cfg, run_dir, port, web_port, sources, ranker)
+    window = window or cfg.demo.window
+    if window not in ("first", "last"):
+        raise DemoError(f"window must be 'first' or 'last', got {window!r}")
+    skip = max(0, len(ml) - n_events) if window == "last" else 0
     kconf = dcfg.kafka.consumer_config()
     worker_log = run_dir / "worker.log"
 
@@ -236,7 +260,8 @@ def run_demo(
             last_event: dict[str, str] = {}
             task = progress.add_task(f"replaying clicks at {rate_eps:.0f}/s", total=n_events)
             start = time.time()
-            for i, event in enumerate(as_click_events(ml, limit=n_events)):
+            replayed = itertools.islice(as_click_events(ml), skip, skip + n_events)
+            for i, event in enumerate(replayed):
                 target = start + i / rate_eps
                 delay = target - time.time()
                 if delay > 0:
@@ -296,6 +321,8 @@ def run_demo(
         "latency_ms": _percentiles(latencies),
         "online_hit_rate_at_10": round(online_hit_rate(clicks, rec_log.by_user, 10), 4),
         "sources": [c.name for c in dcfg.scorer.candidates],
+        "window": f"{window} {n_events} of {len(ml)} clicks",
+        "model_versions": dict(sorted(rec_log.versions.items(), key=lambda kv: -kv[1])),
         "run_dir": str(run_dir),
     }
     _print_summary(console, summary)

@@ -29,7 +29,11 @@ def target_ranks(scores: np.ndarray, batch: QueryBatch) -> np.ndarray:
 def top_k(scores: np.ndarray, batch: QueryBatch, k: int = K) -> np.ndarray:
     """Int [B, k]: the k best unseen items per query."""
     masked = np.where(batch.exclude, -np.inf, scores)
-    part = np.argpartition(-masked, k, axis=1)[:, :k]
+    k = min(k, masked.shape[1])
+    if k == masked.shape[1]:
+        part = np.broadcast_to(np.arange(k), masked.shape).copy()
+    else:
+        part = np.argpartition(-masked, k, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(masked, part, axis=1), axis=1, kind="stable")
     return np.take_along_axis(part, order, axis=1)
 
@@ -46,7 +50,9 @@ class RankingMetrics:
     def add(self, scores: np.ndarray, batch: QueryBatch) -> None:
         """Score one batch (``scores``: float [B, n_items])."""
         self.ranks.append(target_ranks(scores, batch))
-        self.recommended.update(np.unique(top_k(scores, batch, self.k)).tolist())
+        best = top_k(scores, batch, self.k)
+        shown = np.take_along_axis(~batch.exclude, best, axis=1)  # never count seen items
+        self.recommended.update(np.unique(best[shown]).tolist())
 
     def result(self) -> dict[str, float]:
         """The metrics so far, rounded to 4 decimals, plus the query count."""

@@ -117,7 +117,10 @@ def test_three_graphs_three_precisions_with_contract_io(exported: Any) -> None:
     want_outputs = {
         "item_tower": [("item", ["items", d])],
         "user_encoder": [("user", ["batch", d])],
-        "scorer": [("scores", ["batch", "candidates"]), ("attention", ["batch", "candidates", "history"])],
+        "scorer": [
+            ("scores", ["batch", "candidates"]),
+            ("attention", ["batch", "candidates", "history"]),
+        ],
     }
     for g in RANKER_GRAPHS:
         assert sorted(e.precision for e in manifest.graphs[g]) == sorted(PRECISIONS)
