@@ -1,7 +1,7 @@
 """Benchmark GENRE's ranker: ONNX Runtime (fp32/fp16/int8) vs PyTorch eager on the same inputs.
 
 Usage: python bench/bench_ranker.py [--checkpoint .cache/models/ranker-checkpoint.pt]
-       [--repeats 20] [--threads 2] [--min-seconds 0.75]
+       [--repeats 20] [--threads 1] [--min-seconds 0.75]
 
 The checkpoint is exported with ``model_export.ranker_export.export_ranker`` into a
 temporary directory (so the parity figures come along). Without a checkpoint a
@@ -163,7 +163,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     ap.add_argument("--repeats", type=int, default=20, help="minimum timed calls per case")
     ap.add_argument("--min-seconds", type=float, default=0.75, help="minimum timed s per case")
-    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op threads for torch and ONNX Runtime alike (default 1: on a shared or "
+        "oversubscribed CPU, spinning thread pools stall and p99 explodes)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     console = Console(stderr=True)
