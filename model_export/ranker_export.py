@@ -776,7 +776,7 @@ def export_ranker(
             vocab=VOCAB_FILENAME,
             graphs=graphs,
             files=file_entries,
-            metrics=dict(metrics or {}),
+            metrics=dict(metrics if metrics is not None else _checkpoint_metrics(dict(blob))),
             training=training,
         )
         verify_files(staging, manifest)  # type: ignore[arg-type]  # duck-typed: files/name/version
@@ -797,6 +797,12 @@ def export_ranker(
         f"[dim]({time.perf_counter() - t_start:.1f}s total)[/dim]"
     )
     return manifest
+
+
+def _checkpoint_metrics(blob: dict[str, Any]) -> dict[str, Any]:
+    """Evaluation figures `genre train` / `genre evaluate` stored in the checkpoint."""
+    metrics = blob.get("metrics")
+    return dict(metrics) if isinstance(metrics, dict) else {}
 
 
 def _specs_from_model(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:

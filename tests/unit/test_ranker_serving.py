@@ -88,7 +88,7 @@ def test_a_tampered_model_is_refused(tmp_path: Path) -> None:
     model_dir = _export(tmp_path, seed=0)
     scorer = model_dir / "scorer.onnx"
     scorer.write_bytes(scorer.read_bytes()[:-10] + b"0123456789")
-    with pytest.raises(ManifestError, match="scorer.onnx"):
+    with pytest.raises(ManifestError, match=r"scorer\.onnx"):
         OnnxRanker(model_dir, "fp32", "cpu")
     with pytest.raises(ManifestError, match="no fp16"):
         OnnxRanker(_export(tmp_path, seed=0, name="other"), "fp16", "cpu")
