@@ -36,6 +36,9 @@ LABEL_PROVIDER = "provider"
 LABEL_OP = "op"
 LABEL_VERSION = "version"
 LABEL_PARTITION = "partition"
+LABEL_BACKEND = "backend"
+LABEL_TASK = "task"
+LABEL_OUTCOME = "outcome"
 
 #: Milliseconds; dense below 100 ms where healthy latencies live.
 LATENCY_MS_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000, 10000)
@@ -43,6 +46,8 @@ LATENCY_MS_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 250
 CALL_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 #: Micro-batch sizes, powers of two up to the largest configured batch.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+#: Seconds, for LLM calls: a cache-cold generation takes from ~0.1 s to the call timeout.
+LLM_SECONDS_BUCKETS = (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
 
 log = logging.getLogger("genre")
 
@@ -69,6 +74,11 @@ class Metrics:
     consumer_lag: Gauge
     online_clicks: Counter
     online_hits: Counter
+    llm_calls: Counter
+    llm_cache_hits: Counter
+    llm_fallbacks: Counter
+    llm_seconds: Histogram
+    llm_circuit_open: Gauge
 
 
 def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
@@ -196,6 +206,43 @@ def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
             "consumer_lag",
             "Records behind the end of each assigned partition (last fetched high watermark).",
             [LABEL_TOPIC, LABEL_PARTITION],
+            namespace=ns,
+            registry=registry,
+        ),
+        llm_calls=Counter(
+            "llm_calls",
+            "LLM calls (cache misses), by backend, task and outcome "
+            "(ok, error, invalid, timeout, circuit_open).",
+            [LABEL_BACKEND, LABEL_TASK, LABEL_OUTCOME],
+            namespace=ns,
+            registry=registry,
+        ),
+        llm_cache_hits=Counter(
+            "llm_cache_hits",
+            "LLM answers served from the cache, by task.",
+            [LABEL_TASK],
+            namespace=ns,
+            registry=registry,
+        ),
+        llm_fallbacks=Counter(
+            "llm_fallbacks",
+            "LLM calls answered by the offline backend instead, by task and reason.",
+            [LABEL_TASK, LABEL_REASON],
+            namespace=ns,
+            registry=registry,
+        ),
+        llm_seconds=Histogram(
+            "llm_seconds",
+            "LLM call time including retries, by backend and task.",
+            [LABEL_BACKEND, LABEL_TASK],
+            namespace=ns,
+            registry=registry,
+            buckets=LLM_SECONDS_BUCKETS,
+        ),
+        llm_circuit_open=Gauge(
+            "llm_circuit_open",
+            "1 while the LLM circuit breaker is open (calls skip the network), by backend.",
+            [LABEL_BACKEND],
             namespace=ns,
             registry=registry,
         ),

@@ -102,6 +102,9 @@ class OnnxModel:
                 raise ValueError(f"threads must be >= 1, got {threads}")
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        # Worker threads that spin between runs burn the cores the event loop and
+        # the broker need; a streaming worker calls the model in short bursts.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(self.path), sess_options=opts, providers=self.requested_providers
         )

@@ -52,3 +52,5 @@ def test_demo_json_summary(encoder_dir: Path, tmp_path: Path) -> None:
     assert 0 <= summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"]
     assert 0.0 <= summary["online_hit_rate_at_10"] <= 1.0
     assert "GENRE demo" in out.stderr  # the summary table
+    assert sum(summary["model_versions"].values()) == summary["recommendations_out"]
+    assert summary["window"] == "last 600 of 100000 clicks"
