@@ -160,6 +160,7 @@ def run_evaluate(
     from genre.model_export.evaluate import evaluate_models, results_table, write_report
     from genre.model_export.replay import build_interactions
     from genre.model_export.train import save_checkpoint
+    from genre.model_export.train import write_report as write_training_report
 
     data = build_interactions(log.items, log.clicks)
     vectors = text_vectors(cfg, log.items, console)
@@ -201,6 +202,7 @@ def run_evaluate(
             {"dataset": log.name, "metrics": summary["models"]},
         )
         summary["checkpoint"] = str(ckpt)
+        write_training_report(out_dir, report.genre.result, summary["models"])
     (out_dir / EVAL_REPORT).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
