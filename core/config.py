@@ -293,15 +293,22 @@ class LLMPrompts(_Section):
 
 
 class LLMItemsConfig(_Section):
-    """Item enrichment: summary, keywords and categories added to the encoded text."""
+    """Item enrichment: summary, keywords and categories added to the encoded text.
 
-    enabled: bool = True
+    Off by default until the stream integration lands (the client layer is ready;
+    the item encoder does not call it yet, and the ranker is trained on raw text).
+    """
+
+    enabled: bool = False
 
 
 class LLMProfilesConfig(_Section):
-    """User profiles generated from the titles a user recently interacted with."""
+    """User profiles generated from the titles a user recently interacted with.
 
-    enabled: bool = True
+    Off by default until the stream integration lands (no profile agent yet).
+    """
+
+    enabled: bool = False
     every_k_clicks: int = Field(default=5, ge=1)
     recent_titles: int = Field(default=10, ge=1, le=200)
     debounce_s: float = Field(default=2.0, ge=0)
