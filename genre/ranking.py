@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,20 +130,6 @@ def feature_spec(cfg: GenreConfig) -> Any:
     )
 
 
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run with ``n`` torch CPU threads (None: leave torch's default)."""
-    import torch
-
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def run_evaluate(
     cfg: GenreConfig,
     log: ClickLog,
@@ -159,7 +143,7 @@ def run_evaluate(
     """Train GENRE and the baselines on one split, test them all, save reports and checkpoint."""
     from genre.model_export.evaluate import evaluate_models, results_table, write_report
     from genre.model_export.replay import build_interactions
-    from genre.model_export.train import save_checkpoint
+    from genre.model_export.train import save_checkpoint, torch_threads
     from genre.model_export.train import write_report as write_training_report
 
     data = build_interactions(log.items, log.clicks)
@@ -218,7 +202,7 @@ def run_train(
     """Train the GENRE ranker only; write the checkpoint and the training report."""
     from genre.model_export.evaluate import evaluate_models
     from genre.model_export.replay import build_interactions
-    from genre.model_export.train import save_checkpoint, write_report
+    from genre.model_export.train import save_checkpoint, torch_threads, write_report
 
     data = build_interactions(log.items, log.clicks)
     vectors = text_vectors(cfg, log.items, console)

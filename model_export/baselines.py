@@ -37,6 +37,7 @@ from torch import nn
 
 from genre.model_export.metrics import K, ndcg_at_k
 from genre.model_export.replay import TRAIN, Interactions, QueryBatch
+from genre.model_export.train import torch_threads
 
 __all__ = [
     "BASELINES",
@@ -74,24 +75,6 @@ def _seeded(seed: int) -> Iterator[np.random.Generator]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield np.random.default_rng(seed)
-
-
-@contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """Run the block on ``n`` intra-op threads, restoring the previous count (None: unchanged).
-
-    The models are small: on a busy machine, torch's default thread pool spends
-    more time waiting at barriers than computing, so one thread can be faster.
-    """
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class _Task:
@@ -365,7 +348,7 @@ class BPR(Baseline):
         self.warm[data.users[train]] = True
         self.history = []
         self.params = {"dim": self.dim, "lr": self.lr, "reg": self.reg}
-        with _threads(self.num_threads), _seeded(seed) as rng:
+        with torch_threads(self.num_threads), _seeded(seed) as rng:
             self.net = net = _BPRNet(data.n_users, data.n_items, self.dim)
             opt = torch.optim.Adam(net.parameters(), lr=self.lr)
             n = users.numel()
@@ -393,7 +376,7 @@ class BPR(Baseline):
             _early_stopping(self, net, self.epochs, self.patience, train_epoch, valid, progress)
 
     def score(self, batch: QueryBatch) -> np.ndarray:
-        with _threads(self.num_threads), torch.no_grad():
+        with torch_threads(self.num_threads), torch.no_grad():
             return self._score(batch)
 
     def _score(self, batch: QueryBatch) -> np.ndarray:
@@ -550,7 +533,7 @@ class SASRec(Baseline):
             "negatives": self.negatives if self.loss == "sampled_softmax" else 1,
             "train_windows": int(seqs.shape[0]),
         }
-        with _threads(self.num_threads), _seeded(seed) as rng:
+        with torch_threads(self.num_threads), _seeded(seed) as rng:
             self.net = net = _SASRecNet(
                 data.n_items, self.hidden, self.max_len, self.blocks, self.heads, self.dropout
             )
@@ -572,7 +555,7 @@ class SASRec(Baseline):
             _early_stopping(self, net, self.epochs, self.patience, train_epoch, valid, progress)
 
     def score(self, batch: QueryBatch) -> np.ndarray:
-        with _threads(self.num_threads), torch.no_grad():
+        with torch_threads(self.num_threads), torch.no_grad():
             return self._score(batch)
 
     def _score(self, batch: QueryBatch) -> np.ndarray:

@@ -7,7 +7,6 @@ import importlib.metadata
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -15,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 from rich.console import Console
 
+from genre.model_export.onnx_export import torchscript_export
 from genre.schemas.manifest import (
     MANIFEST_FILENAME,
     ManifestError,
@@ -248,10 +248,6 @@ def torch_reference_encode(
 
 def _export_onnx(wrapper: Any, hf_tokenizer: Any, path: Path, opset: int) -> str:
     """Trace the wrapper to ONNX with dynamic batch/sequence axes; returns the exporter used."""
-    import inspect
-
-    import torch
-
     dummy = hf_tokenizer(
         ["a short one", "a somewhat longer dummy sentence to get padding in the batch"],
         padding=True,
@@ -260,28 +256,15 @@ def _export_onnx(wrapper: Any, hf_tokenizer: Any, path: Path, opset: int) -> str
     args = (dummy["input_ids"], dummy["attention_mask"], dummy["token_type_ids"])
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
     axes[OUTPUT_NAME] = {0: "batch"}
-    kwargs: dict[str, Any] = {}
-    exporter = "torchscript"
-    # torch>=2.9 defaults torch.onnx.export to the dynamo exporter, which needs the extra
-    # `onnxscript` dependency and writes weights as external data by default. The legacy
-    # TorchScript exporter (dynamo=False) is still shipped in torch 2.13, needs no extra package,
-    # produces a single self-contained .onnx and passes parity, so we pin it explicitly.
-    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
-        kwargs["dynamo"] = False
-    with warnings.catch_warnings(), torch.inference_mode():
-        warnings.simplefilter("ignore")  # TracerWarnings / legacy-exporter deprecation notice
-        torch.onnx.export(
-            wrapper,
-            args,
-            str(path),
-            input_names=list(INPUT_NAMES),
-            output_names=[OUTPUT_NAME],
-            dynamic_axes=axes,
-            opset_version=opset,
-            do_constant_folding=True,
-            **kwargs,
-        )
-    return exporter
+    return torchscript_export(
+        wrapper,
+        args,
+        path,
+        input_names=INPUT_NAMES,
+        output_names=[OUTPUT_NAME],
+        dynamic_axes=axes,
+        opset=opset,
+    )
 
 
 def export_text_encoder(

@@ -26,7 +26,6 @@ interface; the benchmark (``bench/bench_ranker.py``) reuses them and
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import logging
 import math
@@ -43,6 +42,7 @@ from typing import Any, Protocol
 import numpy as np
 from rich.console import Console
 
+from genre.model_export.onnx_export import torchscript_export
 from genre.schemas.manifest import (
     ManifestError,
     ManifestFile,
@@ -382,27 +382,20 @@ def export_fp32_graphs(model: Any, out_dir: Path, opset: int = MIN_OPSET) -> dic
             (randn(b, d), randn(b, h, d), mask, randn(b, c, d), randn(b, c, f).abs()),
         ),
     }
-    kwargs: dict[str, Any] = {}
-    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
-        kwargs["dynamo"] = False  # see encoder._export_onnx: no onnxscript, one self-contained file
     paths: dict[str, Path] = {}
     for graph in RANKER_GRAPHS:
         module, args = dummies[graph]
         inputs, outputs = GRAPH_IO[graph]
         path = out_dir / graph_filename(graph, "fp32")
-        with warnings.catch_warnings(), torch.inference_mode():
-            warnings.simplefilter("ignore")  # TracerWarnings / legacy-exporter deprecation notice
-            torch.onnx.export(
-                module,
-                args,
-                str(path),
-                input_names=list(inputs),
-                output_names=list(outputs),
-                dynamic_axes=DYNAMIC_AXES[graph],
-                opset_version=opset,
-                do_constant_folding=True,
-                **kwargs,
-            )
+        torchscript_export(
+            module,
+            args,
+            path,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=DYNAMIC_AXES[graph],
+            opset=opset,
+        )
         onnx.checker.check_model(str(path), full_check=True)
         paths[graph] = path
     return paths

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,24 @@ from rich.progress import Progress
 from genre.model_export.metrics import ndcg_at_k
 from genre.model_export.ranker import GenreRanker, RankerConfig
 from genre.model_export.replay import FeatureSpec, Interactions, QueryBatch, StreamReplay
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block on ``n`` intra-op threads, restoring the previous count (None: unchanged).
+
+    The models are small: on a busy machine, torch's default thread pool spends
+    more time waiting at barriers than computing, so one thread can be faster.
+    """
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from genre.model_export.train import (
     TrainConfig,
     TrainingSampler,
     score_queries,
+    torch_threads,
     train_ranker,
 )
 from genre.schemas import ClickEvent, ItemUpsert
@@ -223,25 +224,16 @@ def trained():
             test.append(snapshot(replay, [e]))
     train_set = sampler.build()
     vb, tb = stack_queries(valid), stack_queries(test)
-    with _one_thread():
+    with torch_threads(1):
         result = train_ranker(data, text, train_set, vb, spec, cfg)
         again = train_ranker(data, text, train_set, vb, spec, cfg)
     return data, text, result, again, tb
 
 
-class _one_thread:
-    def __enter__(self):
-        self.before = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.before)
-
-
 def test_training_learns_the_walks_and_is_reproducible(trained) -> None:
     data, text, result, again, test = trained
     inputs = RankerInputs(text, result.id_of_item)
-    with _one_thread():
+    with torch_threads(1):
         scores = score_queries(result.model, inputs, test)
         scores_again = score_queries(again.model, RankerInputs(text, again.id_of_item), test)
     ndcg = ndcg_at_k(scores, test)
