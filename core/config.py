@@ -45,8 +45,21 @@ class TopicsConfig(_Section):
     user_clicks: TopicSpec = TopicSpec(name="genre.user-clicks")
     co_clicks: TopicSpec = TopicSpec(name="genre.co-clicks")
     score_requests: TopicSpec = TopicSpec(name="genre.score-requests")
+    profile_requests: TopicSpec = TopicSpec(name="genre.profile-requests")
     recommendations: TopicSpec = TopicSpec(name="genre.recommendations")
     dlq: TopicSpec = TopicSpec(name="genre.dlq", partitions=1)
+
+    @model_validator(mode="after")
+    def _co_partitioned(self) -> TopicsConfig:
+        keyed = {"user_clicks": self.user_clicks, "score_requests": self.score_requests}
+        keyed["profile_requests"] = self.profile_requests
+        counts = {name: spec.partitions for name, spec in keyed.items()}
+        if len(set(counts.values())) > 1:
+            raise ValueError(
+                f"kafka.topics {', '.join(counts)} must have the same number of partitions "
+                f"(they are co-partitioned with the user-state table by user), got {counts}"
+            )
+        return self
 
     def all(self) -> dict[str, int]:
         """Topic name -> partitions, for topic creation."""
@@ -178,6 +191,7 @@ class ScorerConfig(_Section):
             CandidateSourceSpec(name="co_click", weight=1.0, limit=200),
             CandidateSourceSpec(name="ann", weight=0.5, limit=100),
             CandidateSourceSpec(name="trending", weight=0.5, limit=100),
+            CandidateSourceSpec(name="profile", weight=0.25, limit=50),
         ]
     )
     filters: list[ComponentSpec] = Field(default_factory=lambda: [ComponentSpec(name="seen")])
@@ -295,20 +309,27 @@ class LLMPrompts(_Section):
 class LLMItemsConfig(_Section):
     """Item enrichment: summary, keywords and categories added to the encoded text.
 
-    Off by default until the stream integration lands (the client layer is ready;
-    the item encoder does not call it yet, and the ranker is trained on raw text).
+    An item is never held back by the LLM: what is not enriched within ``wait_s``
+    is encoded from its raw text at once and re-encoded when the answer lands; a
+    failed enrichment keeps the raw text and is retried every ``retry_s``.
     """
 
-    enabled: bool = False
+    enabled: bool = True
+    wait_s: float = Field(default=1.0, ge=0)
+    retry_s: float = Field(default=60.0, gt=0)
+    max_pending: int = Field(default=10_000, ge=1)
 
 
 class LLMProfilesConfig(_Section):
     """User profiles generated from the titles a user recently interacted with.
 
-    Off by default until the stream integration lands (no profile agent yet).
+    Every ``every_k_clicks`` clicks a user's profile falls due; requests arriving
+    within ``debounce_s`` of each other are coalesced (one generation per user).
+    The profile is encoded and feeds the ``profile`` candidate source, the ranker's
+    ``profile`` feature and reasons ("matches your interest in ...").
     """
 
-    enabled: bool = False
+    enabled: bool = True
     every_k_clicks: int = Field(default=5, ge=1)
     recent_titles: int = Field(default=10, ge=1, le=200)
     debounce_s: float = Field(default=2.0, ge=0)

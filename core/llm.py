@@ -62,11 +62,14 @@ __all__ = [
     "UserProfile",
     "build_llm",
     "enriched_text",
+    "item_label",
+    "profile_text",
 ]
 
 log = logging.getLogger("genre.llm")
 
 T = TypeVar("T", bound=BaseModel)
+R = TypeVar("R")
 TASK_ITEM = "item"
 TASK_PROFILE = "profile"
 
@@ -86,6 +89,13 @@ class LLMResult(Generic[T]):
     source: Literal["llm", "cache", "fallback"]
     backend: str
     reason: str | None = None
+
+    @property
+    def origin(self) -> str:
+        """For metrics: llm, cache, offline (the configured backend) or failed (fell back)."""
+        if self.source == "fallback":
+            return "offline" if self.reason is None else "failed"
+        return self.source
 
 
 class CacheKey(NamedTuple):
@@ -256,6 +266,33 @@ class LLMClient:
         """``profile`` for code without an event loop (offline evaluation)."""
         return self._run_sync(self.profile(titles))
 
+    def enrich_items_sync(
+        self, items: Sequence[ItemUpsert], on_done: Callable[[], None] | None = None
+    ) -> list[LLMResult[ItemEnrichment]]:
+        """``enrich_item`` for many items at once, within the client's concurrency bound
+        (offline evaluation); ``on_done`` runs after each answer (progress)."""
+        return self._gather_sync([self.enrich_item(i) for i in items], on_done)
+
+    def profiles_sync(
+        self, titles: Sequence[Sequence[str]], on_done: Callable[[], None] | None = None
+    ) -> list[LLMResult[UserProfile]]:
+        """``profile`` for many title lists at once (offline evaluation)."""
+        return self._gather_sync([self.profile(t) for t in titles], on_done)
+
+    def _gather_sync(
+        self, coros: list[Coroutine[Any, Any, LLMResult[T]]], on_done: Callable[[], None] | None
+    ) -> list[LLMResult[T]]:
+        async def one(coro: Coroutine[Any, Any, LLMResult[T]]) -> LLMResult[T]:
+            result = await coro
+            if on_done is not None:
+                on_done()
+            return result
+
+        async def every() -> list[LLMResult[T]]:
+            return list(await asyncio.gather(*(one(c) for c in coros)))
+
+        return self._run_sync(every())
+
     # ------------------------------------------------------------------ lifecycle
 
     async def aclose(self) -> None:
@@ -288,7 +325,7 @@ class LLMClient:
         if loop is not None and not loop.is_running() and not loop.is_closed():
             loop.close()
 
-    def _run_sync(self, coro: Coroutine[Any, Any, LLMResult[T]]) -> LLMResult[T]:
+    def _run_sync(self, coro: Coroutine[Any, Any, R]) -> R:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -483,3 +520,20 @@ def enriched_text(item: ItemUpsert, e: ItemEnrichment) -> str:
     if e.categories:
         parts.append("Categories: " + ", ".join(e.categories) + ".")
     return " ".join(p for p in parts if p)
+
+
+def item_label(title: str, category: str = "", tags: Sequence[str] = ()) -> str:
+    """How an item appears among a user's recent titles: "Title (tag, tag)".
+
+    Titles alone say little ("Four Rooms"); the item's own tags or category give
+    the profile model (and the offline backend's lexicon) something to go on.
+    """
+    kinds = [t for t in tags if t] or ([category] if category else [])
+    return f"{title} ({', '.join(kinds)})" if kinds else title
+
+
+def profile_text(p: UserProfile) -> str:
+    """What the text encoder embeds for a profile: the sentence and the interests."""
+    if not p.interests:
+        return p.profile
+    return f"{p.profile} Interests: {', '.join(p.interests)}."

@@ -79,6 +79,9 @@ class Metrics:
     llm_fallbacks: Counter
     llm_seconds: Histogram
     llm_circuit_open: Gauge
+    items_enriched: Counter
+    enrichment_pending: Gauge
+    profiles_generated: Counter
 
 
 def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
@@ -243,6 +246,28 @@ def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
             "llm_circuit_open",
             "1 while the LLM circuit breaker is open (calls skip the network), by backend.",
             [LABEL_BACKEND],
+            namespace=ns,
+            registry=registry,
+        ),
+        items_enriched=Counter(
+            "items_enriched",
+            "Items encoded with their enrichment, by where it came from (llm, cache, "
+            "offline); failed: encoded from raw text, retried later.",
+            [LABEL_SOURCE],
+            namespace=ns,
+            registry=registry,
+        ),
+        enrichment_pending=Gauge(
+            "enrichment_pending",
+            "Items encoded from raw text that wait for their enrichment (in flight or retry).",
+            namespace=ns,
+            registry=registry,
+        ),
+        profiles_generated=Counter(
+            "profiles_generated",
+            "User profiles written, by where the text came from (llm, cache, offline, "
+            "failed: the offline answer after an LLM failure).",
+            [LABEL_SOURCE],
             namespace=ns,
             registry=registry,
         ),

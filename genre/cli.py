@@ -217,14 +217,37 @@ def evaluate(
     quick: Annotated[bool, typer.Option(help="Cap baseline epochs (smoke tests only)")] = False,
     out_dir: _EvalOut = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with a JSON summary line")] = False,
+    ablation: Annotated[
+        str | None,
+        typer.Option(
+            help="enrichment: GENRE without the LLM, with enriched items, and with enriched "
+            "items plus user profiles, on the same split and seed (llm.backend answers)"
+        ),
+    ] = None,
 ) -> None:
     """GENRE ranker vs baselines on a temporal split with full ranking (HR@10, NDCG@10, MRR)."""
-    from genre.ranking import run_evaluate
+    from genre.ranking import run_ablation, run_evaluate
 
     cfg = _config(config)
     log = _click_log(cfg, dataset, clicks, items)
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
     out = out_dir or cfg.path("reports/evaluate")
+    if ablation is not None:
+        if ablation != "enrichment":
+            console.print(f"[red]unknown ablation {escape(ablation)!r}[/red]; use: enrichment")
+            raise typer.Exit(2)
+        if names:
+            console.print("[red]--ablation trains GENRE only; drop --models[/red]")
+            raise typer.Exit(2)
+        result = run_ablation(cfg, log, out_dir=out, console=console, epochs=epochs)
+        console.print(f"report: {out / 'ablation_enrichment.md'}")
+        if as_json:
+            short = {
+                name: {k: v[k] for k in ("hr@10", "ndcg@10", "mrr", "coverage@10")}
+                for name, v in result["ablation"].items()
+            }
+            typer.echo(json.dumps({**result, "ablation": short, "detail": result["ablation"]}))
+        return
     try:
         summary = run_evaluate(
             cfg,

@@ -78,23 +78,130 @@ def _read_jsonl(path: Path, model: type[Any]) -> list[Any]:
     return out
 
 
-def text_vectors(cfg: GenreConfig, items: list[ItemUpsert], console: Console) -> np.ndarray:
-    """Encode item text with the exported ONNX encoder; cached per encoder version and text."""
+def text_vectors(
+    cfg: GenreConfig, items: list[ItemUpsert], console: Console, texts: list[str] | None = None
+) -> np.ndarray:
+    """Encode item text (``texts``, else each item's own) with the exported ONNX encoder."""
+    return encode_texts(
+        cfg, texts if texts is not None else [i.encoder_text() for i in items], console, "item"
+    )
+
+
+def encode_texts(cfg: GenreConfig, texts: list[str], console: Console, what: str) -> np.ndarray:
+    """Unit vectors of ``texts`` from the serving encoder; cached per encoder version and text."""
     from genre.workers.text_encoder import TextEncoder
 
     encoder = TextEncoder.from_manifest(
         cfg.path(cfg.encoder.dir), cfg.encoder.providers, threads=cfg.encoder.threads
     )
-    texts = [i.encoder_text() for i in items]
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
     cache = cfg.path(f"vectors/{encoder.version}-{digest}.npy")
     if cache.is_file():
         return np.load(cache)
-    with console.status(f"encoding {len(texts)} item texts with {encoder.version}..."):
+    with console.status(f"encoding {len(texts)} {what} texts with {encoder.version}..."):
         vectors = encoder.encode(texts, batch_size=cfg.encoder.batch_size)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, vectors)
     return vectors
+
+
+@dataclass(frozen=True)
+class LLMInputs:
+    """What the LLM adds to a click log for training, as the stream would add it."""
+
+    vectors: np.ndarray  # float32 [n_items, D]: enriched text when items are on
+    profiles: Any  # ProfileTrack | None
+    info: dict[str, Any]  # backend, switches, prompt versions, answer origins
+
+
+def llm_inputs(
+    cfg: GenreConfig,
+    log: ClickLog,
+    data: Any,
+    console: Console,
+    *,
+    items: bool,
+    profiles: bool,
+    llm: Any = None,
+) -> LLMInputs:
+    """Item vectors (enriched when ``items``) and the profile track (when ``profiles``).
+
+    Enrichment follows the item encoder: a failed answer leaves the raw text.
+    Profiles follow the profile agent: due every ``llm.profiles.every_k_clicks``
+    clicks, written from "Title (tags)" labels of the recent items, encoded.
+    """
+    from genre.core.llm import build_llm, enriched_text, item_label, profile_text
+    from genre.model_export.replay import ProfileTrack, profile_schedule
+
+    own = llm is None and (items or profiles)
+    if own:
+        llm = build_llm(cfg)
+    info: dict[str, Any] = {
+        "backend": llm.backend_name if llm is not None else None,
+        "items": items,
+        "profiles": profiles,
+        "prompts": {
+            "item": cfg.llm.prompts.item.version if items else None,
+            "profile": cfg.llm.prompts.profile.version if profiles else None,
+        },
+    }
+    try:
+        texts = [i.encoder_text() for i in log.items]
+        if items:
+            with _progress(console) as progress:
+                task = progress.add_task("enriching items", total=len(log.items))
+                results = llm.enrich_items_sync(log.items, lambda: progress.advance(task))
+            texts = [
+                text if r.origin == "failed" else enriched_text(item, r.value)
+                for item, r, text in zip(log.items, results, texts, strict=True)
+            ]
+            info["items_origin"] = _origins(results)
+        vectors = text_vectors(cfg, log.items, console, texts)
+        track = None
+        if profiles:
+            p = cfg.llm.profiles
+            history = cfg.streams.history_size
+            due = profile_schedule(data, p.every_k_clicks, p.recent_titles, history)
+            labels = [item_label(i.title, i.category, i.tags) for i in log.items]
+            unique = list(dict.fromkeys(items_ for _, items_ in due))
+            with _progress(console) as progress:
+                task = progress.add_task("writing user profiles", total=len(unique))
+                answers = llm.profiles_sync(
+                    [[labels[i] for i in key] for key in unique], lambda: progress.advance(task)
+                )
+            info["profiles_origin"] = _origins(answers)
+            kept = [a.value for a in answers if a.value.interests]
+            row_of = {}
+            for key, a in zip(unique, answers, strict=True):
+                if a.value.interests:
+                    row_of[key] = len(row_of)
+            profile_vectors = np.zeros((0, vectors.shape[1]), np.float32)
+            if kept:
+                profile_vectors = encode_texts(
+                    cfg, [profile_text(v) for v in kept], console, "profile"
+                ).astype(np.float32)
+            after = np.full(len(data), -1, np.int32)
+            for e, key in due:
+                after[e] = row_of.get(key, -1)
+            track = ProfileTrack(after, profile_vectors.reshape(len(kept), vectors.shape[1]))
+            info["profiles_written"] = int((after >= 0).sum())
+        return LLMInputs(vectors, track, info)
+    finally:
+        if own and llm is not None:
+            llm.close()
+
+
+def _origins(results: list[Any]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.origin] = counts.get(r.origin, 0) + 1
+    return counts
+
+
+def _progress(console: Console) -> Any:
+    from genre.model_export.evaluate import make_progress
+
+    return make_progress(console)
 
 
 def train_config(cfg: GenreConfig, **overrides: Any) -> Any:
@@ -147,7 +254,10 @@ def run_evaluate(
     from genre.model_export.train import write_report as write_training_report
 
     data = build_interactions(log.items, log.clicks)
-    vectors = text_vectors(cfg, log.items, console)
+    llm = llm_inputs(
+        cfg, log, data, console, items=cfg.llm.items.enabled, profiles=cfg.llm.profiles.enabled
+    )
+    vectors = llm.vectors
     baselines = [m for m in (models or []) if m != "genre"] if models else None
     include_genre = not models or "genre" in models
     overrides: dict[str, dict[str, Any]] = {}
@@ -172,7 +282,9 @@ def run_evaluate(
             baseline_overrides=overrides,
             include_genre=include_genre,
             console=console,
+            profiles=llm.profiles,
         )
+    report.extra["llm"] = llm.info
     console.print(results_table(report))
     md, png = write_report(report, out_dir)
     summary = report.summary()
@@ -182,8 +294,8 @@ def run_evaluate(
             cfg.path(cfg.ranker.checkpoint),
             report.genre.result,
             data,
-            spec,
-            {"dataset": log.name, "metrics": summary["models"]},
+            report.genre.spec,
+            {"dataset": log.name, "metrics": summary["models"], "llm": llm.info},
         )
         summary["checkpoint"] = str(ckpt)
         write_training_report(out_dir, report.genre.result, summary["models"])
@@ -205,17 +317,19 @@ def run_train(
     from genre.model_export.train import save_checkpoint, torch_threads, write_report
 
     data = build_interactions(log.items, log.clicks)
-    vectors = text_vectors(cfg, log.items, console)
-    spec = feature_spec(cfg)
+    llm = llm_inputs(
+        cfg, log, data, console, items=cfg.llm.items.enabled, profiles=cfg.llm.profiles.enabled
+    )
     with torch_threads(cfg.ranker.train.threads):
         report = evaluate_models(
             data,
-            vectors,
+            llm.vectors,
             dataset=log.name,
-            spec=spec,
+            spec=feature_spec(cfg),
             train=train_config(cfg, epochs=epochs),
             baselines=[],
             console=console,
+            profiles=llm.profiles,
         )
     assert report.genre is not None and report.genre.result is not None
     result = report.genre.result
@@ -223,8 +337,8 @@ def run_train(
         cfg.path(cfg.ranker.checkpoint),
         result,
         data,
-        spec,
-        {"dataset": log.name, "metrics": report.models},
+        report.genre.spec,
+        {"dataset": log.name, "metrics": report.models, "llm": llm.info},
     )
     js, png = write_report(out_dir, result, report.models)
     return {
@@ -234,4 +348,100 @@ def run_train(
         "test": report.models["genre"],
         "report": {"json": str(js), "plot": str(png)},
         "seconds": round(report.seconds, 1),
+        "llm": llm.info,
     }
+
+
+#: The ablation's variants: name -> (item enrichment, user profiles).
+ABLATION_VARIANTS = {"off": (False, False), "items": (True, False), "items+profiles": (True, True)}
+ABLATION_REPORT = "ablation_enrichment"
+
+
+def run_ablation(
+    cfg: GenreConfig,
+    log: ClickLog,
+    *,
+    out_dir: Path,
+    console: Console,
+    epochs: int | None = None,
+) -> dict[str, Any]:
+    """GENRE trained and tested three times on one split and seed: without the LLM, with
+    enriched items, with enriched items and profiles. Saves the checkpoint of the variant
+    the config serves (``llm.items.enabled`` / ``llm.profiles.enabled``)."""
+    from genre.core.llm import build_llm
+    from genre.model_export.evaluate import evaluate_models
+    from genre.model_export.replay import build_interactions
+    from genre.model_export.train import save_checkpoint, torch_threads
+
+    data = build_interactions(log.items, log.clicks)
+    served = (cfg.llm.items.enabled, cfg.llm.profiles.enabled)
+    llm = build_llm(cfg)
+    variants: dict[str, dict[str, Any]] = {}
+    try:
+        for name, (items, profiles) in ABLATION_VARIANTS.items():
+            console.rule(f"ablation: {name}")
+            inputs = llm_inputs(cfg, log, data, console, items=items, profiles=profiles, llm=llm)
+            with torch_threads(cfg.ranker.train.threads):
+                report = evaluate_models(
+                    data,
+                    inputs.vectors,
+                    dataset=log.name,
+                    spec=feature_spec(cfg),
+                    train=train_config(cfg, epochs=epochs),
+                    baselines=[],
+                    console=console,
+                    profiles=inputs.profiles,
+                )
+            assert report.genre is not None and report.genre.result is not None
+            metrics = report.models["genre"]
+            variants[name] = {
+                "hr@10": metrics["hr@10"],
+                "ndcg@10": metrics["ndcg@10"],
+                "mrr": metrics["mrr"],
+                "coverage@10": metrics["coverage@10"],
+                "best_epoch": report.genre.result.best_epoch,
+                "seconds": round(report.seconds, 1),
+                "llm": inputs.info,
+            }
+            if (items, profiles) == served:
+                ckpt = save_checkpoint(
+                    cfg.path(cfg.ranker.checkpoint),
+                    report.genre.result,
+                    data,
+                    report.genre.spec,
+                    {"dataset": log.name, "metrics": report.models, "llm": inputs.info},
+                )
+                variants[name]["checkpoint"] = str(ckpt)
+    finally:
+        backend = llm.backend_name
+        llm.close()
+    summary = {
+        "dataset": log.name,
+        "seed": cfg.ranker.train.seed,
+        "split": {"test": int((data.split == 2).sum())},
+        "backend": backend,
+        "ablation": variants,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{ABLATION_REPORT}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out_dir / f"{ABLATION_REPORT}.md").write_text(ablation_markdown(summary))
+    return summary
+
+
+def ablation_markdown(summary: dict[str, Any]) -> str:
+    """The ablation as a markdown table."""
+    lines = [
+        f"# LLM enrichment ablation: {summary['dataset']}, backend {summary['backend']}",
+        "",
+        f"GENRE ranker, same temporal split and seed ({summary['seed']}); "
+        f"{summary['split']['test']} test clicks, full ranking.",
+        "",
+        "| variant | HR@10 | NDCG@10 | MRR | coverage@10 | best epoch |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, v in summary["ablation"].items():
+        lines.append(
+            f"| {name} | {v['hr@10']:.4f} | {v['ndcg@10']:.4f} | {v['mrr']:.4f} | "
+            f"{v['coverage@10']:.4f} | {v['best_epoch']} |"
+        )
+    return "\n".join(lines) + "\n"

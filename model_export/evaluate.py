@@ -16,7 +16,7 @@ Protocol (the same for every model, in one run):
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,13 @@ from rich.table import Table
 from genre.model_export.baselines import Baseline, build_baselines
 from genre.model_export.metrics import RankingMetrics
 from genre.model_export.replay import (
+    PROFILE_FEATURE,
     TEST,
     TRAIN,
     VALID,
     FeatureSpec,
     Interactions,
+    ProfileTrack,
     QueryBatch,
     StreamReplay,
     snapshot,
@@ -153,9 +155,15 @@ def evaluate_models(
     valid_stride: int = 3,
     chunk: int = 256,
     console: Console | None = None,
+    profiles: ProfileTrack | None = None,
 ) -> EvalReport:
-    """Fit every model on the same split and measure them on the same test clicks."""
+    """Fit every model on the same split and measure them on the same test clicks.
+
+    ``profiles``: LLM user profiles along the log; GENRE then gets the profile feature.
+    """
     spec = spec or FeatureSpec()
+    if profiles is not None and PROFILE_FEATURE not in spec.feature_names:
+        spec = replace(spec, feature_names=(*spec.feature_names, PROFILE_FEATURE))
     train = train or TrainConfig()
     start = time.perf_counter()
     models: list[Baseline] = build_baselines(baselines, **(baseline_overrides or {}))
@@ -173,7 +181,7 @@ def evaluate_models(
     end_valid = int(data.indices(VALID)[-1]) + 1
     with make_progress(console) as progress:
         valid = _replay_train_valid(
-            data, text_vectors, spec, genre, end_valid, valid_stride, progress
+            data, text_vectors, spec, genre, end_valid, valid_stride, progress, profiles
         )
         fit_seconds: dict[str, float] = {}
         for model in models:
@@ -181,7 +189,7 @@ def evaluate_models(
             model.fit(data, valid, text_vectors, seed=train.seed, progress=progress)
             fit_seconds[model.name] = round(time.perf_counter() - t0, 1)
         del valid
-        results = _replay_test(data, text_vectors, spec, models, chunk, progress)
+        results = _replay_test(data, text_vectors, spec, models, chunk, progress, profiles)
     return EvalReport(
         dataset=dataset,
         split=split,
@@ -202,8 +210,9 @@ def _replay_train_valid(
     end_valid: int,
     stride: int,
     progress: Progress,
+    profiles: ProfileTrack | None,
 ) -> QueryBatch:
-    replay = StreamReplay(data, spec, text_vectors)
+    replay = StreamReplay(data, spec, text_vectors, profiles)
     sampler = genre.start(data) if genre is not None else None
     valid: list[QueryBatch] = []
     task = progress.add_task("replaying train + valid clicks", total=end_valid)
@@ -229,8 +238,9 @@ def _replay_test(
     models: list[Baseline],
     chunk: int,
     progress: Progress,
+    profiles: ProfileTrack | None,
 ) -> dict[str, dict[str, float]]:
-    replay = StreamReplay(data, spec, text_vectors)
+    replay = StreamReplay(data, spec, text_vectors, profiles)
     metrics = {m.name: RankingMetrics(data.n_items) for m in models}
     buffer: list[QueryBatch] = []
 

@@ -152,6 +152,54 @@ class FeatureSpec:
     feature_names: tuple[str, ...] = ("trending", "co_click")
 
 
+#: The per-candidate feature the ranker gets when it is trained with LLM profiles.
+PROFILE_FEATURE = "profile"
+
+
+@dataclass(frozen=True)
+class ProfileTrack:
+    """LLM user profiles along a click log, as the stream's profile agent writes them.
+
+    ``after_event[e]`` is the row of ``vectors`` that becomes the clicking user's
+    profile once event ``e`` is applied (-1: none falls due). The ranker's profile
+    feature is max(0, cos(profile, item text vector)), 0 before a user's first profile.
+    """
+
+    after_event: np.ndarray  # int32 [n_events]
+    vectors: np.ndarray  # float32 [P, D], unit length
+
+    def __post_init__(self) -> None:
+        if self.after_event.ndim != 1 or self.vectors.ndim != 2:
+            raise ValueError("after_event must be [n_events] and vectors [P, D]")
+        if self.after_event.size and int(self.after_event.max()) >= len(self.vectors):
+            raise ValueError("after_event points past the profile vectors")
+
+
+def profile_schedule(
+    data: Interactions, every_k_clicks: int, recent: int, history_len: int
+) -> list[tuple[int, tuple[int, ...]]]:
+    """When the stream asks for each profile, and from which items: (event, item indices).
+
+    The user-state agent's rule: a profile falls due once a user has clicked
+    ``every_k_clicks`` times since the last one, written from the last ``recent``
+    items of the history (re-clicked items move to the end, ``history_len`` kept).
+    """
+    histories: list[list[int]] = [[] for _ in range(data.n_users)]
+    clicks = np.zeros(data.n_users, np.int64)
+    profiled = np.zeros(data.n_users, np.int64)
+    out = []
+    for e in range(len(data)):
+        u, item = int(data.users[e]), int(data.items[e])
+        history = [i for i in histories[u] if i != item]
+        history.append(item)
+        histories[u] = history[-history_len:]
+        clicks[u] += 1
+        if clicks[u] - profiled[u] >= every_k_clicks:
+            profiled[u] = clicks[u]
+            out.append((e, tuple(histories[u][-recent:])))
+    return out
+
+
 @dataclass
 class _Decayed:
     """Per-slot exponentially decayed sums, decayed lazily on read (as the stream does)."""
@@ -187,10 +235,22 @@ class StreamReplay:
     """
 
     def __init__(
-        self, data: Interactions, spec: FeatureSpec, text_vectors: np.ndarray | None = None
+        self,
+        data: Interactions,
+        spec: FeatureSpec,
+        text_vectors: np.ndarray | None = None,
+        profiles: ProfileTrack | None = None,
     ) -> None:
+        if PROFILE_FEATURE in spec.feature_names and (profiles is None or text_vectors is None):
+            raise ReplayError("the profile feature needs a ProfileTrack and the text vectors")
+        if profiles is not None and len(profiles.after_event) != len(data):
+            raise ReplayError(
+                f"profile track covers {len(profiles.after_event)} events, the log has {len(data)}"
+            )
         self.data = data
         self.spec = spec
+        self.profiles = profiles
+        self.user_profile = np.full(data.n_users, -1, np.int64)
         n = data.n_items
         self.text_vectors = text_vectors
         self.trending = _Decayed(spec.trending_half_life_s, np.zeros(n))
@@ -234,6 +294,8 @@ class StreamReplay:
         self.seen[u].add(item)
         if self.text_vectors is not None:
             self._update_user_vector(u, item, ts)
+        if self.profiles is not None and self.profiles.after_event[e] >= 0:
+            self.user_profile[u] = self.profiles.after_event[e]
 
     def _update_user_vector(self, u: int, item: int, ts: float) -> None:
         vec = self.text_vectors[item]  # type: ignore[index]
@@ -263,9 +325,28 @@ class StreamReplay:
         return mask
 
     def features(self, user: int, items: np.ndarray | slice, now: float) -> np.ndarray:
-        """Float32 [len(items), 2]: the scorer's raw features (trending, co_click)."""
-        trending = self.trending.read(items, now)
-        return np.stack([trending, self.co_click(user, items, now)], axis=-1)
+        """Float32 [len(items), F]: the scorer's raw features, ``spec.feature_names``
+        in order (trending, co_click, and profile when trained with profiles)."""
+        columns = []
+        for name in self.spec.feature_names:
+            if name == "trending":
+                columns.append(self.trending.read(items, now))
+            elif name == "co_click":
+                columns.append(self.co_click(user, items, now))
+            elif name == PROFILE_FEATURE:
+                columns.append(self.profile_match(user, items))
+            else:
+                raise ReplayError(f"unknown feature {name!r} in FeatureSpec.feature_names")
+        return np.stack(columns, axis=-1)
+
+    def profile_match(self, user: int, items: np.ndarray | slice) -> np.ndarray:
+        """max(0, cos(the user's current profile, each item's text vector)); 0 without one."""
+        assert self.text_vectors is not None and self.profiles is not None
+        block = self.text_vectors[items]
+        row = self.user_profile[user]
+        if row < 0:
+            return np.zeros(len(block), np.float32)
+        return np.maximum(block @ self.profiles.vectors[row], 0.0).astype(np.float32)
 
     def co_click(self, user: int, items: np.ndarray | slice, now: float) -> np.ndarray:
         """Co-click score of ``items`` from the user's recent items (weights 1, 1/2, 1/3...)."""

@@ -163,6 +163,22 @@ class ScoreRequest(_Record):
     seen_items: list[str] = Field(default_factory=list)
     vector: list[float] | None = None
     clicks: int = 0
+    #: The user's LLM profile (see ``ProfileRequest``), filled in like the history.
+    profile_vector: list[float] | None = None
+    profile_interests: list[str] = Field(default_factory=list)
+
+
+class ProfileRequest(_Record):
+    """Internal: a user's interest profile is due (every ``llm.profiles.every_k_clicks``).
+
+    Keyed by user and co-partitioned with the user-state table; carries the items
+    the profile is written from, so the profile agent needs no table read.
+    """
+
+    user_id: str
+    recent_items: list[str]
+    clicks: int = Field(description="The user's click count when the profile fell due.")
+    trigger_ts: float = Field(description="Event time of the click that made it due.")
 
 
 class UserClick(_Record):

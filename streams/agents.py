@@ -11,7 +11,15 @@ import logging
 from typing import Any
 
 from genre.core.telemetry import METRICS, measured_batch
-from genre.schemas import ClickEvent, CoClick, Rejection, ScoreRequest, UserClick, parse_record
+from genre.schemas import (
+    ClickEvent,
+    CoClick,
+    ProfileRequest,
+    Rejection,
+    ScoreRequest,
+    UserClick,
+    parse_record,
+)
 from genre.streams.app import GenreStreams, table_key
 from genre.streams.state import (
     USER_VECTOR_UPDATERS,
@@ -52,6 +60,9 @@ def register_stream_agents(streams: GenreStreams) -> None:
     clicks_name = topics.clicks.get_topic_name()
     user_clicks_name = topics.user_clicks.get_topic_name()
     co_clicks_name = topics.co_clicks.get_topic_name()
+    profiles = streams.config.llm.profiles
+    profile_every = profiles.every_k_clicks if profiles.enabled else 0
+    profile_titles = profiles.recent_titles
 
     @app.agent(topics.clicks, name="genre.ingest")
     async def ingest(stream: Any) -> None:
@@ -92,6 +103,7 @@ def register_stream_agents(streams: GenreStreams) -> None:
                 touched: dict[str, dict] = {}
                 triggers: dict[str, UserClick] = {}
                 co: dict[str, CoClick] = {}
+                due: dict[str, ProfileRequest] = {}
                 for event, click in zip(events, clicks, strict=True):
                     ev = click.event
                     state = touched.get(ev.user_id)
@@ -120,6 +132,14 @@ def register_stream_agents(streams: GenreStreams) -> None:
                     streams.observe_event_time(ev.ts)
                     touched[ev.user_id] = state
                     triggers[ev.user_id] = click
+                    if profile_every and profile_due(state, profile_every):
+                        state["profiled_clicks"] = state["clicks"]
+                        due[ev.user_id] = ProfileRequest(
+                            user_id=ev.user_id,
+                            recent_items=state["history"][-profile_titles:],
+                            clicks=state["clicks"],
+                            trigger_ts=ev.ts,
+                        )
                     _add_co_click(co, ev.item_id, neighbours, ev.ts, clicks=1.0)
                     for nbr in neighbours:
                         _add_co_click(co, nbr, [ev.item_id], ev.ts)
@@ -139,6 +159,14 @@ def register_stream_agents(streams: GenreStreams) -> None:
                         key=table_key(user_id), value=request.to_bytes()
                     )
                 METRICS.events_out.labels(topics.score_requests.get_topic_name()).inc(len(triggers))
+                for user_id, due_request in due.items():
+                    await topics.profile_requests.send(
+                        key=table_key(user_id), value=due_request.to_bytes()
+                    )
+                if due:
+                    METRICS.events_out.labels(topics.profile_requests.get_topic_name()).inc(
+                        len(due)
+                    )
                 METRICS.users_tracked.set(len(streams.users))
 
     @app.agent(topics.co_clicks, name="genre.graph")
@@ -162,6 +190,11 @@ def register_stream_agents(streams: GenreStreams) -> None:
                     streams.graph[item_id] = state
 
 
+def profile_due(state: dict, every_k_clicks: int) -> bool:
+    """Whether the user has clicked ``every_k_clicks`` times since their last profile."""
+    return state["clicks"] - state.get("profiled_clicks", 0) >= every_k_clicks
+
+
 def _add_co_click(
     co: dict[str, CoClick], item_id: str, neighbours: list[str], ts: float, clicks: float = 0.0
 ) -> None:
@@ -178,4 +211,4 @@ def _add_co_click(
         )
 
 
-__all__ = ["graph_rules", "register_stream_agents", "user_rules"]
+__all__ = ["graph_rules", "profile_due", "register_stream_agents", "user_rules"]

@@ -37,6 +37,7 @@ class Topics:
     user_clicks: faust.TopicT
     co_clicks: faust.TopicT
     score_requests: faust.TopicT
+    profile_requests: faust.TopicT
     recommendations: faust.TopicT
     dlq: faust.TopicT
 
@@ -51,6 +52,7 @@ class GenreStreams:
     users: Any  # faust Table: user_id -> user state dict
     graph: Any  # faust GlobalTable: item_id -> item state dict
     latest_lists: Any  # faust Table: user_id -> item ids of the user's latest published list
+    profiles: Any  # faust Table: user_id -> the user's latest LLM profile (text, vector)
     store: VectorStore
     catalog: ItemCatalog
     #: One thread for vector-store calls: qdrant local mode is not thread-safe.
@@ -207,6 +209,7 @@ def build_streams(config: GenreConfig, *, store: VectorStore | None = None) -> G
         user_clicks=topic(t.user_clicks),
         co_clicks=topic(t.co_clicks),
         score_requests=topic(t.score_requests),
+        profile_requests=topic(t.profile_requests),
         recommendations=topic(t.recommendations),
         dlq=topic(t.dlq),
     )
@@ -230,9 +233,17 @@ def build_streams(config: GenreConfig, *, store: VectorStore | None = None) -> G
         schema=TABLE_SCHEMA,
         use_partitioner=True,
     )
+    profiles = app.Table(
+        "user-profiles",
+        partitions=t.user_clicks.partitions,
+        schema=TABLE_SCHEMA,
+        use_partitioner=True,
+    )
     vector_store = store if store is not None else open_vector_store(config)
     catalog = ItemCatalog(vector_store, config.qdrant.items_collection)
-    streams = GenreStreams(config, app, topics, users, graph, latest_lists, vector_store, catalog)
+    streams = GenreStreams(
+        config, app, topics, users, graph, latest_lists, profiles, vector_store, catalog
+    )
     _add_pages(streams)
     return streams
 

@@ -31,6 +31,7 @@ def new_user_state() -> UserState:
         "vector": None,
         "vector_ts": None,
         "last_ts": None,
+        "profiled_clicks": 0,
     }
 
 

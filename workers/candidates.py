@@ -71,15 +71,21 @@ class AnnSource:
         self.use_exact = streams.index is not None and index != "qdrant"
         self.collection = streams.config.qdrant.items_collection
 
+    @staticmethod
+    def query_vector(request: ScoreRequest) -> list[float] | None:
+        """What this source searches with: the user's decayed-mean vector."""
+        return request.vector
+
     async def generate(self, requests: list[ScoreRequest]) -> list[dict[str, Candidate]]:
-        with_vec = [i for i, r in enumerate(requests) if r.vector]
+        queries = [self.query_vector(r) for r in requests]
+        with_vec = [i for i, q in enumerate(queries) if q]
         out: list[dict[str, Candidate]] = [{} for _ in requests]
         if not with_vec:
             return out
         # Over-fetch so that filtering seen items still leaves candidates; capped
         # because every extra hit costs a payload decode (heavy users have
         # seen hundreds of items; co_click and trending cover them too).
-        vectors = np.asarray([requests[i].vector for i in with_vec], np.float32)  # [B, D]
+        vectors = np.asarray([queries[i] for i in with_vec], np.float32)  # [B, D]
         extra = min(max(len(requests[i].seen_items) for i in with_vec), self.max_overfetch)
         limit = self.limit + extra
         if self.use_exact and self.streams.index is not None:
@@ -91,6 +97,21 @@ class AnnSource:
         for i, hits in zip(with_vec, results, strict=True):
             out[i] = {h.id: Candidate(h.score) for h in hits}
         return out
+
+
+@CANDIDATE_SOURCES.register("profile")
+class ProfileSource(AnnSource):
+    """Nearest items to the user's LLM interest profile (``llm.profiles``).
+
+    Users without a profile yet (fewer than ``every_k_clicks`` clicks, or
+    profiles off) get no candidates from it; the other sources cover them.
+    """
+
+    name = "profile"
+
+    @staticmethod
+    def query_vector(request: ScoreRequest) -> list[float] | None:
+        return request.profile_vector
 
 
 @CANDIDATE_SOURCES.register("co_click")

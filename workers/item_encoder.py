@@ -1,15 +1,31 @@
-"""The item encoder worker: ItemUpserts -> ONNX text encoder -> Qdrant ``items``."""
+"""The item encoder worker: ItemUpserts -> (LLM enrichment) -> ONNX text encoder -> Qdrant.
+
+With ``llm.items.enabled`` the encoded text is the item's own text plus the LLM's
+summary, keywords and categories (``enriched_text``). The LLM never holds an item
+back: whatever is not enriched within ``llm.items.wait_s`` is encoded from its raw
+text at once and re-encoded when the answer lands; a failed enrichment keeps the
+raw text and is retried every ``llm.items.retry_s``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from genre.core.llm import ItemEnrichment, LLMClient, LLMResult, enriched_text
 from genre.core.telemetry import METRICS, measured_batch
 from genre.schemas import ItemUpsert, Rejection, parse_record
 from genre.streams.app import GenreStreams
 from genre.workers.text_encoder import TextEncoder
+
+log = logging.getLogger("genre.item_encoder")
+
+#: Most failed enrichments re-tried per ``retry_s`` tick (the LLM's rate limit applies too).
+RETRY_BATCH = 256
 
 
 class ItemEncoderWorker:
@@ -20,15 +36,31 @@ class ItemEncoderWorker:
         streams: GenreStreams,
         encoder: TextEncoder,
         on_change: Callable[[list[str]], None] | None = None,
+        llm: LLMClient | None = None,
     ) -> None:
-        """``on_change(ids)`` runs after items are re-encoded or deleted (cache invalidation)."""
+        """``on_change(ids)`` runs after items are re-encoded or deleted (cache invalidation).
+        ``llm``: enrich items with it (None: encode raw text only)."""
         self.streams = streams
         self.on_change = on_change
         self.encoder = encoder
+        self.llm = llm
+        self.settings = streams.config.llm.items
         self.collection = streams.config.qdrant.items_collection
         self.batch_size = streams.config.encoder.batch_size
         self.provider = (encoder.providers or ["CPUExecutionProvider"])[0]
+        #: Items encoded from raw text whose enrichment is still running: id -> upsert.
+        self._waiting: dict[str, ItemUpsert] = {}
+        #: Enrichments that landed after their item was encoded raw, to re-encode.
+        self._landed: dict[str, tuple[ItemUpsert, LLMResult[ItemEnrichment]]] = {}
+        self._landed_event = asyncio.Event()
+        #: Items whose enrichment failed, oldest first, to retry.
+        self._retry: OrderedDict[str, ItemUpsert] = OrderedDict()
         METRICS.model_info.labels("text_encoder", encoder.version).set(1)
+
+    @property
+    def pending(self) -> int:
+        """Items encoded raw that still wait for their enrichment."""
+        return len(self._waiting) + len(self._retry)
 
     async def handle(self, items: list[ItemUpsert]) -> None:
         """Apply a batch of upserts and deletes (last write per item wins)."""
@@ -37,6 +69,10 @@ class ItemEncoderWorker:
             latest[item.item_id] = item
         deletes = [i.item_id for i in latest.values() if i.deleted]
         upserts = [i for i in latest.values() if not i.deleted]
+        for key in latest:  # a newer version supersedes any enrichment still in flight
+            self._waiting.pop(key, None)
+            self._landed.pop(key, None)
+            self._retry.pop(key, None)
         if deletes:
             await self.streams.in_store(self.streams.store.delete, self.collection, deletes)
             for key in deletes:
@@ -45,19 +81,110 @@ class ItemEncoderWorker:
                 self.streams.index.delete(deletes)
             if self.on_change is not None:
                 self.on_change(deletes)
-        if not upserts:
+        if upserts:
+            enrichments = await self._enrich(upserts)
+            await self._store(upserts, enrichments)
+        METRICS.enrichment_pending.set(self.pending)
+
+    async def _enrich(self, upserts: list[ItemUpsert]) -> list[LLMResult[ItemEnrichment] | None]:
+        """Each item's enrichment if it is ready within ``wait_s``, else None (raw text)."""
+        if self.llm is None:
+            return [None] * len(upserts)
+        llm = self.llm
+        tasks = [asyncio.ensure_future(llm.enrich_item(item)) for item in upserts]
+        await asyncio.wait(tasks, timeout=self.settings.wait_s)
+        out: list[LLMResult[ItemEnrichment] | None] = []
+        for item, task in zip(upserts, tasks, strict=True):
+            if task.done():
+                out.append(self._usable(item, task.result()))
+            else:
+                self._waiting[item.item_id] = item
+                task.add_done_callback(lambda t, item=item: self._on_landed(item, t))
+                out.append(None)
+        return out
+
+    def _usable(
+        self, item: ItemUpsert, result: LLMResult[ItemEnrichment]
+    ) -> LLMResult[ItemEnrichment] | None:
+        """The result if it is an enrichment; a failure is queued for retry (raw text now)."""
+        source = result.origin
+        METRICS.items_enriched.labels(source).inc()
+        if source != "failed":
+            return result
+        self._queue_retry(item)
+        return None
+
+    def _queue_retry(self, item: ItemUpsert) -> None:
+        self._retry[item.item_id] = item
+        self._retry.move_to_end(item.item_id)
+        while len(self._retry) > self.settings.max_pending:
+            dropped, _ = self._retry.popitem(last=False)
+            METRICS.fallbacks.labels("enrichment", "retry_queue_full").inc()
+            log.warning("enrichment retry queue full; %s keeps its raw-text vector", dropped)
+
+    def _on_landed(self, item: ItemUpsert, task: asyncio.Future[Any]) -> None:
+        if task.cancelled() or self._waiting.get(item.item_id) is not item:
+            return  # superseded by a newer upsert or a delete
+        del self._waiting[item.item_id]
+        if task.exception() is not None:  # the client never raises; a bug must not be lost
+            log.error("enrichment of %s raised", item.item_id, exc_info=task.exception())
+            METRICS.items_enriched.labels("failed").inc()
+            self._queue_retry(item)
             return
+        self._landed[item.item_id] = (item, task.result())
+        self._landed_event.set()
+
+    async def reencode_landed(self) -> int:
+        """Re-encode the items whose enrichment landed after they were stored raw."""
+        self._landed_event.clear()
+        landed, self._landed = self._landed, {}
+        items, enrichments = [], []
+        for item, result in landed.values():
+            usable = self._usable(item, result)
+            if usable is not None:
+                items.append(item)
+                enrichments.append(usable)
+        if items:
+            await self._store(items, enrichments)
+        METRICS.enrichment_pending.set(self.pending)
+        return len(items)
+
+    async def run_landed(self) -> None:
+        """Forever: re-encode enrichments as they land (a background task)."""
+        while True:
+            await self._landed_event.wait()
+            await asyncio.sleep(0.05)  # gather what lands together into one batch
+            try:
+                await self.reencode_landed()
+            except Exception:  # keep the task alive; the items keep their raw vectors
+                log.exception("re-encoding enriched items failed")
+
+    def retry_failed(self) -> int:
+        """Start enrichment again for up to ``RETRY_BATCH`` failed items (oldest first)."""
+        if self.llm is None or not self._retry or self.llm.breaker.state == "open":
+            return 0
+        llm = self.llm
+        count = min(RETRY_BATCH, len(self._retry))
+        batch = [self._retry.popitem(last=False)[1] for _ in range(count)]
+        for item in batch:
+            self._waiting[item.item_id] = item
+            task = asyncio.ensure_future(llm.enrich_item(item))
+            task.add_done_callback(lambda t, item=item: self._on_landed(item, t))
+        return len(batch)
+
+    async def _store(
+        self, upserts: list[ItemUpsert], enrichments: list[LLMResult[ItemEnrichment] | None]
+    ) -> None:
+        texts = [
+            item.encoder_text() if e is None else enriched_text(item, e.value)
+            for item, e in zip(upserts, enrichments, strict=True)
+        ]
         start = time.perf_counter()
-        vectors = await self.streams.in_model(
-            self.encoder.encode, [i.encoder_text() for i in upserts], self.batch_size
-        )
+        vectors = await self.streams.in_model(self.encoder.encode, texts, self.batch_size)
         METRICS.inference_seconds.labels("text_encoder", self.provider).observe(
             time.perf_counter() - start
         )
-        payloads = [
-            {"title": i.title, "category": i.category, "tags": list(i.tags), "updated_ts": i.ts}
-            for i in upserts
-        ]
+        payloads = [_payload(i, e) for i, e in zip(upserts, enrichments, strict=True)]
         ids = [i.item_id for i in upserts]
         await self.streams.in_store(
             self.streams.store.upsert, self.collection, ids, vectors, payloads
@@ -69,6 +196,18 @@ class ItemEncoderWorker:
         if self.on_change is not None:
             self.on_change(ids)
         METRICS.items_encoded.inc(len(upserts))
+
+
+def _payload(item: ItemUpsert, e: LLMResult[ItemEnrichment] | None) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "title": item.title,
+        "category": item.category,
+        "tags": list(item.tags),
+        "updated_ts": item.ts,
+    }
+    if e is not None:
+        payload["enrichment"] = {**e.value.model_dump(), "backend": e.backend}
+    return payload
 
 
 def register_item_encoder_agent(streams: GenreStreams, worker: ItemEncoderWorker) -> None:
@@ -89,3 +228,14 @@ def register_item_encoder_agent(streams: GenreStreams, worker: ItemEncoderWorker
                     else:
                         good.append(result)
                 await worker.handle(good)
+
+    if worker.llm is not None:
+
+        @streams.app.task
+        async def reencode_enriched() -> None:
+            await worker.run_landed()
+
+        @streams.app.timer(worker.settings.retry_s)
+        async def retry_enrichment() -> None:
+            if worker.retry_failed():
+                METRICS.enrichment_pending.set(worker.pending)

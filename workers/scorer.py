@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,14 +32,19 @@ USERS_FLUSH_S = 0.25
 #: History items an "ann" pick is explained against (the most similar one is named).
 EXPLAIN_RECENT = 10
 
-#: Per-candidate features the ranker graphs take, in order, and how this worker computes them.
-RANKER_FEATURES = ("trending", "co_click")
+#: Per-candidate features this worker can compute for the ranker (a manifest names the
+#: ones its graphs take, in their order): decayed trending count, co-click score, and
+#: the cosine of the user's LLM profile with the item (0 without a profile).
+RANKER_FEATURES = ("trending", "co_click", "profile")
 
 SOURCE_REASONS = {
     "trending": "trending now",
     "ann": "matches your taste",
     "co_click": "often watched together with your recent picks",
+    "profile": "matches your interest profile",
 }
+
+_WORD = re.compile(r"[a-z0-9]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +130,12 @@ class BlendScorer:
 
 
 def explain(scored: Scored, request: ScoreRequest, items: dict[str, StoredVector]) -> str:
-    """A human-readable reason: the history item behind it, else the source's phrase."""
+    """A human-readable reason: the profile interest it matches, the history item behind
+    it, else the source's phrase."""
+    if scored.source == "profile" and request.profile_interests:
+        interest = matching_interest(request.profile_interests, items.get(scored.item_id))
+        if interest:
+            return f"matches your interest in {interest}"
     because = scored.because
     if because is None and scored.source == "ann":
         because = _most_similar_recent(
@@ -134,6 +145,22 @@ def explain(scored: Scored, request: ScoreRequest, items: dict[str, StoredVector
     if title:
         return f"because you watched {title}"
     return SOURCE_REASONS.get(scored.source, f"from {scored.source}")
+
+
+def matching_interest(interests: Sequence[str], stored: StoredVector | None) -> str | None:
+    """The first profile interest that shares a word with the item's title, category,
+    tags or enrichment; None when none does (no reason is better than a wrong one)."""
+    if stored is None:
+        return None
+    p = stored.payload
+    enrichment = p.get("enrichment") or {}
+    fields = [p.get("title", ""), p.get("category", ""), *(p.get("tags") or ())]
+    fields += [*(enrichment.get("keywords") or ()), *(enrichment.get("categories") or ())]
+    words = set(_WORD.findall(" ".join(str(f) for f in fields).lower()))
+    for interest in interests:
+        if words.intersection(_WORD.findall(interest.lower())):
+            return interest
+    return None
 
 
 def _most_similar_recent(
@@ -281,7 +308,10 @@ class ScorerWorker:
                 reps.update(await self.streams.in_model(ranker.encode_items, have, text))
         histories = [[x for x in h if x in reps] for h in histories]
         candidates = [[x for x in o if x in reps] for o in origins]
-        features = self._features(ranker, batch, candidates)
+        text: dict[str, StoredVector] = {}
+        if "profile" in ranker.manifest.feature_names:
+            text = await self.streams.items({x for c in candidates for x in c})
+        features = self._features(ranker, batch, candidates, text)
         out = await self.streams.in_model(ranker.score, histories, candidates, features, reps)
         h_len = out.attention.shape[-1]
         ranked = []
@@ -303,26 +333,46 @@ class ScorerWorker:
         return ranked
 
     def _features(
-        self, ranker: OnnxRanker, batch: list[ScoreRequest], candidates: list[list[str]]
+        self,
+        ranker: OnnxRanker,
+        batch: list[ScoreRequest],
+        candidates: list[list[str]],
+        text: dict[str, StoredVector],
     ) -> np.ndarray:
-        """Float32 [B, C, 2]: each candidate's trending score and co-click score, decayed
-        to the stream's event time exactly as the training replay computed them."""
+        """Float32 [B, C, F]: the features the manifest names, in its order, computed
+        from the stream's state exactly as the training replay computed them (trending
+        and co-click decayed to the event time; profile: max(0, cos(profile, item)))."""
         now = self.streams.event_now()
         rules = self.graph_rules
+        names = list(ranker.manifest.feature_names)
         recent = int(ranker.manifest.feature_spec.get("co_click_recent", 10))
         c_len = max(1, max(len(c) for c in candidates))
-        features = np.zeros((len(batch), c_len, len(RANKER_FEATURES)), np.float32)
+        features = np.zeros((len(batch), c_len, len(names)), np.float32)
         popularity: dict[str, float] = {}
         for i, (req, cands) in enumerate(zip(batch, candidates, strict=True)):
-            co = neighbour_scores(self.streams.graph.get, req.recent_items[-recent:], rules, now)
-            for j, item in enumerate(cands):
-                pop = popularity.get(item)
-                if pop is None:
-                    state = self.streams.graph.get(item)
-                    pop = popularity[item] = rules.popularity(state, now) if state else 0.0
-                features[i, j, 0] = pop
-                hit = co.get(item)
-                features[i, j, 1] = hit[0] if hit else 0.0
+            if "trending" in names:
+                col = names.index("trending")
+                for j, item in enumerate(cands):
+                    pop = popularity.get(item)
+                    if pop is None:
+                        state = self.streams.graph.get(item)
+                        pop = popularity[item] = rules.popularity(state, now) if state else 0.0
+                    features[i, j, col] = pop
+            if "co_click" in names:
+                col = names.index("co_click")
+                co = neighbour_scores(
+                    self.streams.graph.get, req.recent_items[-recent:], rules, now
+                )
+                for j, item in enumerate(cands):
+                    hit = co.get(item)
+                    features[i, j, col] = hit[0] if hit else 0.0
+            if "profile" in names and req.profile_vector and cands:
+                col = names.index("profile")
+                profile = np.asarray(req.profile_vector, np.float32)
+                rows = [j for j, item in enumerate(cands) if item in text]
+                if rows:
+                    matrix = np.stack([text[cands[j]].vector for j in rows])
+                    features[i, rows, col] = np.maximum(matrix @ profile, 0.0)
         return features
 
     def _with_state(self, request: ScoreRequest) -> ScoreRequest:
@@ -336,14 +386,17 @@ class ScorerWorker:
             log.warning("no state for user %s on this worker; ranking cold", request.user_id)
             METRICS.fallbacks.labels("scorer", "no_user_state").inc()
             return request
-        return request.model_copy(
-            update={
-                "recent_items": state["history"],
-                "seen_items": state["seen"],
-                "vector": state["vector"],
-                "clicks": state["clicks"],
-            }
-        )
+        update = {
+            "recent_items": state["history"],
+            "seen_items": state["seen"],
+            "vector": state["vector"],
+            "clicks": state["clicks"],
+        }
+        profile = self.streams.profiles.get(request.user_id)
+        if profile:
+            update["profile_vector"] = profile["vector"]
+            update["profile_interests"] = profile["interests"]
+        return request.model_copy(update=update)
 
     async def _publish(self, batch: list[ScoreRequest], recs: list[Recommendation]) -> None:
         topic = self.streams.topics.recommendations
@@ -390,10 +443,17 @@ class ScorerWorker:
 def check_ranker_features(ranker: OnnxRanker, streams: GenreStreams) -> None:
     """Refuse a ranker whose features this worker cannot compute; warn on drifted rules."""
     names = tuple(ranker.manifest.feature_names)
-    if names != RANKER_FEATURES:
+    unknown = [n for n in names if n not in RANKER_FEATURES]
+    if unknown:
         raise ManifestError(
             f"ranker {ranker.version} takes features {names}, this worker computes "
             f"{RANKER_FEATURES}; re-train and re-export it with this GENRE version"
+        )
+    if "profile" in names and not streams.config.llm.profiles.enabled:
+        log.warning(
+            "ranker %s was trained with LLM profiles but llm.profiles.enabled is false; "
+            "its profile feature will be 0 for every user (enable profiles or re-train)",
+            ranker.version,
         )
     spec, s = ranker.manifest.feature_spec, streams.config.streams
     for key in ("trending_half_life_s", "edge_half_life_s", "co_click_window"):

@@ -9,10 +9,12 @@ import faust
 from genre.core.broker import ensure_topics, wait_for_broker
 from genre.core.config import GenreConfig
 from genre.core.exact_index import ExactIndex
+from genre.core.llm import LLMClient, build_llm
 from genre.core.vectorstore import VectorStore, open_vector_store
 from genre.streams.agents import register_stream_agents
 from genre.streams.app import GenreStreams, build_streams
 from genre.workers.item_encoder import ItemEncoderWorker, register_item_encoder_agent
+from genre.workers.profiles import ProfileWorker, register_profile_agent
 from genre.workers.ranker import RankerHandle
 from genre.workers.scorer import ScorerWorker, register_scorer_agent
 from genre.workers.text_encoder import TextEncoder
@@ -71,10 +73,30 @@ def build_worker(config: GenreConfig, *, store: VectorStore | None = None) -> Ge
         if ranker is not None and ranker.current is not None:
             ranker.current.forget(ids)  # their text vector changed: recompute on next use
 
-    register_item_encoder_agent(streams, ItemEncoderWorker(streams, encoder, forget_items))
+    llm = load_llm(config)
+    item_llm = llm if config.llm.items.enabled else None
+    register_item_encoder_agent(
+        streams, ItemEncoderWorker(streams, encoder, forget_items, llm=item_llm)
+    )
+    if llm is not None and config.llm.profiles.enabled:
+        register_profile_agent(streams, ProfileWorker(streams, encoder, llm))
     register_scorer_agent(streams, ScorerWorker(streams, encoder.version, ranker))
     streams.ready["encoder"] = True
     return streams
+
+
+def load_llm(config: GenreConfig) -> LLMClient | None:
+    """The LLM client when item enrichment or profiles are on, else None."""
+    if not (config.llm.items.enabled or config.llm.profiles.enabled):
+        return None
+    llm = build_llm(config)
+    log.info(
+        "llm %s: item enrichment %s, profiles %s",
+        llm.backend_name,
+        "on" if config.llm.items.enabled else "off",
+        "on" if config.llm.profiles.enabled else "off",
+    )
+    return llm
 
 
 def prepare_kafka(config: GenreConfig) -> None:

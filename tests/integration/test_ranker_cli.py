@@ -112,6 +112,47 @@ def test_train_then_export_writes_a_servable_manifest(workspace: dict[str, Path]
     assert {g.precision for g in manifest.graphs["scorer"]} == {"fp32", "fp16", "int8"}
     fp32 = manifest.graph("scorer", "fp32").parity
     assert fp32 is not None and fp32.max_abs_error < 1e-4
+    # The default config enriches items and writes profiles: the ranker takes the
+    # profile feature, and the manifest says what the LLM added to its training.
+    assert manifest.feature_names == ["trending", "co_click", "profile"]
+    llm = manifest.training["llm"]
+    assert llm["backend"] == "offline" and llm["items"] and llm["profiles"]
+    assert llm["items_origin"] == {"offline": len(catalog())}
+    assert llm["profiles_written"] > 0
+
+
+def test_enrichment_ablation_reports_three_variants(workspace: dict[str, Path]) -> None:
+    out_dir = workspace["root"] / "ablation"
+    done = genre(
+        "evaluate",
+        "-c",
+        str(workspace["config"]),
+        "--clicks",
+        str(workspace["clicks"]),
+        "--items",
+        str(workspace["items"]),
+        "--ablation",
+        "enrichment",
+        "--epochs",
+        "1",
+        "--out-dir",
+        str(out_dir),
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["backend"] == "offline"
+    assert list(summary["ablation"]) == ["off", "items", "items+profiles"]
+    for row in summary["ablation"].values():
+        assert 0.0 <= row["ndcg@10"] <= row["hr@10"] <= 1.0
+    detail = summary["detail"]
+    assert not detail["off"]["llm"]["items"] and not detail["off"]["llm"]["profiles"]
+    assert detail["items"]["llm"]["items_origin"] == {"offline": len(catalog())}
+    assert detail["items+profiles"]["llm"]["profiles_written"] > 0
+    # The served variant (items+profiles, the default config) is saved for export.
+    assert Path(detail["items+profiles"]["checkpoint"]).is_file()
+    assert "checkpoint" not in detail["off"]
+    assert (out_dir / "ablation_enrichment.md").read_text().count("| items+profiles |") == 1
 
 
 def test_a_log_with_unknown_items_is_refused_with_the_reason(workspace: dict[str, Path]) -> None:

@@ -335,7 +335,12 @@ def test_public_dump_masks_secrets() -> None:
     # the real value is still available to the Kafka client
     assert cfg.kafka.client_config()["sasl.password"] == "hunter2"
     # and the dump keeps the list sections intact
-    assert [c["name"] for c in dump["scorer"]["candidates"]] == ["co_click", "ann", "trending"]
+    assert [c["name"] for c in dump["scorer"]["candidates"]] == [
+        "co_click",
+        "ann",
+        "trending",
+        "profile",
+    ]
 
 
 def test_public_dump_leaves_unset_secrets_visible_as_none() -> None:
