@@ -29,7 +29,9 @@ from genre.core.telemetry import create_metrics
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS_DIR = REPO / "deploy" / "grafana" / "dashboards"
 DASHBOARD_FILES = sorted(DASHBOARDS_DIR.glob("*.json"))
-EXPECTED_DASHBOARDS = {"genre-pipeline", "genre-models", "genre-recommendations"}
+EXPECTED_DASHBOARDS = {"genre-pipeline", "genre-models", "genre-recommendations", "genre-llm"}
+#: Metric families of the generative step, charted on the LLM enrichment dashboard.
+LLM_FAMILIES = re.compile(r"genre_(llm_\w+|items_enriched|profiles_generated|enrichment_pending)")
 
 #: Labels Prometheus attaches to every scraped series.
 SCRAPE_LABELS = frozenset({"instance", "job"})
@@ -651,6 +653,23 @@ def test_every_exported_metric_family_is_on_a_dashboard() -> None:
     families = {re.sub(r"_(total|bucket|sum|count|created)$", "", n) for n in EXPORTED}
     charted = {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in used if n}
     assert families - charted == set()
+
+
+def test_llm_dashboard_charts_every_llm_metric() -> None:
+    """Every exported LLM / enrichment / profile family is on GENRE / LLM enrichment."""
+    llm = load(DASHBOARDS_DIR / "genre-llm.json")
+    used = {
+        sel.name
+        for panel in panels(llm)
+        for target in panel.get("targets", [])
+        for sel in selectors(parse_promql(target["expr"]))
+    }
+    charted = {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in used if n}
+    families = {re.sub(r"_(total|bucket|sum|count|created)$", "", n) for n in EXPORTED}
+    wanted = {f for f in families if LLM_FAMILIES.fullmatch(f)}
+    assert {"genre_llm_calls", "genre_llm_seconds", "genre_llm_circuit_open"} <= wanted
+    assert wanted - charted == set()
+    assert llm["title"] == "GENRE / LLM enrichment"
 
 
 def test_exported_series_shape() -> None:

@@ -6,8 +6,11 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -27,15 +30,38 @@ PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
 GRAFANA_DATASOURCE = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 GRAFANA_DASHBOARDS_PROVIDER = DEPLOY / "grafana" / "provisioning" / "dashboards" / "genre.yml"
 GRAFANA_DASHBOARDS = DEPLOY / "grafana" / "dashboards"
+CLUSTER_OVERRIDE = DEPLOY / "compose.kafka-cluster.yml"
+LLM_OVERRIDE = DEPLOY / "compose.llm.yml"
+README = REPO / "README.md"
 
 EXPECTED_SERVICES = {
     "kafka",
     "kafka-init",
+    "kafka-1",
+    "kafka-2",
+    "kafka-3",
     "qdrant",
     "worker",
     "worker-gpu",
+    "llm",
     "prometheus",
     "grafana",
+}
+#: What `docker compose up` starts with no profile: the single-node stack.
+DEFAULT_SERVICES = {"kafka", "kafka-init", "qdrant", "worker", "prometheus", "grafana"}
+PROFILES = {
+    "gpu": {"worker-gpu"},
+    "kafka-cluster": {"kafka-1", "kafka-2", "kafka-3"},
+    "llm": {"llm"},
+}
+CLUSTER_BROKERS = ("kafka-1", "kafka-2", "kafka-3")
+#: The documented ways to run the stack: extra compose files and the profiles they need.
+VARIANTS = {
+    "default": ((), ()),
+    "gpu": ((), ("gpu",)),
+    "kafka-cluster": ((CLUSTER_OVERRIDE,), ("kafka-cluster",)),
+    "llm": ((LLM_OVERRIDE,), ("llm",)),
+    "all": ((CLUSTER_OVERRIDE, LLM_OVERRIDE), ("gpu", "kafka-cluster", "llm")),
 }
 ONE_SHOT = {"kafka-init"}
 WORKERS = ("worker", "worker-gpu")
@@ -52,11 +78,82 @@ TORCH_PIN = "torch==2.13.0"
 # ---------------------------------------------------------------------------
 
 
+INTERPOLATION = re.compile(
+    r"\$(?:(?P<escaped>\$)|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+def interpolate(value: Any, environ: dict[str, str]) -> Any:
+    """Compose's variable interpolation of every string value: ``$$``, ``$VAR``, ``${VAR}``,
+    ``${VAR:-default}``, ``${VAR-default}``, ``${VAR:?error}``, ``${VAR?error}``."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, environ) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group("escaped"):
+            return "$"
+        name = m.group("braced") or m.group("bare")
+        op, arg = m.group("op"), m.group("arg") or ""
+        current = environ.get(name)
+        unset = current is None or (current == "" and op in (":-", ":?"))
+        if op in ("-", ":-"):
+            return arg if unset else current  # type: ignore[return-value]
+        if op in ("?", ":?"):
+            if unset:
+                raise AssertionError(f"${{{name}}} is required: {arg}")
+            return current  # type: ignore[return-value]
+        return current or ""
+
+    return INTERPOLATION.sub(sub, value)
+
+
+def merge(base: Any, over: Any) -> Any:
+    """Compose's merge of an override file, for what ours use: mappings (services,
+    environment, depends_on) merge key by key, anything else is replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for key, value in over.items():
+            out[key] = merge(base[key], value) if key in base else value
+        return out
+    return over
+
+
+def load_compose(*overrides: Path, environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """docker-compose.yml plus override files, interpolated as compose would (default: no
+    variables set, so every ``${VAR:-default}`` takes its default)."""
+    data: dict[str, Any] = {}
+    for path in (COMPOSE, *overrides):
+        assert path.is_file(), f"{path} is missing"
+        part = yaml.safe_load(path.read_text())
+        assert isinstance(part, dict), f"{path.name} must be a mapping"
+        data = merge(data, part)
+    return interpolate(data, environ or {})
+
+
+def enabled_services(compose: dict[str, Any], profiles: tuple[str, ...]) -> set[str]:
+    """The services `docker compose --profile ...` starts (scaled to 0 ones included)."""
+    return {
+        name
+        for name, svc in _services(compose).items()
+        if not svc.get("profiles") or set(svc["profiles"]) & set(profiles)
+    }
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    data = yaml.safe_load(COMPOSE.read_text())
-    assert isinstance(data, dict), "docker-compose.yml must be a mapping"
-    return data
+    return load_compose()
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def variant(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any], tuple[str, ...]]:
+    """(name, merged compose, active profiles) for each documented way to run the stack."""
+    overrides, profiles = VARIANTS[request.param]
+    return request.param, load_compose(*overrides), profiles
 
 
 def _services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -146,7 +243,10 @@ def env_key_error(name: str) -> str | None:
 def check_genre_env(env: dict[str, str], mounts: dict[str, Path]) -> GenreConfig:
     """Validate a container environment the way the worker will read it."""
     genre_vars = {k: v for k, v in env.items() if k.startswith("GENRE_")}
-    environ = {k: v for k, v in env.items() if k.startswith(("GENRE_", "QDRANT_"))}
+    # The variables load_config honours: GENRE_*, QDRANT_URL/QDRANT_API_KEY, OPENAI_API_KEY.
+    environ = {
+        k: v for k, v in env.items() if k.startswith(("GENRE_", "QDRANT_")) or k == "OPENAI_API_KEY"
+    }
     if "GENRE_CONFIG" in genre_vars:
         # A file path, not a key: it must be a repo file mounted into the container.
         target = genre_vars.pop("GENRE_CONFIG")
@@ -300,7 +400,8 @@ def test_compose_parses_with_expected_services(compose: dict[str, Any]) -> None:
     )
 
 
-def test_every_long_running_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
+def test_every_long_running_service_has_a_healthcheck(variant: Any) -> None:
+    _, compose, _ = variant
     for name, svc in _services(compose).items():
         if name in ONE_SHOT:
             continue
@@ -311,7 +412,8 @@ def test_every_long_running_service_has_a_healthcheck(compose: dict[str, Any]) -
         assert not hc.get("disable"), f"{name}: healthcheck disabled"
 
 
-def test_every_service_has_a_restart_policy(compose: dict[str, Any]) -> None:
+def test_every_service_has_a_restart_policy(variant: Any) -> None:
+    _, compose, _ = variant
     for name, svc in _services(compose).items():
         restart = svc.get("restart")
         assert isinstance(restart, str), f"{name}: restart missing (or unquoted no)"
@@ -459,6 +561,313 @@ def test_gpu_worker_reserves_an_nvidia_gpu(compose: dict[str, Any]) -> None:
     assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
     assert environment(gpu)["GENRE_ENCODER__PROVIDERS"] == "cuda"
     assert not _services(compose)["worker"].get("profiles"), "the CPU worker runs by default"
+
+
+# ---------------------------------------------------------------------------
+# profiles: the Kafka cluster and the LLM server
+# ---------------------------------------------------------------------------
+
+
+def listeners(spec: str) -> dict[str, tuple[str, int]]:
+    """``NAME://host:port,...`` (KAFKA_LISTENERS / KAFKA_ADVERTISED_LISTENERS) by name."""
+    out = {}
+    for item in spec.split(","):
+        name, _, address = item.partition("://")
+        host, _, port = address.rpartition(":")
+        out[name] = (host, int(port))
+    return out
+
+
+def published_ports(service: dict[str, Any]) -> dict[int, int]:
+    """Container port -> host port of ``[ip:]host:container`` port strings."""
+    out = {}
+    for spec in service.get("ports") or []:
+        *_, host, container = str(spec).split(":")
+        out[int(container)] = int(host)
+    return out
+
+
+def cli_options(command: list[str]) -> dict[str, str]:
+    """``--key=value`` words of a command list."""
+    return dict(w[2:].split("=", 1) for w in command if w.startswith("--") and "=" in w)
+
+
+def test_profiles_leave_the_default_stack_single_node(compose: dict[str, Any]) -> None:
+    assert enabled_services(compose, ()) == DEFAULT_SERVICES
+    for profile, services in PROFILES.items():
+        assert enabled_services(compose, (profile,)) - DEFAULT_SERVICES == services, profile
+    used = {p for svc in _services(compose).values() for p in svc.get("profiles", [])}
+    assert used == set(PROFILES)
+    # The single node is the default: no profile, replication factor 1 everywhere.
+    kafka = environment(_services(compose)["kafka"])
+    assert kafka["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka:9093"
+    assert kafka["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
+
+
+def test_every_dependency_is_started_in_each_variant(variant: Any) -> None:
+    """Compose refuses to start a service whose dependency sits in an inactive profile."""
+    name, compose, profiles = variant
+    assert depends_on_errors(compose) == []
+    enabled = enabled_services(compose, profiles)
+    for service in sorted(enabled):
+        for dep in _services(compose)[service].get("depends_on") or {}:
+            assert dep in enabled, f"{name}: {service} needs {dep}, which is not started"
+
+
+def test_kafka_cluster_brokers_form_one_quorum(compose: dict[str, Any]) -> None:
+    services = _services(compose)
+    named_volumes = set(compose.get("volumes") or {})
+    node_ids, cluster_ids, voters, volumes, host_ports = [], set(), set(), [], []
+    for name in CLUSTER_BROKERS:
+        svc = services[name]
+        env = environment(svc)
+        assert svc["profiles"] == ["kafka-cluster"]
+        assert svc["image"] == services["kafka"]["image"], f"{name}: same image as the single node"
+        assert svc.get("hostname", name) == name
+        assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+        node_ids.append(int(env["KAFKA_NODE_ID"]))
+        cluster_ids.add(env["CLUSTER_ID"])
+        voters.add(env["KAFKA_CONTROLLER_QUORUM_VOTERS"])
+        bound = listeners(env["KAFKA_LISTENERS"])
+        advertised = listeners(env["KAFKA_ADVERTISED_LISTENERS"])
+        assert advertised["PLAINTEXT"] == (name, bound["PLAINTEXT"][1]), name
+        assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] in bound
+        assert "CONTROLLER" not in advertised
+        # The host reaches each broker on its own port, advertised as localhost:<port>.
+        external = bound["EXTERNAL"][1]
+        assert advertised["EXTERNAL"] == ("localhost", external)
+        assert published_ports(svc) == {external: external}
+        host_ports.append(external)
+        # Replication factor 3 for internal topics and defaults; see the compose file for
+        # why min.insync.replicas=2 is set per GENRE topic rather than broker-wide.
+        assert env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == str(len(CLUSTER_BROKERS))
+        assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == str(len(CLUSTER_BROKERS))
+        assert env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"] == str(len(CLUSTER_BROKERS))
+        assert env["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"] == "2"
+        assert env.get("KAFKA_MIN_INSYNC_REPLICAS", "1") == "1"
+        (volume,) = [str(v).split(":")[0] for v in svc["volumes"]]
+        assert volume in named_volumes, f"{name}: {volume} is not a named volume"
+        volumes.append(volume)
+    assert len(set(node_ids)) == len(node_ids), f"node ids must differ: {node_ids}"
+    assert len(cluster_ids) == 1, "one CLUSTER_ID for the whole cluster"
+    assert cluster_ids != {environment(services["kafka"])["CLUSTER_ID"]}
+    assert len(voters) == 1, f"every broker must list the same quorum: {voters}"
+    quorum = {}
+    for voter in voters.pop().split(","):
+        node_id, _, address = voter.partition("@")
+        host, _, port = address.partition(":")
+        quorum[int(node_id)] = (host, int(port))
+    assert set(quorum) == set(node_ids)
+    for name, node_id in zip(CLUSTER_BROKERS, node_ids, strict=True):
+        controller = listeners(environment(services[name])["KAFKA_LISTENERS"])["CONTROLLER"]
+        assert quorum[node_id] == (name, controller[1]), f"voter {node_id} is not {name}"
+    assert len(set(volumes)) == len(volumes), "each broker needs its own volume"
+    assert len(set(host_ports)) == len(host_ports)
+    assert not set(host_ports) & set(published_ports(services["kafka"]).values())
+
+
+def kafka_init_script(compose: dict[str, Any]) -> str:
+    command = _services(compose)["kafka-init"]["command"]
+    return command if isinstance(command, str) else "\n".join(map(str, command))
+
+
+def test_kafka_init_takes_its_cluster_from_the_environment(compose: dict[str, Any]) -> None:
+    script = kafka_init_script(compose)
+    calls = [ln for ln in script.splitlines() if "/opt/kafka/bin/" in ln]
+    assert calls
+    for line in calls:
+        opts = dict(itertools.pairwise(shlex.split(line.split("|")[0])))
+        assert opts.get("--bootstrap-server") == "$TOPICS_BOOTSTRAP", line
+        if "--create" in line:
+            assert opts.get("--replication-factor") == "$TOPICS_REPLICATION_FACTOR", line
+            assert opts.get("--config") == "min.insync.replicas=$TOPICS_MIN_INSYNC_REPLICAS"
+    env = environment(_services(compose)["kafka-init"])
+    worker = environment(_services(compose)["worker"])
+    assert env["TOPICS_BOOTSTRAP"] == worker["GENRE_KAFKA__BOOTSTRAP_SERVERS"] == "kafka:9092"
+    assert (env["TOPICS_REPLICATION_FACTOR"], env["TOPICS_MIN_INSYNC_REPLICAS"]) == ("1", "1")
+
+
+def test_kafka_cluster_override_points_topics_and_workers_at_the_brokers() -> None:
+    merged = load_compose(CLUSTER_OVERRIDE)
+    services = _services(merged)
+    brokers = [
+        "{}:{}".format(
+            *listeners(environment(services[b])["KAFKA_ADVERTISED_LISTENERS"])["PLAINTEXT"]
+        )
+        for b in CLUSTER_BROKERS
+    ]
+    assert services["kafka"]["scale"] == 0, "the single node must not run beside the cluster"
+    init = services["kafka-init"]
+    for broker in CLUSTER_BROKERS:
+        assert init["depends_on"][broker]["condition"] == "service_healthy"
+    env = environment(init)
+    assert env["TOPICS_BOOTSTRAP"].split(",") == brokers
+    replication, min_isr = (
+        int(env["TOPICS_REPLICATION_FACTOR"]),
+        int(env["TOPICS_MIN_INSYNC_REPLICAS"]),
+    )
+    assert replication == len(CLUSTER_BROKERS) == 3
+    assert min_isr == 2 and min_isr < replication, "one broker down must still accept writes"
+    assert kafka_init_topics(init["command"]) == GenreConfig().kafka.topics.all()
+    for worker in WORKERS:
+        svc = services[worker]
+        cfg = check_genre_env(environment(svc), bind_mounts(svc))
+        assert cfg.kafka.bootstrap_servers.split(",") == brokers, worker
+        # Everything else stays as in the single-node stack.
+        assert cfg.qdrant.url == "http://qdrant:6333"
+        assert cfg.kafka.exact_end_offsets is False
+
+
+def run_kafka_init(
+    compose: dict[str, Any], tmp_path: Path, brokers_up: list[int]
+) -> list[list[str]]:
+    """Run kafka-init's script with stub Kafka tools; the kafka-topics.sh calls it made.
+
+    ``brokers_up``: how many brokers kafka-broker-api-versions.sh reports on each call.
+    """
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls, counter = tmp_path / "calls", tmp_path / "probes"
+    counter.write_text("0")
+    seq = " ".join(map(str, brokers_up))
+    (bin_dir / "kafka-broker-api-versions.sh").write_text(
+        "#!/bin/bash\n"
+        f"n=$(cat {counter}); echo $((n + 1)) > {counter}; up=({seq})\n"
+        "k=${up[$n]:-${up[-1]}}\n"
+        'for i in $(seq 1 "$k"); do echo "kafka-$i:9092 (id: $i rack: null) -> ("; done\n'
+    )
+    (bin_dir / "kafka-topics.sh").write_text(
+        f'#!/bin/bash\nprintf "%s\\x1f" "$@" >> {calls}; echo >> {calls}\n'
+    )
+    for stub in bin_dir.iterdir():
+        stub.chmod(0o755)
+    script = kafka_init_script(compose).replace("/opt/kafka/bin/", f"{bin_dir}/")
+    script = script.replace("sleep 5", "sleep 0")
+    env = {**os.environ, **environment(_services(compose)["kafka-init"])}
+    done = subprocess.run(
+        ["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return [ln.split("\x1f")[:-1] for ln in calls.read_text().splitlines()]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize("cluster", [False, True], ids=["single-node", "kafka-cluster"])
+def test_kafka_init_script_waits_for_brokers_then_creates_topics(
+    tmp_path: Path, cluster: bool
+) -> None:
+    merged = load_compose(CLUSTER_OVERRIDE) if cluster else load_compose()
+    env = environment(_services(merged)["kafka-init"])
+    calls = run_kafka_init(merged, tmp_path, brokers_up=[0, 1, 2, 3])
+    probes = int((tmp_path / "probes").read_text())
+    assert probes == int(env["TOPICS_REPLICATION_FACTOR"]) + 1, "waits for RF brokers"
+    creates = [dict(itertools.pairwise(c)) for c in calls if "--create" in c]
+    assert {c["--topic"]: int(c["--partitions"]) for c in creates} == (
+        GenreConfig().kafka.topics.all()
+    )
+    for c in creates:
+        assert c["--bootstrap-server"] == env["TOPICS_BOOTSTRAP"]
+        assert c["--replication-factor"] == env["TOPICS_REPLICATION_FACTOR"]
+        assert c["--config"] == f"min.insync.replicas={env['TOPICS_MIN_INSYNC_REPLICAS']}"
+    assert "--describe" in calls[-1]
+
+
+def test_llm_server_profile(compose: dict[str, Any]) -> None:
+    llm = _services(compose)["llm"]
+    assert llm["profiles"] == ["llm"]
+    image, _, tag = llm["image"].rpartition(":")
+    assert image == "vllm/vllm-openai" and re.fullmatch(r"v\d+\.\d+\.\d+", tag), llm["image"]
+    opts = cli_options(llm["command"])
+    port = int(opts["port"])
+    assert opts["host"] == "0.0.0.0"
+    assert opts["served-model-name"] == opts["model"] == "Qwen/Qwen2.5-1.5B-Instruct"
+    assert published_ports(llm) == {port: port}
+    assert str(llm["ports"][0]).startswith("127.0.0.1:"), "host access on loopback only"
+    assert f"127.0.0.1:{port}/health" in " ".join(llm["healthcheck"]["test"])
+    named = set(compose.get("volumes") or {})
+    assert any(str(v).split(":")[0] in named for v in llm["volumes"]), "model cache volume"
+    devices = llm["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
+    env = environment(llm)
+    assert env["VLLM_API_KEY"] == "" and env["HF_TOKEN"] == ""
+
+
+@pytest.mark.parametrize("api_key", [None, "sk-local"])
+def test_llm_override_points_workers_at_the_llm_service(api_key: str | None) -> None:
+    environ = {"LLM_API_KEY": api_key} if api_key else {}
+    merged = load_compose(LLM_OVERRIDE, environ=environ)
+    services = _services(merged)
+    llm = services["llm"]
+    opts = cli_options(llm["command"])
+    for worker in WORKERS:
+        svc = services[worker]
+        cfg = check_genre_env(environment(svc), bind_mounts(svc))
+        assert cfg.llm.backend == "openai"
+        url = urlparse(cfg.llm.base_url)
+        assert (url.hostname, url.port, url.path) == ("llm", int(opts["port"]), "/v1")
+        assert cfg.llm.model == opts["served-model-name"]
+        assert cfg.llm.items.enabled and cfg.llm.profiles.enabled
+        key = cfg.llm.api_key.get_secret_value() if cfg.llm.api_key else None
+        assert key == api_key, "OPENAI_API_KEY must carry the server's key"
+        assert cfg.kafka.bootstrap_servers == "kafka:9092", "the LLM file leaves Kafka alone"
+    assert environment(llm)["VLLM_API_KEY"] == (api_key or "")
+    # A different model is served and asked for under the same name.
+    other = load_compose(LLM_OVERRIDE, environ={"LLM_MODEL": "org/other-model"})
+    served = cli_options(_services(other)["llm"]["command"])["served-model-name"]
+    worker_env = environment(_services(other)["worker"])
+    assert served == worker_env["GENRE_LLM__MODEL"] == "org/other-model"
+
+
+def test_interpolation_helper() -> None:
+    env = {"SET": "x", "EMPTY": ""}
+    assert interpolate("$$A ${SET} $SET ${NOPE:-d} ${EMPTY:-d} ${EMPTY-d} ${NOPE}", env) == (
+        "$A x x d d  "
+    )
+    with pytest.raises(AssertionError, match="required"):
+        interpolate("${NOPE:?set it}", env)
+    assert merge({"a": {"b": 1, "c": [1]}}, {"a": {"c": [2], "d": 3}}) == {
+        "a": {"b": 1, "c": [2], "d": 3}
+    }
+
+
+def readme_compose_section() -> str:
+    text = README.read_text()
+    start = text.index("## Running the stack with Docker Compose")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
+
+
+def test_readme_documents_the_profiles_ports_and_dashboards(compose: dict[str, Any]) -> None:
+    section = readme_compose_section()
+    for path in re.findall(r"-f (\S+\.ya?ml)", section):
+        assert (REPO / path).is_file(), f"README names {path}, which does not exist"
+    for profile in re.findall(r"--profile ([\w-]+)", section):
+        assert profile in PROFILES, f"README names unknown profile {profile}"
+    for needed in (
+        "--profile kafka-cluster",
+        "-f deploy/compose.kafka-cluster.yml",
+        "--profile llm",
+        "-f deploy/compose.llm.yml",
+        "--scale worker=3",
+        "GENRE_KAFKA__BOOTSTRAP_SERVERS",
+        "GENRE_LLM__BACKEND",
+        "GENRE_LLM__BASE_URL",
+        "GENRE_LLM__MODEL",
+        "OPENAI_API_KEY",
+    ):
+        assert needed in section, f"README compose section does not mention {needed}"
+    port = int(cli_options(_services(compose)["llm"]["command"])["port"])
+    assert f"http://llm:{port}/v1" in section
+    assert f"http://localhost:{port}/v1" in section
+    assert set(re.findall(r"http://llm:(\d+)", section)) == {str(port)}
+    for broker in CLUSTER_BROKERS:
+        external = listeners(environment(_services(compose)[broker])["KAFKA_LISTENERS"])
+        assert f"localhost:{external['EXTERNAL'][1]}" in section
+    grafana = published_ports(_services(compose)["grafana"])
+    assert f"http://localhost:{grafana[3000]}" in section
+    for dashboard in GRAFANA_DASHBOARDS.glob("*.json"):
+        title = json.loads(dashboard.read_text())["title"].removeprefix("GENRE / ")
+        assert f"**{title}**" in section, f"README does not name the {title} dashboard"
 
 
 # ---------------------------------------------------------------------------
