@@ -97,6 +97,8 @@ def _secret_env(cfg: GenreConfig) -> dict[str, str]:
     env = {}
     if cfg.qdrant.api_key is not None:
         env["QDRANT_API_KEY"] = cfg.qdrant.api_key.get_secret_value()
+    if cfg.llm.api_key is not None:
+        env["OPENAI_API_KEY"] = cfg.llm.api_key.get_secret_value()
     return env
 
 
@@ -155,6 +157,9 @@ def _demo_config(
     # Secrets never go into the generated file: the worker gets them through its
     # environment (see run_demo), and the masked placeholders are dropped here.
     data["qdrant"]["api_key"] = None
+    data["llm"]["api_key"] = None
+    if data["llm"].get("cache_path"):
+        data["llm"]["cache_path"] = str(cfg.path(cfg.llm.cache_path))  # shared across runs
     data["kafka"]["security"] = {}  # the demo's own embedded broker speaks PLAINTEXT
     path = run_dir / "genre.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -290,7 +295,8 @@ def run_demo(
                 time.sleep(0.2)
         end = max(rec_log.last_at, start + replay_s)
         events_in = worker.metric("genre_events_in_total", topic=dcfg.kafka.topics.clicks.name)
-        (run_dir / "metrics.txt").write_text(worker.metrics_text())
+        metrics_text = worker.metrics_text()
+        (run_dir / "metrics.txt").write_text(metrics_text)
     finally:
         stop.set()
         worker.stop()
@@ -323,6 +329,7 @@ def run_demo(
         "sources": [c.name for c in dcfg.scorer.candidates],
         "window": f"{window} {n_events} of {len(ml)} clicks",
         "model_versions": dict(sorted(rec_log.versions.items(), key=lambda kv: -kv[1])),
+        "llm": llm_summary(dcfg, metrics_text),
         "run_dir": str(run_dir),
     }
     _print_summary(console, summary)
@@ -338,6 +345,30 @@ def _progress(console: Console) -> Progress:
         console=console,
         transient=False,
     )
+
+
+def llm_summary(cfg: GenreConfig, metrics_text: str) -> dict[str, Any]:
+    """What the LLM did during the run, from the worker's metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    by: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            name, labels = sample.name, sample.labels
+            if name == "genre_items_enriched_total":
+                by["items_enriched"][labels["source"]] += sample.value
+            elif name == "genre_profiles_generated_total":
+                by["profiles_generated"][labels["source"]] += sample.value
+            elif name == "genre_llm_fallbacks_total":
+                by["fallbacks"][labels["reason"]] += sample.value
+            elif name == "genre_llm_calls_total":
+                by["calls"][labels["outcome"]] += sample.value
+    return {
+        "backend": cfg.llm.backend,
+        "items": cfg.llm.items.enabled,
+        "profiles": cfg.llm.profiles.enabled,
+        **{key: {k: int(v) for k, v in sorted(counts.items())} for key, counts in by.items()},
+    }
 
 
 def _print_summary(console: Console, summary: dict[str, Any]) -> None:

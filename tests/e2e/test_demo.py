@@ -54,3 +54,9 @@ def test_demo_json_summary(encoder_dir: Path, tmp_path: Path) -> None:
     assert "GENRE demo" in out.stderr  # the summary table
     assert sum(summary["model_versions"].values()) == summary["recommendations_out"]
     assert summary["window"] == "last 600 of 100000 clicks"
+    # The GENRE step runs by default with the offline backend: every item enriched
+    # before it was encoded, profiles written as users pass every_k_clicks.
+    llm = summary["llm"]
+    assert llm["backend"] == "offline" and llm["items"] and llm["profiles"]
+    assert llm["items_enriched"] == {"offline": 1682}
+    assert llm["profiles_generated"]["offline"] > 0
