@@ -10,9 +10,16 @@ from genre.model_export.ranker import GenreRanker, RankerConfig
 
 
 def write_random_checkpoint(
-    path: Path, cfg: RankerConfig, vocab: list[str], *, seed: int = 0, spread: float = 0.2
+    path: Path,
+    cfg: RankerConfig,
+    vocab: list[str],
+    *,
+    seed: int = 0,
+    spread: float = 0.2,
+    feature_names: tuple[str, ...] = ("trending", "co_click"),
 ) -> Path:
     """A blob with ``save_checkpoint``'s keys; weights perturbed so no module is degenerate."""
+    assert len(feature_names) == cfg.n_features, "one name per feature"
     torch.manual_seed(seed)
     model = GenreRanker(cfg)
     with torch.no_grad():
@@ -26,7 +33,7 @@ def write_random_checkpoint(
             "feature_spec": {
                 "history_len": cfg.history_len,
                 "co_click_recent": 10,
-                "feature_names": ["trending", "co_click"],
+                "feature_names": list(feature_names),
             },
             "history": [{"epoch": 1, "loss": 2.5, "valid_ndcg@10": 0.1}],
             "best_epoch": 1,

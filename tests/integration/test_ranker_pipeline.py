@@ -18,11 +18,20 @@ from tests.ranker_checkpoints import write_random_checkpoint
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(300)]
 
 CFG = RankerConfig(text_dim=384, n_ids=25, dim=16, heads=2, history_len=50)
+#: The same ranker with the LLM profile feature, as `genre train` makes with profiles on.
+CFG_PROFILE = RankerConfig(text_dim=384, n_ids=25, dim=16, heads=2, history_len=50, n_features=3)
 
 
-def _deploy(root: Path, model_dir: Path, seed: int) -> str:
+def _deploy(root: Path, model_dir: Path, seed: int, *, profile: bool = False) -> str:
     vocab = [item.item_id for item in catalog()]
-    ckpt = write_random_checkpoint(root / f"ckpt-{seed}.pt", CFG, vocab, seed=seed)
+    cfg, names = (CFG_PROFILE, ("trending", "co_click", "profile")) if profile else (CFG, None)
+    ckpt = write_random_checkpoint(
+        root / f"ckpt-{seed}.pt",
+        cfg,
+        vocab,
+        seed=seed,
+        **({"feature_names": names} if names else {}),
+    )
     return export_ranker(ckpt, model_dir, precisions=("fp32",)).version
 
 
@@ -35,6 +44,7 @@ def ranked(broker: Any, encoder_dir: Path, tmp_path: Path) -> Iterator[tuple[Pip
         broker.bootstrap,
         encoder_dir,
         ranker={"enabled": "on", "dir": str(model_dir), "reload_s": 0.5},
+        llm={"profiles": {"enabled": True, "every_k_clicks": 3, "debounce_s": 0.1}},
     )
     try:
         yield p, model_dir, version
@@ -68,8 +78,9 @@ def test_lists_come_from_the_ranker_and_reloads_drop_nothing(
         # Attention names a clicked item for every pick of a user with history.
         assert all(item.reason.startswith("because you watched") for item in rec.items)
 
-    # Deploy a new version while clicks keep arriving: every click still gets a list.
-    v2 = _deploy(tmp_path, model_dir, seed=1)
+    # Deploy a new version, one that also takes the users' LLM profiles (written after
+    # their 3rd click), while clicks keep arriving: every click still gets a list.
+    v2 = _deploy(tmp_path, model_dir, seed=1, profile=True)
     assert v2 != v1 and load_ranker_manifest(model_dir).version == v2
     second = []
     deadline = time.monotonic() + 60
