@@ -145,6 +145,9 @@ class StreamsConfig(_Section):
     )
     user_vector: ComponentSpec = ComponentSpec(name="decayed_mean", params={"half_life_s": 86400.0})
     store: str = "memory://"
+    #: Replication factor of the topics Faust creates itself (table changelogs,
+    #: repartition topics); 3 on a three-broker cluster.
+    topic_replication_factor: int = Field(default=1, ge=1, le=16)
     web_port: int = Field(default=6066, ge=0, le=65535)
     web_bind: str = "127.0.0.1"
 

@@ -165,7 +165,7 @@ def build_streams(config: GenreConfig, *, store: VectorStore | None = None) -> G
         # not in whatever directory the worker was started from.
         datadir=str(faust_dir),
         autodiscover=False,
-        topic_replication_factor=1,
+        topic_replication_factor=s.topic_replication_factor,
         topic_partitions=config.kafka.topics.user_clicks.partitions,
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
