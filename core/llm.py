@@ -222,6 +222,16 @@ class LLMClient:
         return self._backend.name if self._backend is not None else OfflineBackend.name
 
     @property
+    def local(self) -> bool:
+        """True for the offline backend: answers are computed in-process, at once."""
+        return self._backend is None
+
+    @property
+    def max_concurrency(self) -> int:
+        """Calls this client lets in flight at once (``llm.max_concurrency``)."""
+        return self._cfg.max_concurrency
+
+    @property
     def cache(self) -> LLMCache | None:
         """The answer cache (None for the offline backend or ``cache_path: null``)."""
         return self._cache

@@ -55,6 +55,8 @@ class ItemEncoderWorker:
         self._landed_event = asyncio.Event()
         #: Items whose enrichment failed, oldest first, to retry.
         self._retry: OrderedDict[str, ItemUpsert] = OrderedDict()
+        #: Enrichments waiting for a slot (see ``run_enrichment``).
+        self._queue: asyncio.Queue[tuple[ItemUpsert, asyncio.Future[Any]]] = asyncio.Queue()
         METRICS.model_info.labels("text_encoder", encoder.version).set(1)
 
     @property
@@ -90,8 +92,7 @@ class ItemEncoderWorker:
         """Each item's enrichment if it is ready within ``wait_s``, else None (raw text)."""
         if self.llm is None:
             return [None] * len(upserts)
-        llm = self.llm
-        tasks = [asyncio.ensure_future(llm.enrich_item(item)) for item in upserts]
+        tasks = [self._submit(item) for item in upserts]
         await asyncio.wait(tasks, timeout=self.settings.wait_s)
         out: list[LLMResult[ItemEnrichment] | None] = []
         for item, task in zip(upserts, tasks, strict=True):
@@ -121,6 +122,42 @@ class ItemEncoderWorker:
             dropped, _ = self._retry.popitem(last=False)
             METRICS.fallbacks.labels("enrichment", "retry_queue_full").inc()
             log.warning("enrichment retry queue full; %s keeps its raw-text vector", dropped)
+
+    def _submit(self, item: ItemUpsert) -> asyncio.Future[Any]:
+        """A future of the item's enrichment. Network calls wait their turn in a queue
+        (``run_enrichment``) rather than all at once: the client's timeout counts local
+        queueing, so a catalogue load fired at once would mostly time out unasked."""
+        assert self.llm is not None
+        if self.llm.local:
+            return asyncio.ensure_future(self.llm.enrich_item(item))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((item, future))
+        return future
+
+    async def run_enrichment(self) -> None:
+        """Forever: start queued enrichments, at most ``llm.max_concurrency`` at a time."""
+        assert self.llm is not None
+        llm = self.llm
+        slots = asyncio.Semaphore(llm.max_concurrency)
+
+        def finish(task: asyncio.Future[Any], future: asyncio.Future[Any]) -> None:
+            slots.release()
+            if future.done():
+                return
+            if task.cancelled():
+                future.cancel()
+            elif task.exception() is not None:
+                future.set_exception(task.exception())  # type: ignore[arg-type]
+            else:
+                future.set_result(task.result())
+
+        while True:
+            item, future = await self._queue.get()
+            if future.done():
+                continue
+            await slots.acquire()
+            task = asyncio.ensure_future(llm.enrich_item(item))
+            task.add_done_callback(lambda t, f=future: finish(t, f))
 
     def _on_landed(self, item: ItemUpsert, task: asyncio.Future[Any]) -> None:
         if task.cancelled() or self._waiting.get(item.item_id) is not item:
@@ -163,13 +200,11 @@ class ItemEncoderWorker:
         """Start enrichment again for up to ``RETRY_BATCH`` failed items (oldest first)."""
         if self.llm is None or not self._retry or self.llm.breaker.state == "open":
             return 0
-        llm = self.llm
         count = min(RETRY_BATCH, len(self._retry))
         batch = [self._retry.popitem(last=False)[1] for _ in range(count)]
         for item in batch:
             self._waiting[item.item_id] = item
-            task = asyncio.ensure_future(llm.enrich_item(item))
-            task.add_done_callback(lambda t, item=item: self._on_landed(item, t))
+            self._submit(item).add_done_callback(lambda t, item=item: self._on_landed(item, t))
         return len(batch)
 
     async def _store(
@@ -234,6 +269,10 @@ def register_item_encoder_agent(streams: GenreStreams, worker: ItemEncoderWorker
         @streams.app.task
         async def reencode_enriched() -> None:
             await worker.run_landed()
+
+        @streams.app.task
+        async def enrich_items() -> None:
+            await worker.run_enrichment()
 
         @streams.app.timer(worker.settings.retry_s)
         async def retry_enrichment() -> None:

@@ -455,6 +455,16 @@ def check_ranker_features(ranker: OnnxRanker, streams: GenreStreams) -> None:
             "its profile feature will be 0 for every user (enable profiles or re-train)",
             ranker.version,
         )
+    trained = ranker.manifest.training.get("llm") or {}
+    llm = streams.config.llm
+    if "items" in trained and bool(trained["items"]) != llm.items.enabled:
+        log.warning(
+            "ranker %s was trained on %s item text but llm.items.enabled is %s; item vectors "
+            "will differ from training (re-train with the current config)",
+            ranker.version,
+            "enriched" if trained["items"] else "raw",
+            llm.items.enabled,
+        )
     spec, s = ranker.manifest.feature_spec, streams.config.streams
     for key in ("trending_half_life_s", "edge_half_life_s", "co_click_window"):
         if key in spec and float(spec[key]) != float(getattr(s, key)):

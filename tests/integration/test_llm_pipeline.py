@@ -167,3 +167,36 @@ def _eventually(check: Any, timeout_s: float = 30.0) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def test_a_catalogue_load_is_paced_by_the_rate_limit_not_failed(
+    broker: Any, encoder_dir: Path, tmp_path: Path
+) -> None:
+    """24 items at 5 requests/s with a 1 s call timeout: fired at once, most calls would
+    time out waiting for the limiter; queued behind max_concurrency, every one succeeds."""
+    with LLMTestServer("ok") as server:
+        p = start_pipeline(
+            tmp_path,
+            broker.bootstrap,
+            encoder_dir,
+            llm={
+                "backend": "openai",
+                "base_url": server.base_url,
+                "model": "test-model",
+                "timeout_s": 1.0,
+                "max_concurrency": 2,
+                "rate_per_s": 5.0,
+                "cache_path": None,
+                "items": {"enabled": True, "wait_s": 0.2},
+                "profiles": {"enabled": False},
+            },
+        )
+        try:
+            w = p.worker
+            w.wait_metric("genre_items_enriched_total", N_ITEMS, timeout_s=60, source="llm")
+            assert w.metric("genre_llm_fallbacks_total") == 0
+            assert w.metric("genre_items_enriched_total", source="failed") == 0
+            assert server.max_inflight <= 2
+            assert _eventually(lambda: w.metric("genre_enrichment_pending") == 0)
+        finally:
+            p.worker.stop()
