@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
@@ -16,6 +16,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from genre.core.config import ConfigError, GenreConfig, load_config
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from genre.synthetic import SyntheticSpec, SyntheticWorkload
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
@@ -290,15 +295,115 @@ def data_fetch(
     )
 
 
+_SYN_HELP = "synthetic workload (with --synthetic)"
+
+
 @app.command()
 def produce(
-    source: Annotated[Path, typer.Argument(help="JSON-lines file of ClickEvents, or - for stdin")],
+    source: Annotated[
+        Path | None,
+        typer.Argument(
+            help="JSON-lines file of ClickEvents, or - for stdin (not with --synthetic)"
+        ),
+    ] = None,
     config: ConfigOpt = None,
+    synthetic: Annotated[
+        bool,
+        typer.Option(
+            "--synthetic",
+            help="Generate a workload with a known structure (genre/synthetic.py): items to the "
+            "items topic, then clicks to the clicks topic",
+        ),
+    ] = False,
+    users: Annotated[int | None, typer.Option(help=f"Users of the {_SYN_HELP}")] = None,
+    items: Annotated[int | None, typer.Option(help=f"Items of the {_SYN_HELP}")] = None,
+    topics: Annotated[int | None, typer.Option(help=f"Topics of the {_SYN_HELP}")] = None,
+    events: Annotated[int | None, typer.Option(help=f"Clicks of the {_SYN_HELP}")] = None,
+    seed: Annotated[int | None, typer.Option(help=f"Seed of the {_SYN_HELP}")] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            help="Clicks per second of event time (the timestamps) of the synthetic workload; "
+            "sending is not throttled"
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --synthetic: write items.jsonl, clicks.jsonl and truth.json here "
+            "instead of sending"
+        ),
+    ] = None,
+    truth: Annotated[
+        Path | None,
+        typer.Option(help="With --synthetic: write the ground truth (JSON) to this file"),
+    ] = None,
+    only: Annotated[
+        str | None, typer.Option(help="With --synthetic: only 'items' or only 'clicks'")
+    ] = None,
 ) -> None:
-    """Validate and send ClickEvents (JSON lines); prints counts of sent and rejected."""
+    """Send ClickEvents from JSON lines (validated), or a synthetic workload with --synthetic.
+
+    Prints counts of sent and rejected, or for --synthetic a JSON summary line.
+    """
+    syn_opts = {
+        "--users": users,
+        "--items": items,
+        "--topics": topics,
+        "--events": events,
+        "--seed": seed,
+        "--rate": rate,
+        "--out-dir": out_dir,
+        "--truth": truth,
+        "--only": only,
+    }
+    if synthetic and source is not None:
+        console.print("[red]give either SOURCE or --synthetic, not both[/red]")
+        raise typer.Exit(2)
+    if not synthetic:
+        if source is None:
+            console.print(
+                "[red]nothing to produce:[/red] give a JSON-lines SOURCE file (or - for "
+                "stdin), or --synthetic"
+            )
+            raise typer.Exit(2)
+        stray = [name for name, value in syn_opts.items() if value is not None]
+        if stray:
+            console.print(f"[red]{', '.join(stray)} only apply with --synthetic[/red]")
+            raise typer.Exit(2)
+        _produce_file(_config(config), source)
+        return
+    from dataclasses import replace
+
+    from genre.synthetic import SyntheticSpec
+
+    if only not in (None, "items", "clicks"):
+        console.print(f"[red]--only takes items or clicks, not {escape(only)!r}[/red]")
+        raise typer.Exit(2)
+    given: dict[str, Any] = {
+        "n_users": users,
+        "n_items": items,
+        "n_topics": topics,
+        "events": events,
+        "seed": seed,
+        "rate": rate,
+    }
+    spec = replace(SyntheticSpec(), **{k: v for k, v in given.items() if v is not None})
+    try:
+        spec.validate()
+    except ValueError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(2) from None
+    if out_dir is not None:
+        summary = _synthetic_to_files(spec, out_dir, truth, only)
+    else:
+        summary = _synthetic_to_kafka(_config(config), spec, truth, only)
+    typer.echo(json.dumps(summary))
+
+
+def _produce_file(cfg: GenreConfig, source: Path) -> None:
     from genre.core.kafka_client import ClickProducer, InvalidEvent
 
-    cfg = _config(config)
     stream = sys.stdin if str(source) == "-" else source.open()
     sent = rejected = duplicates = 0
     with ClickProducer(cfg.kafka) as producer:
@@ -318,6 +423,127 @@ def produce(
     typer.echo(json.dumps(summary))
     if rejected and not sent:
         raise typer.Exit(1)
+
+
+def _synthetic_progress() -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[eps]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def _synthetic_clicks(
+    work: SyntheticWorkload, label: str, emit: Callable[[list[bytes], list[bytes]], None]
+) -> tuple[int, float, float]:
+    """Serialise every click chunk and hand (keys, values) to ``emit``, with a progress bar.
+
+    Returns (events, seconds, event-time span in seconds).
+    """
+    total = work.spec.events
+    n = 0
+    first_ts = last_ts = 0.0
+    t0 = time.perf_counter()
+    with _synthetic_progress() as bar:
+        task = bar.add_task(label, total=total, eps="")
+        for chunk in work.click_chunks():
+            if n == 0:
+                first_ts = float(chunk.ts[0])
+            last_ts = float(chunk.ts[-1])
+            emit(*work.serialise(chunk))
+            n += len(chunk)
+            elapsed = time.perf_counter() - t0
+            bar.update(task, completed=n, eps=f"{n / max(elapsed, 1e-9):,.0f} events/s")
+    return n, time.perf_counter() - t0, last_ts - first_ts
+
+
+def _synthetic_summary(
+    verb: str, n_items: int, n_events: int, seconds: float, click_s: float, span: float
+) -> dict[str, Any]:
+    return {
+        f"items_{verb}": n_items,
+        f"events_{verb}": n_events,
+        "seconds": round(seconds, 3),
+        "events_per_s": round(n_events / click_s, 1) if n_events and click_s > 0 else 0.0,
+        "event_time_span_s": round(span, 3),
+    }
+
+
+def _synthetic_to_files(
+    spec: SyntheticSpec, out_dir: Path, truth: Path | None, only: str | None
+) -> dict[str, Any]:
+    from genre.synthetic import SyntheticWorkload
+
+    t0 = time.perf_counter()
+    work = SyntheticWorkload(spec)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n_items = n_events = 0
+    click_s = span = 0.0
+    if only != "clicks":
+        with (out_dir / "items.jsonl").open("wb") as f:
+            for _, value in work.item_payloads():
+                f.write(value + b"\n")
+                n_items += 1
+    if only != "items":
+        with (out_dir / "clicks.jsonl").open("wb") as f:
+
+            def emit(keys: list[bytes], values: list[bytes]) -> None:
+                f.write(b"\n".join(values) + b"\n")
+
+            n_events, click_s, span = _synthetic_clicks(work, "clicks written", emit)
+    truth_path = truth or out_dir / "truth.json"
+    work.write_truth(truth_path)
+    seconds = time.perf_counter() - t0
+    summary = _synthetic_summary("written", n_items, n_events, seconds, click_s, span)
+    return {**summary, "out_dir": str(out_dir), "truth": str(truth_path)}
+
+
+def _synthetic_to_kafka(
+    cfg: GenreConfig, spec: SyntheticSpec, truth: Path | None, only: str | None
+) -> dict[str, Any]:
+    from genre.core.kafka_client import ClickProducer, DeliveryError
+    from genre.synthetic import SyntheticWorkload
+
+    t0 = time.perf_counter()
+    work = SyntheticWorkload(spec)
+    if truth is not None:
+        work.write_truth(truth)
+    n_items = n_events = 0
+    click_s = span = 0.0
+    topic = cfg.kafka.topics.clicks.name
+    try:
+        with ClickProducer(cfg.kafka) as producer:
+            if only != "clicks":
+                with console.status(f"sending {spec.n_items} items"):
+                    for item in work.items():
+                        producer.send_item(item)
+                        n_items += 1
+                    producer.flush(120)  # the catalogue lands before the first click
+            if only != "items":
+                send = producer.send_raw
+
+                def emit(keys: list[bytes], values: list[bytes]) -> None:
+                    for key, value in zip(keys, values, strict=True):
+                        send(topic, value, key)
+
+                t_clicks = time.perf_counter()
+                n_events, _, span = _synthetic_clicks(work, "clicks sent", emit)
+                with console.status("waiting for the broker to acknowledge every click"):
+                    producer.flush(600)
+                click_s = time.perf_counter() - t_clicks
+    except DeliveryError as exc:
+        console.print(f"[red]delivery failed:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    seconds = time.perf_counter() - t0
+    summary = _synthetic_summary("sent", n_items, n_events, seconds, click_s, span)
+    if truth is not None:
+        summary["truth"] = str(truth)
+    return summary
 
 
 @tail_app.command("recommendations")
