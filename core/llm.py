@@ -455,11 +455,15 @@ class LLMClient:
             except LLMCallError as exc:
                 self.breaker.failure()
                 raise _Failure(exc.reason, "error") from None
-            self.breaker.success()  # the endpoint answered; the content is judged next
             try:
                 value = parse_output(content, model)
             except LLMCallError as exc:
+                # A model that keeps answering garbage is as useless as one that errors:
+                # count it, so a run of bad answers opens the circuit too (one injected
+                # item description cannot: the count resets on the next good answer).
+                self.breaker.failure()
                 raise _Failure(exc.reason, "invalid") from None
+            self.breaker.success()
         except _Failure as failure:
             if started[0]:
                 m.llm_seconds.labels(name, task).observe(time.perf_counter() - t0)

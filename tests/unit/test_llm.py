@@ -374,6 +374,31 @@ def test_circuit_breaker_opens_skips_the_network_and_closes(
     assert after == skipped + 3
 
 
+def test_a_run_of_garbage_answers_opens_the_circuit_and_one_does_not(
+    server: LLMTestServer, tmp_path: Path
+) -> None:
+    """HTTP 200 with unusable content counts against the endpoint: otherwise a model
+    stuck on garbage is called (and retried) forever at full rate."""
+
+    async def main() -> list[Any]:
+        client = make_client(server, tmp_path, retries=0, breaker_failures=3, breaker_reset_s=30)
+        server.mode = "malformed"
+        one = await client.enrich_item(item(0))
+        server.mode = "ok"
+        healed = await client.enrich_item(item(1))  # the count resets on a good answer
+        server.mode = "malformed"
+        run_of = [await client.enrich_item(item(n)) for n in range(2, 7)]
+        state = client.breaker.state
+        await client.aclose()
+        return [one, healed, run_of, state]
+
+    one, healed, run_of, state = run(main())
+    assert one.reason == "invalid_json" and healed.source == "llm"
+    assert [r.reason for r in run_of] == ["invalid_json"] * 3 + ["circuit_open"] * 2
+    assert state == "open"
+    assert len(server.requests) == 5  # the last two never reached the endpoint
+
+
 def test_breaker_states_with_a_fake_clock() -> None:
     now = [0.0]
     changes: list[bool] = []
