@@ -312,34 +312,16 @@ def run_train(
     epochs: int | None = None,
 ) -> dict[str, Any]:
     """Train the GENRE ranker only; write the checkpoint and the training report."""
-    from genre.model_export.evaluate import evaluate_models
     from genre.model_export.replay import build_interactions
-    from genre.model_export.train import save_checkpoint, torch_threads, write_report
+    from genre.model_export.train import write_report
 
     data = build_interactions(log.items, log.clicks)
     llm = llm_inputs(
         cfg, log, data, console, items=cfg.llm.items.enabled, profiles=cfg.llm.profiles.enabled
     )
-    with torch_threads(cfg.ranker.train.threads):
-        report = evaluate_models(
-            data,
-            llm.vectors,
-            dataset=log.name,
-            spec=feature_spec(cfg),
-            train=train_config(cfg, epochs=epochs),
-            baselines=[],
-            console=console,
-            profiles=llm.profiles,
-        )
+    report, ckpt = fit_genre(cfg, log, data, llm, console, epochs=epochs, save=True)
     assert report.genre is not None and report.genre.result is not None
     result = report.genre.result
-    ckpt = save_checkpoint(
-        cfg.path(cfg.ranker.checkpoint),
-        result,
-        data,
-        report.genre.spec,
-        {"dataset": log.name, "metrics": report.models, "llm": llm.info},
-    )
     js, png = write_report(out_dir, result, report.models)
     return {
         "checkpoint": str(ckpt),
@@ -350,6 +332,45 @@ def run_train(
         "seconds": round(report.seconds, 1),
         "llm": llm.info,
     }
+
+
+def fit_genre(
+    cfg: GenreConfig,
+    log: ClickLog,
+    data: Any,
+    inputs: LLMInputs,
+    console: Console,
+    *,
+    epochs: int | None,
+    save: bool,
+) -> tuple[Any, Path | None]:
+    """Train and test the GENRE ranker alone on ``inputs``; with ``save``, write its
+    checkpoint (recording what the LLM added). Returns the report and the checkpoint."""
+    from genre.model_export.evaluate import evaluate_models
+    from genre.model_export.train import save_checkpoint, torch_threads
+
+    with torch_threads(cfg.ranker.train.threads):
+        report = evaluate_models(
+            data,
+            inputs.vectors,
+            dataset=log.name,
+            spec=feature_spec(cfg),
+            train=train_config(cfg, epochs=epochs),
+            baselines=[],
+            console=console,
+            profiles=inputs.profiles,
+        )
+    assert report.genre is not None and report.genre.result is not None
+    if not save:
+        return report, None
+    ckpt = save_checkpoint(
+        cfg.path(cfg.ranker.checkpoint),
+        report.genre.result,
+        data,
+        report.genre.spec,
+        {"dataset": log.name, "metrics": report.models, "llm": inputs.info},
+    )
+    return report, ckpt
 
 
 #: The ablation's variants: name -> (item enrichment, user profiles).
@@ -369,9 +390,7 @@ def run_ablation(
     enriched items, with enriched items and profiles. Saves the checkpoint of the variant
     the config serves (``llm.items.enabled`` / ``llm.profiles.enabled``)."""
     from genre.core.llm import build_llm
-    from genre.model_export.evaluate import evaluate_models
     from genre.model_export.replay import build_interactions
-    from genre.model_export.train import save_checkpoint, torch_threads
 
     data = build_interactions(log.items, log.clicks)
     served = (cfg.llm.items.enabled, cfg.llm.profiles.enabled)
@@ -381,17 +400,9 @@ def run_ablation(
         for name, (items, profiles) in ABLATION_VARIANTS.items():
             console.rule(f"ablation: {name}")
             inputs = llm_inputs(cfg, log, data, console, items=items, profiles=profiles, llm=llm)
-            with torch_threads(cfg.ranker.train.threads):
-                report = evaluate_models(
-                    data,
-                    inputs.vectors,
-                    dataset=log.name,
-                    spec=feature_spec(cfg),
-                    train=train_config(cfg, epochs=epochs),
-                    baselines=[],
-                    console=console,
-                    profiles=inputs.profiles,
-                )
+            report, ckpt = fit_genre(
+                cfg, log, data, inputs, console, epochs=epochs, save=(items, profiles) == served
+            )
             assert report.genre is not None and report.genre.result is not None
             metrics = report.models["genre"]
             variants[name] = {
@@ -403,14 +414,7 @@ def run_ablation(
                 "seconds": round(report.seconds, 1),
                 "llm": inputs.info,
             }
-            if (items, profiles) == served:
-                ckpt = save_checkpoint(
-                    cfg.path(cfg.ranker.checkpoint),
-                    report.genre.result,
-                    data,
-                    report.genre.spec,
-                    {"dataset": log.name, "metrics": report.models, "llm": inputs.info},
-                )
+            if ckpt is not None:
                 variants[name]["checkpoint"] = str(ckpt)
     finally:
         backend = llm.backend_name

@@ -47,6 +47,12 @@ def wait_for_profile(pipeline: Pipeline, user: str, clicks: int) -> dict[str, An
     return [orjson.loads(m.value()) for m in msgs if m.key() and orjson.loads(m.key()) == user][-1]
 
 
+def endpoint_llm(server: LLMTestServer, **settings: Any) -> dict[str, Any]:
+    """The ``llm`` section for the local test endpoint: 1 s calls, no cache, + ``settings``."""
+    base = {"backend": "openai", "base_url": server.base_url, "model": "test-model"}
+    return {**base, "timeout_s": 1.0, "cache_path": None, **settings}
+
+
 @pytest.fixture
 def profile_pipeline(broker: Any, encoder_dir: Path, tmp_path: Path) -> Iterator[Pipeline]:
     """Offline LLM backend; the profile source dominates the blend so its picks show."""
@@ -118,19 +124,15 @@ def test_llm_outage_never_stalls_or_drops_clicks(
             tmp_path,
             broker.bootstrap,
             encoder_dir,
-            llm={
-                "backend": "openai",
-                "base_url": server.base_url,
-                "model": "test-model",
-                "timeout_s": 1.0,
-                "retries": 0,
-                "rate_per_s": 0,
-                "breaker_failures": 3,
-                "breaker_reset_s": 1.0,
-                "cache_path": None,
-                "items": {"enabled": True, "wait_s": 0.2, "retry_s": 1.0},
-                "profiles": {"enabled": True, "every_k_clicks": 2, "debounce_s": 0.1},
-            },
+            llm=endpoint_llm(
+                server,
+                retries=0,
+                rate_per_s=0,
+                breaker_failures=3,
+                breaker_reset_s=1.0,
+                items={"enabled": True, "wait_s": 0.2, "retry_s": 1.0},
+                profiles={"enabled": True, "every_k_clicks": 2, "debounce_s": 0.1},
+            ),
         )
         try:
             w = p.worker
@@ -179,17 +181,13 @@ def test_a_catalogue_load_is_paced_by_the_rate_limit_not_failed(
             tmp_path,
             broker.bootstrap,
             encoder_dir,
-            llm={
-                "backend": "openai",
-                "base_url": server.base_url,
-                "model": "test-model",
-                "timeout_s": 1.0,
-                "max_concurrency": 2,
-                "rate_per_s": 5.0,
-                "cache_path": None,
-                "items": {"enabled": True, "wait_s": 0.2},
-                "profiles": {"enabled": False},
-            },
+            llm=endpoint_llm(
+                server,
+                max_concurrency=2,
+                rate_per_s=5.0,
+                items={"enabled": True, "wait_s": 0.2},
+                profiles={"enabled": False},
+            ),
         )
         try:
             w = p.worker
