@@ -199,6 +199,34 @@ class CoClick(_Record):
     ts: float
 
 
+class UserClicks(_Record):
+    """Internal: a micro-batch of validated clicks, all of one ``user-clicks`` partition.
+
+    Internal topics carry micro-batches, one message per partition per agent
+    batch, so a worker sends a few messages per batch instead of one per click.
+    """
+
+    clicks: list[UserClick]
+
+
+class CoClicks(_Record):
+    """Internal: a micro-batch of co-click records, all of one ``co-clicks`` partition."""
+
+    records: list[CoClick]
+
+
+class ScoreRequests(_Record):
+    """Internal: a micro-batch of score requests, all of one ``score-requests`` partition."""
+
+    requests: list[ScoreRequest]
+
+
+class ProfileRequests(_Record):
+    """Internal: a micro-batch of profile requests, all of one ``profile-requests`` partition."""
+
+    requests: list[ProfileRequest]
+
+
 PUBLIC_RECORDS: dict[str, type[BaseModel]] = {
     "ClickEvent": ClickEvent,
     "ItemUpsert": ItemUpsert,

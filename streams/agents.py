@@ -1,8 +1,10 @@
 """The stream agents: ingest (validate, route), user state (by user), item graph (by item).
 
-Each agent works in micro-batches (``take_events``) so table writes happen
-once per key per batch, and every record it consumes is either applied once
-or dead-lettered once with its reason.
+Each agent works in micro-batches: it takes record chunks (one partition's
+share of a fetch each, see ``streams.transport``), writes each table key once
+per batch, and sends one micro-batch message per partition of each internal
+topic. Every record it consumes is either applied once or dead-lettered once
+with its reason.
 """
 
 from __future__ import annotations
@@ -14,17 +16,22 @@ from genre.core.telemetry import METRICS, measured_batch
 from genre.schemas import (
     ClickEvent,
     CoClick,
+    CoClicks,
     ProfileRequest,
+    ProfileRequests,
     Rejection,
     ScoreRequest,
+    ScoreRequests,
     UserClick,
+    UserClicks,
     parse_record,
 )
-from genre.streams.app import GenreStreams, table_key
+from genre.streams.app import CHUNKS_PER_BATCH, GenreStreams, chunk_records
 from genre.streams.state import (
     USER_VECTOR_UPDATERS,
     GraphRules,
     UserStateRules,
+    finish_user_state,
     new_item_state,
     new_user_state,
 )
@@ -54,9 +61,10 @@ def graph_rules(streams: GenreStreams) -> GraphRules:
 def register_stream_agents(streams: GenreStreams) -> None:
     """Attach the ingest, user-state and graph agents to the app."""
     app, topics, cfg = streams.app, streams.topics, streams.config.streams
-    batch, within = cfg.batch_size, cfg.batch_within_ms / 1000.0
+    within = cfg.batch_within_ms / 1000.0
     rules = user_rules(streams)
     grules = graph_rules(streams)
+    t = streams.config.kafka.topics
     clicks_name = topics.clicks.get_topic_name()
     user_clicks_name = topics.user_clicks.get_topic_name()
     co_clicks_name = topics.co_clicks.get_topic_name()
@@ -66,117 +74,50 @@ def register_stream_agents(streams: GenreStreams) -> None:
 
     @app.agent(topics.clicks, name="genre.ingest")
     async def ingest(stream: Any) -> None:
-        """Validate raw clicks; good ones go to the user topic keyed by user, bad ones to DLQ."""
-        async for events in stream.take_events(batch, within=within):
-            with measured_batch("ingest", clicks_name, len(events)):
-                for event in events:
-                    msg = event.message
-                    result = parse_record(ClickEvent, msg.value)
+        """Validate raw clicks; good ones go to the user topic by user, bad ones to DLQ."""
+        async for events in stream.take_events(CHUNKS_PER_BATCH, within=within):
+            records = chunk_records(events)
+            with measured_batch("ingest", clicks_name, len(records)):
+                accepted: list[tuple[str, UserClick]] = []
+                for rec in records:
+                    result = parse_record(ClickEvent, rec.value)
                     if isinstance(result, Rejection):
-                        await streams.dead_letter(msg, result.reason, result.error)
+                        await streams.dead_letter(rec, result.reason, result.error)
                         continue
                     envelope = UserClick(
                         event=result,
-                        produced_at=msg.timestamp,
-                        source_partition=msg.partition,
-                        source_offset=msg.offset,
+                        produced_at=rec.timestamp / 1000.0,
+                        source_partition=rec.partition,
+                        source_offset=rec.offset,
                     )
-                    await topics.user_clicks.send(
-                        key=table_key(result.user_id), value=envelope.to_bytes()
-                    )
-                    METRICS.events_out.labels(user_clicks_name).inc()
+                    accepted.append((result.user_id, envelope))
+                sent = await streams.send_partitioned(
+                    topics.user_clicks,
+                    t.user_clicks.partitions,
+                    accepted,
+                    lambda clicks: UserClicks(clicks=clicks),
+                )
+                METRICS.events_out.labels(user_clicks_name).inc(sent)
 
     @app.agent(topics.user_clicks, name="genre.user-state")
     async def user_state(stream: Any) -> None:
         """Fold clicks into user state; emit co-clicks by item and one score request per user."""
-        async for events in stream.take_events(batch, within=within):
-            with measured_batch("user-state", user_clicks_name, len(events)):
-                clicks = [UserClick.from_bytes(e.message.value) for e in events]
-                store_down = False
-                try:
-                    vectors = await streams.items(c.event.item_id for c in clicks)
-                except Exception as exc:  # vector store unreachable: keep the stream moving
-                    log.warning("item lookup failed (%s); using cached vectors only", exc)
-                    METRICS.fallbacks.labels("user-state", type(exc).__name__).inc()
-                    vectors, _ = streams.catalog.cached(c.event.item_id for c in clicks)
-                    store_down = True
-                touched: dict[str, dict] = {}
-                triggers: dict[str, UserClick] = {}
-                co: dict[str, CoClick] = {}
-                due: dict[str, ProfileRequest] = {}
-                for event, click in zip(events, clicks, strict=True):
-                    ev = click.event
-                    state = touched.get(ev.user_id)
-                    if state is None:
-                        state = streams.users.get(ev.user_id) or new_user_state()
-                    if rules.is_duplicate(state, ev.event_id):
-                        METRICS.duplicate_events.inc()
-                        continue
-                    stored = vectors.get(ev.item_id)
-                    if stored is None and not store_down:
-                        await streams.dead_letter(
-                            event.message,
-                            "unknown_item",
-                            f"item_id {ev.item_id!r} is not in the catalog; send its ItemUpsert "
-                            f"to {topics.items.get_topic_name()} first",
-                            payload=ev.to_bytes(),
-                            origin=(clicks_name, click.source_partition, click.source_offset),
-                        )
-                        continue
-                    METRICS.online_clicks.inc()
-                    if ev.item_id in (streams.latest_lists.get(ev.user_id) or ()):
-                        METRICS.online_hits.inc()
-                    # With the store down an uncached item is applied without its vector:
-                    # history, graph and counts stay exact; the vector catches up later.
-                    neighbours = rules.apply(state, ev, stored.vector if stored else None)
-                    streams.observe_event_time(ev.ts)
-                    touched[ev.user_id] = state
-                    triggers[ev.user_id] = click
-                    if profile_every and profile_due(state, profile_every):
-                        state["profiled_clicks"] = state["clicks"]
-                        due[ev.user_id] = ProfileRequest(
-                            user_id=ev.user_id,
-                            recent_items=state["history"][-profile_titles:],
-                            clicks=state["clicks"],
-                            trigger_ts=ev.ts,
-                        )
-                    _add_co_click(co, ev.item_id, neighbours, ev.ts, clicks=1.0)
-                    for nbr in neighbours:
-                        _add_co_click(co, nbr, [ev.item_id], ev.ts)
-                for user_id, state in touched.items():
-                    streams.users[user_id] = state
-                for item_id, record in co.items():
-                    await topics.co_clicks.send(key=table_key(item_id), value=record.to_bytes())
-                METRICS.events_out.labels(co_clicks_name).inc(len(co))
-                for user_id, click in triggers.items():
-                    request = ScoreRequest(
-                        user_id=user_id,
-                        trigger_event_id=click.event.event_id,
-                        trigger_produced_at=click.produced_at,
-                        trigger_ts=click.event.ts,
-                    )
-                    await topics.score_requests.send(
-                        key=table_key(user_id), value=request.to_bytes()
-                    )
-                METRICS.events_out.labels(topics.score_requests.get_topic_name()).inc(len(triggers))
-                for user_id, due_request in due.items():
-                    await topics.profile_requests.send(
-                        key=table_key(user_id), value=due_request.to_bytes()
-                    )
-                if due:
-                    METRICS.events_out.labels(topics.profile_requests.get_topic_name()).inc(
-                        len(due)
-                    )
-                METRICS.users_tracked.set(len(streams.users))
+        async for events in stream.take_events(CHUNKS_PER_BATCH, within=within):
+            records = chunk_records(events)
+            batches = [(rec, UserClicks.from_bytes(rec.value).clicks) for rec in records]
+            n_clicks = sum(len(clicks) for _, clicks in batches)
+            with measured_batch("user-state", user_clicks_name, n_clicks):
+                await _fold_clicks(streams, rules, batches, profile_every, profile_titles)
 
     @app.agent(topics.co_clicks, name="genre.graph")
     async def graph(stream: Any) -> None:
         """Update time-decayed co-click edges and trending counts, one write per item per batch."""
-        async for events in stream.take_events(batch, within=within):
-            with measured_batch("graph", co_clicks_name, len(events)):
+        async for events in stream.take_events(CHUNKS_PER_BATCH, within=within):
+            records = chunk_records(events)
+            co = [c for rec in records for c in CoClicks.from_bytes(rec.value).records]
+            with measured_batch("graph", co_clicks_name, len(co)):
                 touched: dict[str, dict] = {}
-                for event in events:
-                    record = CoClick.from_bytes(event.message.value)
+                for record in co:
                     streams.observe_event_time(record.ts)
                     state = touched.get(record.item_id)
                     if state is None:
@@ -188,6 +129,107 @@ def register_stream_agents(streams: GenreStreams) -> None:
                     touched[record.item_id] = state
                 for item_id, state in touched.items():
                     streams.graph[item_id] = state
+
+
+async def _fold_clicks(
+    streams: GenreStreams,
+    rules: UserStateRules,
+    batches: list[tuple[Any, list[UserClick]]],
+    profile_every: int,
+    profile_titles: int,
+) -> None:
+    """Apply one micro-batch of clicks: one state write per user, batched outputs."""
+    topics, t = streams.topics, streams.config.kafka.topics
+    clicks_name = topics.clicks.get_topic_name()
+    clicks = [click for _, batch in batches for click in batch]
+    store_down = False
+    try:
+        vectors = await streams.items(c.event.item_id for c in clicks)
+    except Exception as exc:  # vector store unreachable: keep the stream moving
+        log.warning("item lookup failed (%s); using cached vectors only", exc)
+        METRICS.fallbacks.labels("user-state", type(exc).__name__).inc()
+        vectors, _ = streams.catalog.cached(c.event.item_id for c in clicks)
+        store_down = True
+    touched: dict[str, dict] = {}
+    triggers: dict[str, UserClick] = {}
+    co: dict[str, CoClick] = {}
+    due: dict[str, ProfileRequest] = {}
+    for rec, batch in batches:
+        for click in batch:
+            ev = click.event
+            state = touched.get(ev.user_id)
+            if state is None:
+                state = streams.users.get(ev.user_id) or new_user_state()
+            if rules.is_duplicate(state, ev.event_id):
+                METRICS.duplicate_events.inc()
+                continue
+            stored = vectors.get(ev.item_id)
+            if stored is None and not store_down:
+                await streams.dead_letter(
+                    rec,
+                    "unknown_item",
+                    f"item_id {ev.item_id!r} is not in the catalog; send its ItemUpsert "
+                    f"to {topics.items.get_topic_name()} first",
+                    payload=ev.to_bytes(),
+                    origin=(clicks_name, click.source_partition, click.source_offset),
+                )
+                continue
+            METRICS.online_clicks.inc()
+            if ev.item_id in (streams.latest_lists.get(ev.user_id) or ()):
+                METRICS.online_hits.inc()
+            # With the store down an uncached item is applied without its vector:
+            # history, graph and counts stay exact; the vector catches up later.
+            neighbours = rules.apply(
+                state, ev, stored.vector if stored else None, vector_as_array=True
+            )
+            streams.observe_event_time(ev.ts)
+            touched[ev.user_id] = state
+            triggers[ev.user_id] = click
+            if profile_every and profile_due(state, profile_every):
+                state["profiled_clicks"] = state["clicks"]
+                due[ev.user_id] = ProfileRequest(
+                    user_id=ev.user_id,
+                    recent_items=state["history"][-profile_titles:],
+                    clicks=state["clicks"],
+                    trigger_ts=ev.ts,
+                )
+            _add_co_click(co, ev.item_id, neighbours, ev.ts, clicks=1.0)
+            for nbr in neighbours:
+                _add_co_click(co, nbr, [ev.item_id], ev.ts)
+    for user_id, state in touched.items():
+        streams.users[user_id] = finish_user_state(state)
+    sent = await streams.send_partitioned(
+        topics.co_clicks, t.co_clicks.partitions, co.items(), lambda r: CoClicks(records=r)
+    )
+    METRICS.events_out.labels(topics.co_clicks.get_topic_name()).inc(sent)
+    requests = (
+        (
+            user_id,
+            ScoreRequest(
+                user_id=user_id,
+                trigger_event_id=click.event.event_id,
+                trigger_produced_at=click.produced_at,
+                trigger_ts=click.event.ts,
+            ),
+        )
+        for user_id, click in triggers.items()
+    )
+    sent = await streams.send_partitioned(
+        topics.score_requests,
+        t.score_requests.partitions,
+        requests,
+        lambda r: ScoreRequests(requests=r),
+    )
+    METRICS.events_out.labels(topics.score_requests.get_topic_name()).inc(sent)
+    sent = await streams.send_partitioned(
+        topics.profile_requests,
+        t.profile_requests.partitions,
+        due.items(),
+        lambda r: ProfileRequests(requests=r),
+    )
+    if sent:
+        METRICS.events_out.labels(topics.profile_requests.get_topic_name()).inc(sent)
+    METRICS.users_tracked.set(len(streams.users))
 
 
 def profile_due(state: dict, every_k_clicks: int) -> bool:

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import faust
 import orjson
 from aiohttp import web
+from aiokafka.partitioner import murmur2
 from faust.tables import TableManager
 
 from genre.core.catalog import ItemCatalog
@@ -21,11 +22,46 @@ from genre.core.exact_index import ExactIndex
 from genre.core.telemetry import METRICS, render
 from genre.core.vectorstore import StoredVector, VectorStore, open_vector_store
 from genre.schemas import DeadLetter
+from genre.schemas.records import _Record
 from genre.schemas.validation import printable
 from genre.streams import recovery, transport
 from genre.streams.recovery import ExactEndTableManager
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+#: How many record chunks an agent takes per batch (each is one partition's share
+#: of a fetch, up to a few hundred records).
+CHUNKS_PER_BATCH = 64
+
+
+def chunk_records(events: Iterable[Any]) -> list[Any]:
+    """The Kafka records behind a batch of Faust events, in order.
+
+    Chunked topics (``transport.CHUNKED_TOPICS``) deliver ``RecordChunk``
+    messages; each stands for many records. Records have ``topic``,
+    ``partition``, ``offset``, ``key``, ``value`` and ``timestamp`` (ms).
+    """
+    out: list[Any] = []
+    for event in events:
+        message = event.message
+        records = getattr(message, "records", None)
+        if records is None:
+            raise TypeError(
+                f"{message.topic} is not delivered in record chunks; add it to "
+                "transport.CHUNKED_TOPICS (build_streams does so for GENRE's stream topics)"
+            )
+        out.extend(records)
+    return out
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for ``table_key(key)``.
+
+    Same murmur2 hash as the producer's, so a micro-batch sent to this
+    partition lands where the table changelog writes for ``key`` land.
+    """
+    return (murmur2(table_key(key)) & 0x7FFFFFFF) % partitions
 
 
 @dataclass
@@ -95,6 +131,29 @@ class GenreStreams:
         if misses:
             hits.update(await self.in_store(self.catalog.get_many, misses))
         return hits
+
+    async def send_partitioned(
+        self,
+        topic: faust.TopicT,
+        partitions: int,
+        keyed: Iterable[tuple[str, R]],
+        wrap: Callable[[list[R]], _Record],
+    ) -> int:
+        """Send records as one micro-batch message per partition; returns records sent.
+
+        Each record goes to the partition its key hashes to (``partition_for``), so
+        co-partitioning with the tables holds for micro-batches as for single records.
+        """
+        groups: dict[int, list[R]] = {}
+        n = 0
+        for key, record in keyed:
+            groups.setdefault(partition_for(key, partitions), []).append(record)
+            n += 1
+        for partition, records in groups.items():
+            await topic.send(
+                key=f"p{partition}".encode(), value=wrap(records).to_bytes(), partition=partition
+            )
+        return n
 
     async def dead_letter(
         self,
@@ -200,9 +259,13 @@ def build_streams(config: GenreConfig, *, store: VectorStore | None = None) -> G
         )
 
     transport.FETCH_MAX_WAIT_MS[config.app_id] = config.kafka.fetch_max_wait_ms
+    t = config.kafka.topics
+    transport.CHUNKED_TOPICS[config.app_id] = frozenset(
+        spec.name
+        for spec in (t.clicks, t.user_clicks, t.co_clicks, t.score_requests, t.profile_requests)
+    )
     if config.kafka.exact_end_offsets:
         recovery.CLIENT_CONFIG[config.app_id] = config.kafka.client_config()
-    t = config.kafka.topics
     topics = Topics(
         clicks=topic(t.clicks),
         items=topic(t.items),

@@ -117,9 +117,19 @@ class UserStateRules:
         return event_id in state["recent_events"]
 
     def apply(
-        self, state: UserState, event: ClickEvent, item_vector: np.ndarray | None
+        self,
+        state: UserState,
+        event: ClickEvent,
+        item_vector: np.ndarray | None,
+        *,
+        vector_as_array: bool = False,
     ) -> list[str]:
-        """Apply ``event`` to ``state`` in place; returns the items it co-clicks with."""
+        """Apply ``event`` to ``state`` in place; returns the items it co-clicks with.
+
+        With ``vector_as_array`` the new vector stays a float32 array, so a batch
+        applying many clicks of one user converts it to a list once, in
+        ``finish_user_state``.
+        """
         window = state["history"][-self.co_click_window :] if self.co_click_window > 0 else []
         neighbours = [i for i in window if i != event.item_id]
         neighbours = list(dict.fromkeys(reversed(neighbours)))  # most recent first, unique
@@ -135,9 +145,17 @@ class UserStateRules:
             weight = self.click_weights.get(str(event.type), 1.0)
             old = None if state["vector"] is None else np.asarray(state["vector"], np.float32)
             new = self.updater.update(old, state["vector_ts"], item_vector, weight, event.ts)
-            state["vector"] = new.astype(np.float32).tolist()
+            new = new.astype(np.float32)
+            state["vector"] = new if vector_as_array else new.tolist()
             state["vector_ts"] = event.ts
         return neighbours
+
+
+def finish_user_state(state: UserState) -> UserState:
+    """Make ``state`` JSON-able again after ``apply(..., vector_as_array=True)``."""
+    if isinstance(state["vector"], np.ndarray):
+        state["vector"] = state["vector"].tolist()
+    return state
 
 
 def new_item_state() -> ItemState:

@@ -26,6 +26,16 @@ broker URL selects it. Two changes to Faust's aiokafka consumer thread:
   end-of-rebalance seek puts stream partitions without a committed offset at
   the ``consumer_auto_offset_reset`` position instead of leaving them wherever
   the last fetch stopped. See docs/reliability.md.
+* **Record chunks** (a documented extension of Faust's model, for throughput).
+  For the topics named in ``CHUNKED_TOPICS`` every partition's share of one
+  fetch reaches Faust as one ``RecordChunk`` message instead of one message
+  per record. Faust's per-message path (a task pair in the fetch loop, channel
+  queue, stream bookkeeping, sensors) costs ~170 us per record on this
+  machine, which caps a plain agent near 6k records/s; per chunk it is paid
+  once per few hundred records. A chunk is acknowledged as the whole range of
+  offsets it stands for (plus any gap before it), so commits still only move
+  past records an agent has finished, and Faust still flushes the producer
+  before it commits.
 """
 
 from __future__ import annotations
@@ -34,12 +44,60 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiokafka.errors import IllegalStateError
+from faust.transport.consumer import ack_lock
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from faust.types.tuples import ConsumerMessage
+from mode.utils.futures import notify
 
 #: Fetch wait per app id, set by ``build_streams`` from ``kafka.fetch_max_wait_ms``.
 FETCH_MAX_WAIT_MS: dict[str, int] = {}
 SCHEME = "genre-kafka"
+#: Topics delivered as record chunks, per app id (set by ``build_streams``).
+CHUNKED_TOPICS: dict[str, frozenset[str]] = {}
+
+
+class RecordChunk(ConsumerMessage):
+    """Consecutive records of one partition, delivered to an agent as one Faust message.
+
+    ``offset`` is the last record's offset (so Faust's read position is right);
+    ``first_offset`` is where the acknowledged range starts: the first record,
+    or the end of the previous chunk when offsets were skipped in between
+    (compaction, transaction markers). ``records`` are aiokafka ConsumerRecords.
+    """
+
+    __slots__ = ("first_offset", "records")
+
+    def __init__(self, tp: TP, records: list[Any], first_offset: int, generation_id: Any) -> None:
+        last = records[-1]
+        super().__init__(
+            tp.topic,
+            tp.partition,
+            last.offset,
+            (last.timestamp or 0) / 1000.0,
+            last.timestamp_type,
+            None,
+            None,
+            b"",
+            None,
+            0,
+            sum(r.serialized_value_size for r in records),
+            tp,
+            generation_id=generation_id,
+        )
+        self.first_offset = first_offset
+        self.records = records
+
+
+class _Chunk:
+    """A fetched partition's records, standing in for one record in Faust's fetch loop."""
+
+    __slots__ = ("first_offset", "offset", "records")
+
+    def __init__(self, records: list[Any], first_offset: int) -> None:
+        self.records = records
+        self.first_offset = first_offset
+        self.offset = records[-1].offset
 
 
 class ShortFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -129,10 +187,72 @@ class ShortFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class ShortFetchConsumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer using ``ShortFetchConsumerThread``."""
+    """Faust's aiokafka consumer: ``ShortFetchConsumerThread`` plus record chunks."""
 
     def _new_consumer_thread(self) -> ShortFetchConsumerThread:
         return ShortFetchConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def _chunked(self) -> frozenset[str]:
+        return CHUNKED_TOPICS.get(self.app.conf.id, frozenset())
+
+    async def _wait_next_records(self, timeout: float) -> Any:
+        records, active = await super()._wait_next_records(timeout)
+        chunked = self._chunked()
+        if not records or not chunked:
+            return records, active
+        out: dict[TP, list[Any]] = {}
+        for tp, batch in records.items():
+            if tp.topic not in chunked or not batch:
+                out[tp] = batch
+                continue
+            # The fetch loop reads offsets in order, so the last read offset is the
+            # end of the previous chunk: acknowledge any gap after it with this one.
+            read = self._read_offset.get(tp)
+            first = batch[0].offset
+            if read is not None and read < first:
+                first = read + 1
+            out[tp] = [_Chunk(batch, first)]
+        return out, active
+
+    def _to_message(self, tp: TP, record: Any) -> Any:
+        if isinstance(record, _Chunk):
+            return RecordChunk(
+                tp, record.records, record.first_offset, self.app.consumer_generation_id
+            )
+        return super()._to_message(tp, record)
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        # A chunk acknowledges its own offsets and the gap before it (see ack).
+        if tp.topic not in self._chunked():
+            await super()._add_gap(tp, offset_from, offset_to)
+
+    def ack(self, message: Any) -> bool:
+        """Acknowledge a message; a chunk acknowledges every offset it stands for."""
+        if not isinstance(message, RecordChunk):
+            return super().ack(message)
+        with ack_lock:
+            if message.acked:
+                return False
+            message.acked = True
+            try:
+                tp = message.tp
+                if not self.app.topics.acks_enabled_for(message.topic):
+                    return False
+                committed = self._committed_offset[tp]
+                start = message.first_offset
+                if committed is not None:
+                    start = max(start, committed)
+                acked_index = self._acked_index[tp]
+                fresh = [o for o in range(start, message.offset + 1) if o not in acked_index]
+                if not fresh:
+                    return False
+                self._unacked_messages.discard(message)
+                acked_index.update(fresh)
+                self._acked[tp].extend(fresh)
+                self._n_acked += len(fresh)
+                return True
+            finally:
+                notify(self._waiting_for_ack)
 
 
 class Transport(faust_aiokafka.Transport):

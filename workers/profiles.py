@@ -23,8 +23,8 @@ import numpy as np
 
 from genre.core.llm import LLMClient, UserProfile, item_label, profile_text
 from genre.core.telemetry import METRICS, measured_batch
-from genre.schemas import ProfileRequest
-from genre.streams.app import GenreStreams
+from genre.schemas import ProfileRequest, ProfileRequests
+from genre.streams.app import GenreStreams, chunk_records
 from genre.workers.text_encoder import TextEncoder
 
 log = logging.getLogger("genre.profiles")
@@ -120,6 +120,9 @@ def register_profile_agent(streams: GenreStreams, worker: ProfileWorker) -> None
     @streams.app.agent(topic, name="genre.profiles")
     async def profiles(stream: Any) -> None:
         async for events in stream.take_events(PROFILE_BATCH, within=within):
-            with measured_batch("profiles", name, len(events)):
-                requests = [ProfileRequest.from_bytes(e.message.value) for e in events]
+            records = chunk_records(events)
+            requests = [
+                r for rec in records for r in ProfileRequests.from_bytes(rec.value).requests
+            ]
+            with measured_batch("profiles", name, len(requests)):
                 await worker.handle(requests)

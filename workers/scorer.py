@@ -15,10 +15,10 @@ import numpy as np
 from genre.core.registry import Registry
 from genre.core.telemetry import METRICS, measured_batch
 from genre.core.vectorstore import StoredVector
-from genre.schemas import Recommendation, RecommendedItem, ScoreRequest
+from genre.schemas import Recommendation, RecommendedItem, ScoreRequest, ScoreRequests
 from genre.schemas.manifest import ManifestError
 from genre.streams.agents import graph_rules
-from genre.streams.app import GenreStreams
+from genre.streams.app import CHUNKS_PER_BATCH, GenreStreams, chunk_records
 from genre.streams.state import neighbour_scores
 from genre.workers.candidates import Candidate, build_sources, count_candidates
 from genre.workers.ranker import OnnxRanker, RankerHandle
@@ -484,6 +484,7 @@ def register_scorer_agent(streams: GenreStreams, worker: ScorerWorker) -> None:
     cfg = streams.config.scorer
     topic = streams.topics.score_requests
     name = topic.get_topic_name()
+    within = cfg.batch_within_ms / 1000
 
     @streams.app.task
     async def flush_users() -> None:
@@ -505,7 +506,11 @@ def register_scorer_agent(streams: GenreStreams, worker: ScorerWorker) -> None:
 
     @streams.app.agent(topic, name="genre.scorer")
     async def scorer(stream: Any) -> None:
-        async for events in stream.take_events(cfg.batch_size, within=cfg.batch_within_ms / 1000):
-            with measured_batch("scorer", name, len(events)):
-                requests = [ScoreRequest.from_bytes(e.message.value) for e in events]
-                await worker.handle(requests)
+        async for events in stream.take_events(CHUNKS_PER_BATCH, within=within):
+            records = chunk_records(events)
+            requests = [r for rec in records for r in ScoreRequests.from_bytes(rec.value).requests]
+            # Score at most scorer.batch_size users at a time: bounded model batches.
+            for start in range(0, len(requests), cfg.batch_size):
+                part = requests[start : start + cfg.batch_size]
+                with measured_batch("scorer", name, len(part)):
+                    await worker.handle(part)

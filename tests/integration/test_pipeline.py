@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import orjson
 import pytest
 
 from genre.core.vectorstore import QdrantStore
-from genre.schemas import DeadLetter, Recommendation
+from genre.schemas import DeadLetter, Recommendation, ScoreRequests, UserClicks
 from genre.schemas.jsonschema import SCHEMA_DIR
 
 from .conftest import Pipeline, click, read_topic
@@ -240,17 +242,26 @@ def test_user_topics_and_state_changelog_are_co_partitioned(pipeline: Pipeline) 
     pipeline.send_clicks([click(f"cp-{u}", u, "animation-4") for u in users])
     pipeline.recommendations(until_triggers={f"cp-{u}" for u in users})
 
-    def partitions(topic: str) -> dict[str, set[int]]:
+    def partitions(topic: str, users_in: Callable[[Any], list[str]]) -> dict[str, set[int]]:
         out: dict[str, set[int]] = {}
         for msg in read_topic(pipeline.config, topic, idle_s=2.0):
-            key = orjson.loads(msg.key())
-            if key in users:
-                out.setdefault(key, set()).add(msg.partition())
+            for user in users_in(msg):
+                if user in users:
+                    out.setdefault(user, set()).add(msg.partition())
         return out
 
-    clicks = partitions(pipeline.topics.user_clicks.name)
-    requests = partitions(pipeline.topics.score_requests.name)
-    state = partitions(f"{pipeline.config.app_id}-user-state-changelog")
+    # Internal topics carry one micro-batch per partition; the changelog one key per user.
+    clicks = partitions(
+        pipeline.topics.user_clicks.name,
+        lambda m: [c.event.user_id for c in UserClicks.from_bytes(m.value()).clicks],
+    )
+    requests = partitions(
+        pipeline.topics.score_requests.name,
+        lambda m: [r.user_id for r in ScoreRequests.from_bytes(m.value()).requests],
+    )
+    state = partitions(
+        f"{pipeline.config.app_id}-user-state-changelog", lambda m: [orjson.loads(m.key())]
+    )
     assert set(clicks) == set(requests) == set(state) == set(users)
     for user in users:
         assert len(clicks[user]) == 1
