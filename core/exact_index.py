@@ -100,6 +100,8 @@ class ExactIndex:
 
     def search_batch(self, queries: np.ndarray, limit: int) -> list[list[Hit]]:
         """Top-``limit`` items by cosine similarity for each query row, best first."""
+        if limit < 1:
+            raise VectorStoreError(f"search limit must be 1 or more, got {limit}")
         q = self._rows(queries, None, "search_batch")  # [B, D]
         if len(q) == 0:
             return []
