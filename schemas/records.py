@@ -11,6 +11,7 @@ import time
 from enum import StrEnum
 from typing import Annotated, Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 SCHEMA_VERSION = 1
@@ -208,11 +209,28 @@ class UserClicks(_Record):
 
     clicks: list[UserClick]
 
+    @classmethod
+    def from_trusted_bytes(cls, payload: bytes) -> list[UserClick]:
+        """The clicks of a batch GENRE's ingest agent wrote, without re-validating them.
+
+        Every click was validated at ingest; validating again costs ~9 us per
+        click against ~2 us for this, a third of the user-state agent's budget.
+        """
+        return [
+            UserClick.model_construct(event=ClickEvent.model_construct(**c.pop("event")), **c)
+            for c in orjson.loads(payload)["clicks"]
+        ]
+
 
 class CoClicks(_Record):
     """Internal: a micro-batch of co-click records, all of one ``co-clicks`` partition."""
 
     records: list[CoClick]
+
+    @classmethod
+    def from_trusted_bytes(cls, payload: bytes) -> list[CoClick]:
+        """The records of a batch GENRE's user-state agent wrote, without re-validating them."""
+        return [CoClick.model_construct(**r) for r in orjson.loads(payload)["records"]]
 
 
 class ScoreRequests(_Record):

@@ -104,7 +104,7 @@ def register_stream_agents(streams: GenreStreams) -> None:
         """Fold clicks into user state; emit co-clicks by item and one score request per user."""
         async for events in stream.take_events(CHUNKS_PER_BATCH, within=within):
             records = chunk_records(events)
-            batches = [(rec, UserClicks.from_bytes(rec.value).clicks) for rec in records]
+            batches = [(rec, UserClicks.from_trusted_bytes(rec.value)) for rec in records]
             n_clicks = sum(len(clicks) for _, clicks in batches)
             with measured_batch("user-state", user_clicks_name, n_clicks):
                 await _fold_clicks(streams, rules, batches, profile_every, profile_titles)
@@ -114,7 +114,7 @@ def register_stream_agents(streams: GenreStreams) -> None:
         """Update time-decayed co-click edges and trending counts, one write per item per batch."""
         async for events in stream.take_events(CHUNKS_PER_BATCH, within=within):
             records = chunk_records(events)
-            co = [c for rec in records for c in CoClicks.from_bytes(rec.value).records]
+            co = [c for rec in records for c in CoClicks.from_trusted_bytes(rec.value)]
             with measured_batch("graph", co_clicks_name, len(co)):
                 touched: dict[str, dict] = {}
                 for record in co:

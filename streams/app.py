@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -53,6 +53,21 @@ def chunk_records(events: Iterable[Any]) -> list[Any]:
             )
         out.extend(records)
     return out
+
+
+#: Largest micro-batch message; Kafka's default limit (message.max.bytes) is ~1 MB.
+MAX_BATCH_BYTES = 512 * 1024
+
+
+def _sized_batches(records: list[R], wrap: Callable[[list[R]], _Record]) -> Iterator[bytes]:
+    """``wrap(records)`` serialised, split in halves until each part fits ``MAX_BATCH_BYTES``."""
+    value = wrap(records).to_bytes()
+    if len(value) <= MAX_BATCH_BYTES or len(records) == 1:
+        yield value
+        return
+    half = len(records) // 2
+    yield from _sized_batches(records[:half], wrap)
+    yield from _sized_batches(records[half:], wrap)
 
 
 def partition_for(key: str, partitions: int) -> int:
@@ -150,9 +165,8 @@ class GenreStreams:
             groups.setdefault(partition_for(key, partitions), []).append(record)
             n += 1
         for partition, records in groups.items():
-            await topic.send(
-                key=f"p{partition}".encode(), value=wrap(records).to_bytes(), partition=partition
-            )
+            for value in _sized_batches(records, wrap):
+                await topic.send(key=f"p{partition}".encode(), value=value, partition=partition)
         return n
 
     async def dead_letter(

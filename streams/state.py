@@ -7,6 +7,7 @@ tests pin them down exactly.
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,28 @@ def new_user_state() -> UserState:
         "last_ts": None,
         "profiled_clicks": 0,
     }
+
+
+def encode_vector(vector: np.ndarray) -> str:
+    """A float32 vector as base64 text: a quarter of the bytes of a JSON float list.
+
+    User states are changelogged on every batch that touches them; the vector
+    is most of a state, so this keeps changelog traffic (and memory) down.
+    """
+    return base64.b64encode(np.asarray(vector, "<f4").tobytes()).decode("ascii")
+
+
+def user_vector(state: UserState) -> np.ndarray | None:
+    """The user's vector as float32, whichever form the state holds it in.
+
+    States written before vectors were base64-encoded hold a JSON float list.
+    """
+    vector = state.get("vector")
+    if vector is None or isinstance(vector, np.ndarray):
+        return vector
+    if isinstance(vector, str):
+        return np.frombuffer(base64.b64decode(vector), "<f4").astype(np.float32)
+    return np.asarray(vector, np.float32)
 
 
 def decay(age_s: float, half_life_s: float) -> float:
@@ -126,9 +149,9 @@ class UserStateRules:
     ) -> list[str]:
         """Apply ``event`` to ``state`` in place; returns the items it co-clicks with.
 
-        With ``vector_as_array`` the new vector stays a float32 array, so a batch
-        applying many clicks of one user converts it to a list once, in
-        ``finish_user_state``.
+        The vector is stored base64-encoded (``encode_vector``); with
+        ``vector_as_array`` it stays a float32 array, so a batch applying many
+        clicks of one user encodes it once, in ``finish_user_state``.
         """
         window = state["history"][-self.co_click_window :] if self.co_click_window > 0 else []
         neighbours = [i for i in window if i != event.item_id]
@@ -143,10 +166,10 @@ class UserStateRules:
         state["last_ts"] = event.ts
         if item_vector is not None:
             weight = self.click_weights.get(str(event.type), 1.0)
-            old = None if state["vector"] is None else np.asarray(state["vector"], np.float32)
+            old = user_vector(state)
             new = self.updater.update(old, state["vector_ts"], item_vector, weight, event.ts)
             new = new.astype(np.float32)
-            state["vector"] = new if vector_as_array else new.tolist()
+            state["vector"] = new if vector_as_array else encode_vector(new)
             state["vector_ts"] = event.ts
         return neighbours
 
@@ -154,7 +177,7 @@ class UserStateRules:
 def finish_user_state(state: UserState) -> UserState:
     """Make ``state`` JSON-able again after ``apply(..., vector_as_array=True)``."""
     if isinstance(state["vector"], np.ndarray):
-        state["vector"] = state["vector"].tolist()
+        state["vector"] = encode_vector(state["vector"])
     return state
 
 

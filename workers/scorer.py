@@ -19,7 +19,7 @@ from genre.schemas import Recommendation, RecommendedItem, ScoreRequest, ScoreRe
 from genre.schemas.manifest import ManifestError
 from genre.streams.agents import graph_rules
 from genre.streams.app import CHUNKS_PER_BATCH, GenreStreams, chunk_records
-from genre.streams.state import neighbour_scores
+from genre.streams.state import neighbour_scores, user_vector
 from genre.workers.candidates import Candidate, build_sources, count_candidates
 from genre.workers.ranker import OnnxRanker, RankerHandle
 
@@ -386,10 +386,11 @@ class ScorerWorker:
             log.warning("no state for user %s on this worker; ranking cold", request.user_id)
             METRICS.fallbacks.labels("scorer", "no_user_state").inc()
             return request
+        vector = user_vector(state)
         update = {
             "recent_items": state["history"],
             "seen_items": state["seen"],
-            "vector": state["vector"],
+            "vector": None if vector is None else vector.tolist(),
             "clicks": state["clicks"],
         }
         profile = self.streams.profiles.get(request.user_id)

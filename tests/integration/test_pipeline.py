@@ -15,6 +15,7 @@ import pytest
 from genre.core.vectorstore import QdrantStore
 from genre.schemas import DeadLetter, Recommendation, ScoreRequests, UserClicks
 from genre.schemas.jsonschema import SCHEMA_DIR
+from genre.streams.state import user_vector
 
 from .conftest import Pipeline, click, read_topic
 
@@ -234,7 +235,7 @@ def test_state_changelog_is_json(pipeline: Pipeline) -> None:
     state = pipeline.user_state("js-user")
     assert state is not None
     assert orjson.loads(orjson.dumps(state)) == state
-    assert len(state["vector"]) == pipeline.config.encoder.dim
+    assert len(user_vector(state)) == pipeline.config.encoder.dim
 
 
 def test_user_topics_and_state_changelog_are_co_partitioned(pipeline: Pipeline) -> None:

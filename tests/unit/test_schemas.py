@@ -293,3 +293,17 @@ def test_encoder_text_skips_empty_parts() -> None:
     only_text = ItemUpsert(item_id="i", text="body", ts=TS).encoder_text()
     assert only_text == "body"
     assert "Category" not in only_text and "Tags" not in only_text
+
+
+def test_trusted_batch_decoding_round_trips_what_the_agents_send() -> None:
+    from genre.schemas import CoClick, CoClicks, UserClick, UserClicks
+
+    event = ClickEvent(event_id="e1", user_id="u1", item_id="i7", ts=1.7e9, type="view")
+    clicks = [
+        UserClick(event=event, produced_at=1.7e9 + i, source_partition=i, source_offset=5 + i)
+        for i in range(3)
+    ]
+    assert UserClicks.from_trusted_bytes(UserClicks(clicks=clicks).to_bytes()) == clicks
+    co = [CoClick(item_id="a", neighbours=["b", "c"], clicks=1.0, ts=1.7e9)]
+    co.append(CoClick(item_id="x", ts=1.7e9 + 1))  # defaults left out on the wire come back
+    assert CoClicks.from_trusted_bytes(CoClicks(records=co).to_bytes()) == co

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -17,9 +18,12 @@ from genre.streams.state import (
     LastItem,
     UserStateRules,
     decay,
+    encode_vector,
+    finish_user_state,
     neighbour_scores,
     new_item_state,
     new_user_state,
+    user_vector,
 )
 
 T0 = 1_700_000_000.0
@@ -143,9 +147,10 @@ def test_first_item_gives_normalised_item_vector() -> None:
     rules, state = _rules(), new_user_state()
     item = np.array([3.0, 4.0, 0.0], np.float32)
     rules.apply(state, _event("a", type="view"), item)  # weight 0.5 still normalises
-    np.testing.assert_allclose(state["vector"], [0.6, 0.8, 0.0], atol=1e-6)
+    np.testing.assert_allclose(user_vector(state), [0.6, 0.8, 0.0], atol=1e-6)
     assert state["vector_ts"] == T0
-    assert isinstance(state["vector"], list)  # JSON-able for the Faust table
+    assert isinstance(state["vector"], str)  # base64 float32: JSON-able for the Faust table
+    assert json.loads(json.dumps(state)) == state
 
 
 def test_second_item_after_one_half_life() -> None:
@@ -156,8 +161,8 @@ def test_second_item_after_one_half_life() -> None:
     rules.apply(state, _event("a", ts=T0), v1)
     rules.apply(state, _event("b", ts=T0 + half_life, type="view"), v2)
     expected = _unit(0.5 * _unit(v1.astype(np.float64)) + 0.5 * v2.astype(np.float64))
-    np.testing.assert_allclose(state["vector"], expected, atol=1e-6)
-    assert np.linalg.norm(state["vector"]) == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(user_vector(state), expected, atol=1e-6)
+    assert np.linalg.norm(user_vector(state)) == pytest.approx(1.0, abs=1e-6)
     assert state["vector_ts"] == T0 + half_life
 
 
@@ -295,3 +300,16 @@ def test_neighbour_scores_because_is_largest_contributor() -> None:
 def test_half_life_constant() -> None:
     # guards the decay constant used everywhere above
     assert decay(1.0, 1.0) == pytest.approx(math.exp(-math.log(2.0)))
+
+
+def test_vector_forms_decode_alike_and_a_batch_encodes_once() -> None:
+    vec = np.array([0.6, 0.8, 0.0], np.float32)
+    for form in (vec.tolist(), encode_vector(vec), vec):  # legacy list, stored, in-batch
+        np.testing.assert_array_equal(user_vector({"vector": form}), vec)
+    assert user_vector({"vector": None}) is None
+    rules, state = _rules(), new_user_state()
+    rules.apply(state, _event("a"), vec, vector_as_array=True)
+    assert isinstance(state["vector"], np.ndarray)
+    finish_user_state(state)
+    assert isinstance(state["vector"], str)
+    np.testing.assert_allclose(user_vector(state), vec, atol=1e-6)
