@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -69,7 +70,9 @@ def _rss_mb() -> float:
 
 def _finish(result_path: Path, start: float | None, end: float, applied: int) -> None:
     elapsed = end - (start or end)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     result = {
+        "worker_cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
         "events": applied,
         "seconds": round(elapsed, 3),
         "eps": round(applied / elapsed, 1) if elapsed > 0 else None,
@@ -174,6 +177,14 @@ def _load_items(cfg: GenreConfig, work: SyntheticWorkload, seed: int) -> int:
     return len(items)
 
 
+def _cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (from /proc)."""
+    if pid is None:
+        return float("nan")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _run_child(cfg_path: Path, mode: str, events: int, run_dir: Path, timeout_s: float) -> dict:
     result_path = run_dir / f"result-{mode}.json"
     result_path.unlink(missing_ok=True)
@@ -250,9 +261,15 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                         path.write_text(yaml.safe_dump(data, sort_keys=False))
                     else:
                         path = cfg_path
+                    broker_cpu = _cpu_s(broker.pid)
                     res = _run_child(path, mode, args.events, run_dir, args.timeout_s)
+                    # Includes the child's start-up and shutdown, so an upper bound.
+                    res["broker_cpu_s"] = round(_cpu_s(broker.pid) - broker_cpu, 2)
                 rounds[mode].append(res)
-                console.print(f"round {r + 1} {mode}: {res['eps']:,.0f} events/s")
+                console.print(
+                    f"round {r + 1} {mode}: {res['eps']:,.0f} events/s in {res['seconds']} s; "
+                    f"CPU s: worker {res['worker_cpu_s']}, broker {res['broker_cpu_s']}"
+                )
     finally:
         broker.stop()
     med = {m: statistics.median(x["eps"] for x in rounds[m]) for m in MODES}

@@ -26,7 +26,7 @@ from genre.schemas import (
     UserClicks,
     parse_record,
 )
-from genre.streams.app import CHUNKS_PER_BATCH, GenreStreams, chunk_records
+from genre.streams.app import CHUNKS_PER_BATCH, GenreStreams, chunk_records, table_get
 from genre.streams.state import (
     USER_VECTOR_UPDATERS,
     GraphRules,
@@ -84,7 +84,8 @@ def register_stream_agents(streams: GenreStreams) -> None:
                     if isinstance(result, Rejection):
                         await streams.dead_letter(rec, result.reason, result.error)
                         continue
-                    envelope = UserClick(
+                    # model_construct: every field is a value validated or made here.
+                    envelope = UserClick.model_construct(
                         event=result,
                         produced_at=rec.timestamp / 1000.0,
                         source_partition=rec.partition,
@@ -121,7 +122,7 @@ def register_stream_agents(streams: GenreStreams) -> None:
                     streams.observe_event_time(record.ts)
                     state = touched.get(record.item_id)
                     if state is None:
-                        state = streams.graph.get(record.item_id) or new_item_state()
+                        state = table_get(streams.graph, record.item_id) or new_item_state()
                     if record.neighbours:
                         grules.add_neighbours(state, record.neighbours, record.ts)
                     if record.clicks:
@@ -152,14 +153,14 @@ async def _fold_clicks(
         store_down = True
     touched: dict[str, dict] = {}
     triggers: dict[str, UserClick] = {}
-    co: dict[str, CoClick] = {}
+    co = _CoClickBuffer()
     due: dict[str, ProfileRequest] = {}
     for rec, batch in batches:
         for click in batch:
             ev = click.event
             state = touched.get(ev.user_id)
             if state is None:
-                state = streams.users.get(ev.user_id) or new_user_state()
+                state = table_get(streams.users, ev.user_id) or new_user_state()
             if rules.is_duplicate(state, ev.event_id):
                 METRICS.duplicate_events.inc()
                 continue
@@ -175,7 +176,7 @@ async def _fold_clicks(
                 )
                 continue
             METRICS.online_clicks.inc()
-            if ev.item_id in (streams.latest_lists.get(ev.user_id) or ()):
+            if ev.item_id in (table_get(streams.latest_lists, ev.user_id) or ()):
                 METRICS.online_hits.inc()
             # With the store down an uncached item is applied without its vector:
             # history, graph and counts stay exact; the vector catches up later.
@@ -193,13 +194,13 @@ async def _fold_clicks(
                     clicks=state["clicks"],
                     trigger_ts=ev.ts,
                 )
-            _add_co_click(co, ev.item_id, neighbours, ev.ts, clicks=1.0)
+            co.add(ev.item_id, neighbours, ev.ts, clicks=1.0)
             for nbr in neighbours:
-                _add_co_click(co, nbr, [ev.item_id], ev.ts)
+                co.add(nbr, [ev.item_id], ev.ts)
     for user_id, state in touched.items():
         streams.users[user_id] = finish_user_state(state)
     sent = await streams.send_partitioned(
-        topics.co_clicks, t.co_clicks.partitions, co.items(), lambda r: CoClicks(records=r)
+        topics.co_clicks, t.co_clicks.partitions, co.records(), lambda r: CoClicks(records=r)
     )
     METRICS.events_out.labels(topics.co_clicks.get_topic_name()).inc(sent)
     requests = (
@@ -237,20 +238,30 @@ def profile_due(state: dict, every_k_clicks: int) -> bool:
     return state["clicks"] - state.get("profiled_clicks", 0) >= every_k_clicks
 
 
-def _add_co_click(
-    co: dict[str, CoClick], item_id: str, neighbours: list[str], ts: float, clicks: float = 0.0
-) -> None:
-    """Merge co-click evidence for ``item_id`` into this batch's outgoing records."""
-    prev = co.get(item_id)
-    if prev is None:
-        co[item_id] = CoClick(item_id=item_id, neighbours=list(neighbours), clicks=clicks, ts=ts)
-    else:
-        co[item_id] = CoClick(
-            item_id=item_id,
-            neighbours=prev.neighbours + list(neighbours),
-            clicks=prev.clicks + clicks,
-            ts=max(prev.ts, ts),
-        )
+class _CoClickBuffer:
+    """This batch's outgoing co-click evidence per item, merged before it is sent.
+
+    Plain lists while merging (a validated record per merge cost ~8% of the
+    agent); records are built once per item, from values made here.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[str, list] = {}  # item -> [neighbours, clicks, ts]
+
+    def add(self, item_id: str, neighbours: list[str], ts: float, clicks: float = 0.0) -> None:
+        entry = self._items.get(item_id)
+        if entry is None:
+            self._items[item_id] = [list(neighbours), clicks, ts]
+        else:
+            entry[0].extend(neighbours)
+            entry[1] += clicks
+            entry[2] = max(entry[2], ts)
+
+    def records(self) -> list[tuple[str, CoClick]]:
+        return [
+            (item, CoClick.model_construct(item_id=item, neighbours=n, clicks=c, ts=ts))
+            for item, (n, c, ts) in self._items.items()
+        ]
 
 
 __all__ = ["graph_rules", "profile_due", "register_stream_agents", "user_rules"]

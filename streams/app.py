@@ -70,6 +70,16 @@ def _sized_batches(records: list[R], wrap: Callable[[list[R]], _Record]) -> Iter
     yield from _sized_batches(records[half:], wrap)
 
 
+def table_get(table: Any, key: str) -> Any:
+    """``table.get(key)`` straight from the table's store.
+
+    ``Table.get`` goes through ``Mapping.get`` and raises and catches KeyError
+    for every absent key (~4% of the user-state agent). GENRE's tables are not
+    windowed, so skipping Faust's per-read hook changes nothing else.
+    """
+    return table.data.get(key)
+
+
 def partition_for(key: str, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for ``table_key(key)``.
 
