@@ -23,7 +23,8 @@ measured at the smaller sizes project past ``--max-step-s`` is skipped, and
 its row holds that projection, labelled as such.
 
 Prints one JSON line and writes bench/results/search.json (and search.png
-when matplotlib is importable).
+when matplotlib is importable). ``--earlier old.json`` keeps the measured rows
+of an earlier run beside the new one (``--replot`` adds them without measuring).
 """
 
 from __future__ import annotations
@@ -463,6 +464,29 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
+def earlier_rows(old: dict[str, Any]) -> dict[str, Any]:
+    """The measured (not projected) rows of an earlier report, with its conditions."""
+    keep = (
+        "build_s", "build_items_per_s", "ingest_items_per_s", "optimize_s", "indexed_vectors",
+        "single_p50_ms", "single_p99_ms", "batch_per_query_ms", "recall_at_10",
+        "rss_added_mb", "peak_rss_mb",
+    )  # fmt: skip
+    rows = {
+        backend: {n: {k: row[k] for k in keep if k in row} for n, row in by_n.items()}
+        for backend, by_n in old["results"].items()
+    }
+    return {
+        "note": "an earlier run of this script on the same data (same seed), kept because it "
+        "measured what the main run had to project; compare with care: the load differed",
+        "wall_s": old.get("wall_s"),
+        "load_avg_1m": old.get("load_avg_1m"),
+        "results": {
+            b: {n: r for n, r in by_n.items() if not old["results"][b][n].get("skipped")}
+            for b, by_n in rows.items()
+        },
+    }
+
+
 def plot(report: dict[str, Any], path: Path) -> bool:
     """Latency and ingest rate against catalogue size; projections drawn hollow and dashed."""
     try:
@@ -491,13 +515,24 @@ def plot(report: dict[str, Any], path: Path) -> bool:
                 line = [measured[-1], *guessed]
                 ax.plot(*zip(*line, strict=True), "--", color=colour)
                 ax.plot(*zip(*guessed, strict=True), "o", mfc="none", color=colour)
+            earlier = report.get("earlier_run", {}).get("results", {}).get(backend, {})
+            extra = [
+                (int(n), r[key])
+                for n, r in earlier.items()
+                if r.get(key) and rows.get(n, {}).get("skipped")
+            ]
+            if extra:
+                ax.plot(*zip(*extra, strict=True), "*", ms=12, color=colour)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(title)
         ax.set_xlabel("items")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend()
-    fig.suptitle("Vector search vs catalogue size (hollow, dashed: extrapolated, not measured)")
+    fig.suptitle(
+        "Vector search vs catalogue size (hollow, dashed: extrapolated, not measured; "
+        "star: measured in the earlier run)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
@@ -519,6 +554,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     ap.add_argument("--shared", action="store_true", help="note a shared machine in the JSON")
     ap.add_argument("--out", type=Path, default=RESULTS / "search.json")
     ap.add_argument("--workdir", default=None, help="scratch folder (default: system temp)")
+    ap.add_argument(
+        "--earlier",
+        type=Path,
+        help="attach this earlier report (its measured rows only) under 'earlier_run'",
+    )
+    ap.add_argument("--earlier-note", default="", help="what differed in the earlier run")
+    ap.add_argument(
+        "--replot", action="store_true", help="measure nothing: reread --out, attach, plot"
+    )
     # Worker mode (internal).
     ap.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)
     ap.add_argument("--backend", help=argparse.SUPPRESS)
@@ -530,7 +574,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         args.backend = args.worker
         worker(args)
         return None
-    report = run(args)
+    report = json.loads(args.out.read_text()) if args.replot else run(args)
+    if args.earlier:
+        report["earlier_run"] = earlier_rows(json.loads(args.earlier.read_text()))
+        if args.earlier_note:
+            report["earlier_run"]["note"] += f"; {args.earlier_note}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     png = args.out.with_suffix(".png")

@@ -166,11 +166,13 @@ class QdrantConfig(_Section):
     url: str | None = None
     api_key: SecretStr | None = None
     path: str = "qdrant"
-    # Embedded engine when url is unset. local stays the default although Qdrant Edge
-    # ingests ~40x faster and searches >10x faster (bench/results/search.json): in
-    # local mode the scorer searches core/exact_index.py anyway, so the store's search
-    # speed does not reach recommendations; edge (0.9, beta) stores data in another
-    # format and builds HNSW only in a blocking optimize().
+    # Embedded engine while url is unset. local stays the default. bench/results/search.json
+    # (2 cores): edge ingests ~30x faster than local mode (22-27k vs 0.6-0.8k items/s) and
+    # searches 10-35x faster, but in local mode the scorer searches core/exact_index.py,
+    # which matches or beats edge's exact search in batches (100k: 1.5 vs 4.2 ms/query);
+    # only edge's HNSW stays near 1-2 ms at 1M items, after a 509-s optimize() that holds
+    # the interpreter, at recall@10 0.91 and 5 GB resident. Edge (0.9, beta) also keeps
+    # data in another format, so switching would strand existing local-mode folders.
     engine: Literal["local", "edge"] = "local"
     items_collection: str = "items"
     users_collection: str = "users"

@@ -253,8 +253,8 @@ class EdgeStore:
     process at a time open it. Points land in plain (brute-force, SIMD) segments,
     so search is exact until :meth:`optimize` builds the HNSW index; Qdrant Edge
     has no background optimizer, and ``optimize`` holds the interpreter for as
-    long as it runs (about 65 s per 100k 384-d items on 2 cores), so nothing
-    here calls it on its own.
+    long as it runs (100k 384-d items: 43-112 s on 2 cores; 1M: 467 s, see
+    bench/results/search.json), so nothing here calls it on its own.
     """
 
     def __init__(self, *, path: str) -> None:
