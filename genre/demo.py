@@ -168,6 +168,15 @@ def _demo_config(
     return load_config(path, environ={}), path
 
 
+def _profiles_settled(worker: WorkerProcess, topic: str) -> bool:
+    """Every profile request sent has been read, and no profile batch is in flight."""
+    sent = worker.metric("genre_events_out_total", topic=topic)
+    read = worker.metric("genre_events_in_total", topic=topic)
+    started = worker.metric("genre_batch_size_count", stage="profiles")
+    finished = worker.metric("genre_agent_batch_seconds_count", agent="profiles")
+    return read >= sent and finished >= started
+
+
 def run_demo(
     cfg: GenreConfig,
     *,
@@ -291,6 +300,12 @@ def run_demo(
                     done = sum(1 for e in last_event.values() if e in rec_log.arrivals)
                 progress.update(task, completed=done)
                 if done == len(last_event) or not worker.running:
+                    break
+                time.sleep(0.2)
+            # Profiles fall due in the stream and are written after a debounce: let the
+            # ones already requested finish, so the summary counts every profile.
+            while time.monotonic() < deadline and worker.running:
+                if _profiles_settled(worker, dcfg.kafka.topics.profile_requests.name):
                     break
                 time.sleep(0.2)
         end = max(rec_log.last_at, start + replay_s)
