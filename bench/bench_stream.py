@@ -28,7 +28,10 @@ path is measured.
     python bench/bench_stream.py                      # 200k events, 20k users
     python bench/bench_stream.py --events 20000 --rounds 1   # a quick look
 
-Prints one JSON line and writes ``bench/results/stream.json``.
+Prints one JSON line and writes ``bench/results/stream.json``. With
+``GENRE_BENCH_PYSPY=<dir>`` and ``py-spy`` on PATH (``pip install py-spy``; not a
+project dependency) each consumer runs under py-spy, which writes its collapsed
+stacks to ``<dir>/<consumer>.txt``.
 """
 
 from __future__ import annotations
