@@ -29,7 +29,7 @@ from genre.workers.text_encoder import TextEncoder
 
 log = logging.getLogger("genre.profiles")
 
-#: Most profile requests coalesced into one batch.
+#: Most record chunks (each a micro-batch of requests from one partition) per batch.
 PROFILE_BATCH = 256
 
 
