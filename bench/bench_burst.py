@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import memory_mb
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -82,23 +83,6 @@ CHECK_EVERY_S = 0.25  # how often the drain loop looks for "all accounted"
 
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _proc_mem_kb(pid: int | None) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of ``pid`` in kB from /proc; (nan, nan) if gone or unreadable."""
-    rss = hwm = float("nan")
-    if pid is None:
-        return rss, hwm
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    rss = float(line.split()[1])
-                elif line.startswith("VmHWM:"):
-                    hwm = float(line.split()[1])
-    except OSError:
-        pass
-    return rss, hwm
 
 
 def _mb(value: float) -> float | None:
@@ -171,13 +155,12 @@ class MemTrack:
     end: float = float("nan")
 
     def sample(self) -> float:
-        rss_kb, hwm_kb = _proc_mem_kb(self.pid)
-        rss = rss_kb / 1024.0
+        rss, hwm = memory_mb(self.pid)
         if not math.isnan(rss):
             if math.isnan(self.start):
                 self.start = rss
             self.end = rss
-            self.peak = max(self.peak, rss, 0.0 if math.isnan(hwm_kb) else hwm_kb / 1024.0)
+            self.peak = max(self.peak, rss, 0.0 if math.isnan(hwm) else hwm)
         return rss
 
     def as_dict(self) -> dict[str, float | None]:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import cpu_name, memory_mb
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -88,26 +89,6 @@ def exact_top_k(data: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
         best_s = np.take_along_axis(best_s, order, 1)
         best_i = np.take_along_axis(best_i, order, 1)
     return best_i
-
-
-def rss_mb() -> tuple[float, float]:
-    """(current, peak) resident set of this process in MiB, from /proc/self/status."""
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) / 1024
-    return fields.get("VmRSS", math.nan), fields.get("VmHWM", math.nan)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # ---------------------------------------------------------------------------
@@ -161,7 +142,7 @@ def worker(args: argparse.Namespace) -> None:
     import genre.core.exact_index
     import genre.core.vectorstore  # noqa: F401  (imports stay out of the timings and memory)
 
-    rss_before, _ = rss_mb()
+    rss_before, _ = memory_mb()
     folder = Path(args.workdir)
     t_open = time.perf_counter()
     impl: Any = _Exact(dim) if args.backend == "exact" else _Store(args.backend, folder, dim)
@@ -183,7 +164,7 @@ def worker(args: argparse.Namespace) -> None:
         build["segments"] = int(shard.info().segments_count)
     build["build_s"] = time.perf_counter() - t0
     build["build_items_per_s"] = n / build["build_s"]
-    rss_after, hwm = rss_mb()
+    rss_after, hwm = memory_mb()
     build["rss_added_mb"] = rss_after - rss_before
     build["peak_rss_mb"] = hwm
     build["data_rss_mb"] = rss_before

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import memory_mb
 from rich.console import Console
 
 from genre.core.broker import EmbeddedBroker, ensure_topics, free_port
@@ -64,13 +65,6 @@ MODES = ("naive_iter", "naive_table", "genre")
 POLL_S = 0.02
 
 
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _finish(result_path: Path, start: float | None, end: float, applied: int) -> None:
     elapsed = end - (start or end)
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -79,7 +73,7 @@ def _finish(result_path: Path, start: float | None, end: float, applied: int) ->
         "events": applied,
         "seconds": round(elapsed, 3),
         "eps": round(applied / elapsed, 1) if elapsed > 0 else None,
-        "peak_rss_mb": round(_rss_mb(), 1),
+        "peak_rss_mb": round(memory_mb()[1], 1),
     }
     result_path.write_text(json.dumps(result))
     os.kill(os.getpid(), signal.SIGTERM)  # Faust's worker shuts down cleanly on SIGTERM
