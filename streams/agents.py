@@ -64,7 +64,6 @@ def register_stream_agents(streams: GenreStreams) -> None:
     within = cfg.batch_within_ms / 1000.0
     rules = user_rules(streams)
     grules = graph_rules(streams)
-    t = streams.config.kafka.topics
     clicks_name = topics.clicks.get_topic_name()
     user_clicks_name = topics.user_clicks.get_topic_name()
     co_clicks_name = topics.co_clicks.get_topic_name()
@@ -94,7 +93,6 @@ def register_stream_agents(streams: GenreStreams) -> None:
                     accepted.append((result.user_id, envelope))
                 sent = await streams.send_partitioned(
                     topics.user_clicks,
-                    t.user_clicks.partitions,
                     accepted,
                     lambda clicks: UserClicks(clicks=clicks),
                 )
@@ -140,7 +138,7 @@ async def _fold_clicks(
     profile_titles: int,
 ) -> None:
     """Apply one micro-batch of clicks: one state write per user, batched outputs."""
-    topics, t = streams.topics, streams.config.kafka.topics
+    topics = streams.topics
     clicks_name = topics.clicks.get_topic_name()
     clicks = [click for _, batch in batches for click in batch]
     store_down = False
@@ -200,7 +198,7 @@ async def _fold_clicks(
     for user_id, state in touched.items():
         streams.users[user_id] = finish_user_state(state)
     sent = await streams.send_partitioned(
-        topics.co_clicks, t.co_clicks.partitions, co.records(), lambda r: CoClicks(records=r)
+        topics.co_clicks, co.records(), lambda r: CoClicks(records=r)
     )
     METRICS.events_out.labels(topics.co_clicks.get_topic_name()).inc(sent)
     requests = (
@@ -217,14 +215,12 @@ async def _fold_clicks(
     )
     sent = await streams.send_partitioned(
         topics.score_requests,
-        t.score_requests.partitions,
         requests,
         lambda r: ScoreRequests(requests=r),
     )
     METRICS.events_out.labels(topics.score_requests.get_topic_name()).inc(sent)
     sent = await streams.send_partitioned(
         topics.profile_requests,
-        t.profile_requests.partitions,
         due.items(),
         lambda r: ProfileRequests(requests=r),
     )

@@ -160,15 +160,16 @@ class GenreStreams:
     async def send_partitioned(
         self,
         topic: faust.TopicT,
-        partitions: int,
         keyed: Iterable[tuple[str, R]],
         wrap: Callable[[list[R]], _Record],
     ) -> int:
         """Send records as one micro-batch message per partition; returns records sent.
 
-        Each record goes to the partition its key hashes to (``partition_for``), so
-        co-partitioning with the tables holds for micro-batches as for single records.
+        Each record goes to the partition its key hashes to (``partition_for``, over
+        the topic's configured partition count), so co-partitioning with the tables
+        holds for micro-batches as for single records.
         """
+        partitions = topic.partitions
         groups: dict[int, list[R]] = {}
         n = 0
         for key, record in keyed:

@@ -1,7 +1,7 @@
 """GENRE's Faust transport (aiokafka): a short fetch wait and a race-free fetch.
 
 Registered under the ``faust.transports`` entry point as ``genre-kafka``; the
-broker URL selects it. Two changes to Faust's aiokafka consumer thread:
+broker URL selects it. Three changes to Faust's aiokafka consumer:
 
 * **Fetch wait.** Faust creates its aiokafka consumer with
   ``fetch_max_wait_ms=1500``. A broker that answers a waiting fetch only when
@@ -30,9 +30,9 @@ broker URL selects it. Two changes to Faust's aiokafka consumer thread:
   For the topics named in ``CHUNKED_TOPICS`` every partition's share of one
   fetch reaches Faust as one ``RecordChunk`` message instead of one message
   per record. Faust's per-message path (a task pair in the fetch loop, channel
-  queue, stream bookkeeping, sensors) costs ~170 us per record on this
-  machine, which caps a plain agent near 6k records/s; per chunk it is paid
-  once per few hundred records. A chunk is acknowledged as the whole range of
+  queue, stream bookkeeping, sensors) costs ~100 us per record on this
+  machine, which caps a plain agent near 10k records/s (``bench_stream.py``);
+  per chunk it is paid once per few hundred records. A chunk is acknowledged as the whole range of
   offsets it stands for (plus any gap before it), so commits still only move
   past records an agent has finished, and Faust still flushes the producer
   before it commits.
