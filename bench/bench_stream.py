@@ -27,6 +27,11 @@ path is measured.
 
     python bench/bench_stream.py                      # 200k events, 20k users
     python bench/bench_stream.py --events 20000 --rounds 1   # a quick look
+    python bench/bench_stream.py --store rocksdb://   # GENRE's tables in RocksDB
+
+``--store`` sets the ``genre`` consumer's ``streams.store`` (memory:// by
+default; the item graph stays in memory either way, see ``streams/app.py``);
+the naive agents always use memory tables.
 
 Prints one JSON line and writes ``bench/results/stream.json``. With
 ``GENRE_BENCH_PYSPY=<dir>`` and ``py-spy`` on PATH (``pip install py-spy``; not a
@@ -252,6 +257,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                         data = cfg.model_dump(mode="json")
                         data["app_id"] = f"genre-bench-{r}"
                         data["streams"]["web_port"] = free_port()
+                        data["streams"]["store"] = args.store
                         path = run_dir / f"genre-{r}.yaml"
                         import yaml
 
@@ -276,6 +282,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "users": args.users,
         "items": args.items,
         "partitions": cfg.kafka.topics.clicks.partitions,
+        "store": args.store,
         "produce_eps": round(args.events / produce_s, 1),
         "eps_median": med,
         "genre_vs_naive_table": round(med["genre"] / med["naive_table"], 2),
@@ -295,6 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout-s", type=float, default=600.0)
     parser.add_argument("--config", type=Path, default=None)
+    parser.add_argument(
+        "--store",
+        default="memory://",
+        help="streams.store of the genre consumer: memory:// or rocksdb://",
+    )
     parser.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "stream.json")

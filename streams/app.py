@@ -14,7 +14,10 @@ import faust
 import orjson
 from aiohttp import web
 from aiokafka.partitioner import murmur2
+from faust.stores import STORES
+from faust.stores import rocksdb as faust_rocksdb
 from faust.tables import TableManager
+from yarl import URL
 
 from genre.core.catalog import ItemCatalog
 from genre.core.config import GenreConfig
@@ -75,9 +78,90 @@ def table_get(table: Any, key: str) -> Any:
 
     ``Table.get`` goes through ``Mapping.get`` and raises and catches KeyError
     for every absent key (~4% of the user-state agent). GENRE's tables are not
-    windowed, so skipping Faust's per-read hook changes nothing else.
+    windowed, so skipping Faust's per-read hook changes nothing else. Works for
+    both stores: the memory store is a dict, and ``RocksDBStore.get`` returns
+    the default for an absent key without the KeyError round trip.
     """
     return table.data.get(key)
+
+
+#: URL scheme of ``RocksDBStore``; ``streams.store: rocksdb://`` is mapped to it.
+ROCKSDB_SCHEME = "genre-rocksdb"
+
+
+class RocksDBStore(faust_rocksdb.Store):
+    """Faust's RocksDB table store, keeping each key in its changelog partition's database.
+
+    faust-streaming 0.15.3 writes a key into the database of the partition of
+    the *current event*, and asserts there is one. GENRE's tables use
+    ``use_partitioner=True`` and its batched agents write after an await, where
+    there is no current event (``take_events`` fills its buffer in another
+    task), so with the stock store every write crashed the agent with an
+    AssertionError. Had an event been current, it would have been one of a
+    batch that spans partitions, and keys would have landed in databases other
+    than the one recovery replays their changelog records into (upstream fixed
+    only the read side of this, faust-streaming PRs #130/#144).
+
+    Here a key's partition is its changelog record's: Kafka's default
+    partitioner, murmur2 of the serialised key over the table's partitions,
+    the rule ``partition_for`` also uses for GENRE's own topics. Reads go
+    straight to that partition's database instead of searching all of them.
+    """
+
+    def _partition_of(self, key: bytes) -> int:
+        partitions = self.table.partitions or self.app.conf.topic_partitions
+        return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+    def _set(self, key: bytes, value: bytes | None) -> None:
+        if not self.table.use_partitioner:
+            super()._set(key, value)
+            return
+        self._db_for_partition(self._partition_of(key)).put(key, value)
+
+    def _get(self, key: bytes) -> bytes | None:
+        if self.table.use_partitioner:
+            db = self._dbs.get(self._partition_of(key))
+            if db is not None:
+                return db.get(key)
+        return super()._get(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        """``Mapping.get`` without raising and catching KeyError for absent keys."""
+        value = self._get(self._encode_key(key))
+        return default if value is None else self._decode_value(value)
+
+    def count_keys(self, dbs: list[Any]) -> int:
+        """Keys in ``dbs`` (from ``_dbs_for_actives``): a full key scan, ~0.25 us a key.
+
+        Safe in a thread (RocksDB iterators read a snapshot), so it runs off the
+        event loop. A database revoked meanwhile stays open until the scan
+        ends; were it reassigned at once, Faust retries opening it 1 s apart.
+        """
+        return sum(self._size1(db) for db in dbs)
+
+
+# Faust finds stores by URL scheme in this registry (the same mechanism as its
+# "faust.stores" entry points), so registering here needs no reinstall.
+STORES.aliases[ROCKSDB_SCHEME] = f"{__name__}:RocksDBStore"
+
+
+def table_store_url(url: str) -> str:
+    """The Faust store URL for ``streams.store``: memory, or GENRE's RocksDB store.
+
+    Raises ValueError for another scheme, or for RocksDB without its binding:
+    a worker must never fall back to memory tables silently.
+    """
+    parsed = URL(url)
+    if parsed.scheme == "memory":
+        return url
+    if parsed.scheme not in ("rocksdb", ROCKSDB_SCHEME):
+        raise ValueError(f"streams.store must be memory:// or rocksdb://, not {url!r}")
+    if not faust_rocksdb.USE_ROCKSDICT:
+        raise ValueError(
+            "streams.store is rocksdb:// but rocksdict is not installed; "
+            "pip install 'genre-recsys[embedded]' (rocksdict==0.3.29)"
+        )
+    return ROCKSDB_SCHEME + url[len(parsed.scheme) :]
 
 
 def partition_for(key: str, partitions: int) -> int:
@@ -240,13 +324,18 @@ def table_key(key: str) -> bytes:
 def build_streams(config: GenreConfig, *, store: VectorStore | None = None) -> GenreStreams:
     """Create the Faust app with GENRE's topics and tables; agents attach afterwards."""
     s = config.streams
-    faust_dir = config.path("faust")
+    store_url = table_store_url(s.store)
+    # Faust's own folder (RocksDB tables, worker state) lives under data_dir, not
+    # in whatever directory the worker was started from; one folder per app id,
+    # because RocksDB files are named by table only and the changelog offset
+    # stored in them names no topic: another app id (its own changelogs) must
+    # not pick up this one's state. Each worker process needs its own data_dir
+    # with RocksDB tables (a process locks the databases it opens).
+    faust_dir = config.path("faust") / config.app_id
     faust_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         config.app_id,
-        store=s.store,
-        # Faust's own folder (RocksDB tables, worker state) lives under data_dir,
-        # not in whatever directory the worker was started from.
+        store=store_url,
         datadir=str(faust_dir),
         autodiscover=False,
         topic_replication_factor=s.topic_replication_factor,
@@ -314,6 +403,19 @@ def build_streams(config: GenreConfig, *, store: VectorStore | None = None) -> G
         partitions=t.co_clicks.partitions,
         schema=TABLE_SCHEMA,
         use_partitioner=True,
+        # Always in memory, whatever streams.store says. Its size follows the
+        # catalogue (items x max_neighbours edges), not the users, and it is
+        # read as Python objects on hot paths: the scorer looks up every
+        # candidate's item state and the trending source scans the whole table
+        # every second, which with RocksDB means a JSON decode per read and a
+        # full database scan per second on every worker. GlobalTable with
+        # use_partitioner is also where Faust's RocksDB store has broken before
+        # (faust-streaming PRs #130/#144; issue #283, multi-worker GlobalTable,
+        # reported on RocksDB, still open). The cost: a restarted worker
+        # replays the whole (compacted) graph changelog.
+        # The host part is needed: yarl's URL("memory://") is falsy, and Faust
+        # then falls back to the app's store.
+        store="memory://item-graph",
     )
     latest_lists = app.Table(
         "latest-lists",
@@ -338,10 +440,32 @@ def build_streams(config: GenreConfig, *, store: VectorStore | None = None) -> G
 
 #: Seconds between consumer-lag samples: fine enough for a dashboard, cheap.
 LAG_SAMPLE_S = 5.0
+#: Seconds between samples of the users-tracked gauge.
+USERS_SAMPLE_S = 15.0
 
 
 def _add_pages(streams: GenreStreams) -> None:
     app = streams.app
+
+    @app.timer(USERS_SAMPLE_S)
+    async def sample_users_tracked() -> None:
+        """Users in this worker's user-state table, sampled on a timer, not per batch.
+
+        The memory store counts in O(1). RocksDB keeps no key count: ``len()``
+        scans every key (O(users), it was run after every batch) and the
+        ``rocksdb.estimate-num-keys`` property counts every overwrite still in
+        the memtable (10 keys written 1000 times each read 10,000), useless for
+        state that is rewritten on every click. So the RocksDB count is an exact
+        scan, run off the event loop every ``USERS_SAMPLE_S`` seconds.
+        """
+        store = streams.users.data
+        if isinstance(store, RocksDBStore):
+            dbs = list(store._dbs_for_actives())
+            loop = asyncio.get_running_loop()
+            count = await loop.run_in_executor(None, store.count_keys, dbs)
+        else:
+            count = len(store)
+        METRICS.users_tracked.set(count)
 
     @app.timer(LAG_SAMPLE_S)
     async def sample_consumer_lag() -> None:

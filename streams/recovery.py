@@ -9,6 +9,16 @@ reported end - 1 and use the fetch's watermark. Against Apache Kafka this
 returns the same value the broker reported. Written by hand because no
 library offers a "verified end offset"; plugged in through Faust's
 ``TableManager`` setting, not by patching Faust.
+
+With RocksDB tables (``streams.store: rocksdb://``) this matters more: each
+partition's database stores the offset of the last changelog record it holds,
+and a restarted worker reads the changelog only past it. Faust raises
+ConsistencyError when that offset is above the end it was told, which the
+short end would do whenever a partition's last batch held several records.
+Nothing here depends on the store: the persisted offsets are Faust's, only
+the highwaters come from this probe. If the probe fails, the broker's end is
+used, and a RocksDB worker may then stop with that ConsistencyError rather
+than carry on.
 """
 
 from __future__ import annotations
