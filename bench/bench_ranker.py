@@ -116,8 +116,9 @@ def time_calls(
     }
 
 
-def build_checkpoint(path: Path | None, workdir: Path) -> tuple[Path, str | None]:
-    """The checkpoint to export, or a random one of the default shape (with a note)."""
+def build_checkpoint(path: Path | None, workdir: Path, cfg: Any = None) -> tuple[Path, str | None]:
+    """The checkpoint to export, or a random one (with a note) of shape ``cfg``
+    (a ``RankerConfig``; the default shape when None)."""
     if path is not None and path.is_file():
         return path, None
     import torch
@@ -125,7 +126,7 @@ def build_checkpoint(path: Path | None, workdir: Path) -> tuple[Path, str | None
     from genre.model_export.ranker import GenreRanker, RankerConfig
 
     torch.manual_seed(0)
-    cfg = RankerConfig()
+    cfg = cfg or RankerConfig()
     model = GenreRanker(cfg).eval()
     ckpt = workdir / "random-ranker.pt"
     torch.save(

@@ -100,6 +100,13 @@ class ExactIndex:
 
     def search_batch(self, queries: np.ndarray, limit: int) -> list[list[Hit]]:
         """Top-``limit`` items by cosine similarity for each query row, best first."""
+        return [
+            [Hit(key, score, {}) for key, score in zip(ids, scores, strict=True)]
+            for ids, scores in self.search_ids(queries, limit)
+        ]
+
+    def search_ids(self, queries: np.ndarray, limit: int) -> list[tuple[list[str], list[float]]]:
+        """``search_batch`` as (ids, scores) lists per query: no object per hit."""
         if limit < 1:
             raise VectorStoreError(f"search limit must be 1 or more, got {limit}")
         q = self._rows(queries, None, "search_batch")  # [B, D]
@@ -108,10 +115,11 @@ class ExactIndex:
         with self._lock:
             k = min(limit, len(self._pos))
             if k <= 0:
-                return [[] for _ in range(len(q))]
+                return [([], []) for _ in range(len(q))]
             rows, scores = self._top_k(q, k)  # [B, k] each, best first
+            ids = self._ids
             return [
-                [Hit(self._ids[r], float(s), {}) for r, s in zip(rr, ss, strict=True)]  # type: ignore[arg-type]
+                ([ids[r] for r in rr], ss)  # type: ignore[misc]
                 for rr, ss in zip(rows.tolist(), scores.tolist(), strict=True)
             ]
 

@@ -41,6 +41,12 @@ class WorkerProcess:
 
     def start(self, ready_timeout_s: float = 120.0) -> WorkerProcess:
         """Spawn the worker and wait until /ready answers 200."""
+        self.spawn()
+        self.wait_ready(ready_timeout_s)
+        return self
+
+    def spawn(self) -> WorkerProcess:
+        """Start the child process without waiting for it (see ``wait_ready``)."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "genre", "worker", "--config", str(self.config_path)],
@@ -48,7 +54,6 @@ class WorkerProcess:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
             )
-        self.wait_ready(ready_timeout_s)
         return self
 
     def wait_ready(self, timeout_s: float) -> None:

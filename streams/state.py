@@ -8,7 +8,9 @@ tests pin them down exactly.
 from __future__ import annotations
 
 import base64
+import heapq
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -153,14 +155,17 @@ class UserStateRules:
         ``vector_as_array`` it stays a float32 array, so a batch applying many
         clicks of one user encodes it once, in ``finish_user_state``.
         """
+        # Interned: every user's history and seen list then point at one string per
+        # item instead of a copy per click (bench/bench_state.py measures the heap).
+        item_id = sys.intern(event.item_id)
         window = state["history"][-self.co_click_window :] if self.co_click_window > 0 else []
-        neighbours = [i for i in window if i != event.item_id]
+        neighbours = [i for i in window if i != item_id]
         neighbours = list(dict.fromkeys(reversed(neighbours)))  # most recent first, unique
-        history = [i for i in state["history"] if i != event.item_id]
-        history.append(event.item_id)
+        history = [i for i in state["history"] if i != item_id]
+        history.append(item_id)
         state["history"] = history[-self.history_size :]
-        if self.max_seen and event.item_id not in state["seen"]:
-            state["seen"] = (state["seen"] + [event.item_id])[-self.max_seen :]
+        if self.max_seen and item_id not in state["seen"]:
+            state["seen"] = (state["seen"] + [item_id])[-self.max_seen :]
         state["recent_events"] = (state["recent_events"] + [event.event_id])[-self.dedup_window :]
         state["clicks"] += 1
         state["last_ts"] = event.ts
@@ -202,9 +207,19 @@ class GraphRules:
         for nbr in neighbours:
             w, last = edges.get(nbr, (0.0, ts))
             edges[nbr] = [w * decay(ts - last, self.edge_half_life_s) + weight, max(ts, last)]
-        if len(edges) > self.max_neighbours:
-            keep = sorted(edges.items(), key=lambda kv: self.edge_weight(kv[1], ts), reverse=True)
-            state["edges"] = dict(keep[: self.max_neighbours])
+        excess = len(edges) - self.max_neighbours
+        if excess > 0:
+            # Drop the weakest edges in place. Once an item has max_neighbours edges
+            # this runs on nearly every click of it; the inlined weights and a
+            # partial selection take 40 us where sorting every edge through
+            # edge_weight took 89 us (100 edges, 5 new neighbours, 2-core machine).
+            rate = -math.log(2.0) / self.edge_half_life_s
+            weights = [
+                (w * math.exp(rate * (ts - last)) if ts > last else w, nbr)
+                for nbr, (w, last) in edges.items()
+            ]
+            for _, nbr in heapq.nsmallest(excess, weights):
+                del edges[nbr]
 
     def add_click(self, state: ItemState, ts: float, weight: float = 1.0) -> None:
         """Count one click toward the item's decayed popularity."""
@@ -237,14 +252,21 @@ def neighbour_scores(
     """
     totals: dict[str, float] = {}
     best: dict[str, tuple[float, str]] = {}  # item -> (largest single contribution, its source)
+    # rules.edge_weight inlined: this loop runs per edge of every recent item of
+    # every scored user (~1000 times per user), and two calls per edge were a
+    # third of the co-click source's time.
+    rate = -math.log(2.0) / rules.edge_half_life_s
+    exp = math.exp
     for rank, item in enumerate(reversed(recent_items)):
         state = states(item)
         if not state:
             continue
         position_weight = 1.0 / (rank + 1)
-        for nbr, edge in state["edges"].items():
-            contribution = position_weight * rules.edge_weight(edge, now)
+        for nbr, (weight, last) in state["edges"].items():
+            age = now - last
+            contribution = position_weight * weight * (exp(rate * age) if age > 0 else 1.0)
             totals[nbr] = totals.get(nbr, 0.0) + contribution
-            if nbr not in best or contribution > best[nbr][0]:
+            previous = best.get(nbr)
+            if previous is None or contribution > previous[0]:
                 best[nbr] = (contribution, item)
     return {nbr: (total, best[nbr][1]) for nbr, total in totals.items()}

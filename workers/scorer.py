@@ -18,7 +18,7 @@ from genre.core.vectorstore import StoredVector
 from genre.schemas import Recommendation, RecommendedItem, ScoreRequest, ScoreRequests
 from genre.schemas.manifest import ManifestError
 from genre.streams.agents import graph_rules
-from genre.streams.app import CHUNKS_PER_BATCH, GenreStreams, chunk_records
+from genre.streams.app import CHUNKS_PER_BATCH, GenreStreams, chunk_records, table_get
 from genre.streams.state import neighbour_scores, user_vector
 from genre.workers.candidates import Candidate, build_sources, count_candidates
 from genre.workers.ranker import OnnxRanker, RankerHandle
@@ -349,23 +349,26 @@ class ScorerWorker:
         c_len = max(1, max(len(c) for c in candidates))
         features = np.zeros((len(batch), c_len, len(names)), np.float32)
         popularity: dict[str, float] = {}
+        graph = self.streams.graph
+        # Each column is filled from a list in one slice assignment: element-wise
+        # numpy writes cost ~0.1 us each, for ~300 candidates x features x users.
         for i, (req, cands) in enumerate(zip(batch, candidates, strict=True)):
             if "trending" in names:
-                col = names.index("trending")
-                for j, item in enumerate(cands):
+                pops = []
+                for item in cands:
                     pop = popularity.get(item)
                     if pop is None:
-                        state = self.streams.graph.get(item)
+                        state = table_get(graph, item)
                         pop = popularity[item] = rules.popularity(state, now) if state else 0.0
-                    features[i, j, col] = pop
+                    pops.append(pop)
+                features[i, : len(cands), names.index("trending")] = pops
             if "co_click" in names:
-                col = names.index("co_click")
                 co = neighbour_scores(
-                    self.streams.graph.get, req.recent_items[-recent:], rules, now
+                    lambda key: table_get(graph, key), req.recent_items[-recent:], rules, now
                 )
-                for j, item in enumerate(cands):
-                    hit = co.get(item)
-                    features[i, j, col] = hit[0] if hit else 0.0
+                features[i, : len(cands), names.index("co_click")] = [
+                    co[item][0] if item in co else 0.0 for item in cands
+                ]
             if "profile" in names and req.profile_vector and cands:
                 col = names.index("profile")
                 profile = np.asarray(req.profile_vector, np.float32)
