@@ -60,6 +60,7 @@ class Metrics:
     events_out: Counter
     dlq_records: Counter
     duplicate_events: Counter
+    superseded_requests: Counter
     agent_batch_seconds: Histogram
     batch_size: Histogram
     click_to_recommendation_ms: Histogram
@@ -112,6 +113,13 @@ def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
         duplicate_events=Counter(
             "duplicate_events",
             "Re-sent events (same event_id) skipped.",
+            namespace=ns,
+            registry=registry,
+        ),
+        superseded_requests=Counter(
+            "superseded_score_requests",
+            "Score requests skipped because a newer one for the same user was in the "
+            "same scorer batch (the newer one is answered).",
             namespace=ns,
             registry=registry,
         ),
