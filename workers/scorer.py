@@ -524,7 +524,10 @@ def register_scorer_agent(streams: GenreStreams, worker: ScorerWorker) -> None:
                     latest[req.user_id] = req
                     n_requests += 1
             if n_requests > len(latest):
-                METRICS.superseded_requests.inc(n_requests - len(latest))
+                superseded = n_requests - len(latest)
+                METRICS.superseded_requests.inc(superseded)
+                # consumed too: measured_batch below counts only the requests scored
+                METRICS.events_in.labels(name).inc(superseded)
             requests = list(latest.values())
             # Score at most scorer.batch_size users at a time: bounded model batches.
             for start in range(0, len(requests), cfg.batch_size):
