@@ -117,7 +117,7 @@ def _scrape(workers: list[WorkerProcess]) -> dict[str, Any]:
     """The counters a level needs, summed over the workers."""
     out: dict[str, Any] = {"applied": 0.0, "dup": 0.0, "dlq": 0.0, "req_out": 0.0, "req_in": 0.0}
     out.update(scorer_s=0.0, ranker_s=0.0, batches=0.0, batch_sum=0.0, buckets={})
-    out.update(profiles=0.0, profile_encoder_s=0.0, profiles_agent_s=0.0, stream_s=0.0)
+    out.update(profiles=0.0, profile_encoder_s=0.0, profiles_agent_s=0.0, stream_s=0.0, gc_s=0.0)
     for worker in workers:
         for family in text_string_to_metric_families(worker.metrics_text()):
             for s in family.samples:
@@ -142,6 +142,8 @@ def _scrape(workers: list[WorkerProcess]) -> dict[str, Any]:
                     out["profiles_agent_s"] += s.value
                 elif name == "genre_agent_batch_seconds_sum" and labels["agent"] in STREAM_AGENTS:
                     out["stream_s"] += s.value
+                elif name == "genre_gc_seconds_total":
+                    out["gc_s"] += s.value
                 elif name == "genre_profiles_generated_total":
                     out["profiles"] += s.value
                 elif name.startswith("genre_batch_size_") and labels.get("stage") == "scorer":
@@ -200,13 +202,21 @@ def _produce_level(
 
 
 def _worker_configs(
-    base: GenreConfig, run_dir: Path, port: int, count: int, ranker: str
+    base: GenreConfig,
+    run_dir: Path,
+    port: int,
+    count: int,
+    ranker: str,
+    profiles_every: int | None,
 ) -> tuple[GenreConfig, list[Path], list[int]]:
     """One config file per worker: same app id (one group), own data_dir and web port."""
     cfg, _ = _demo_config(base, run_dir, port, 0, None, ranker)
     paths, ports = [], []
     for i in range(count):
         data = cfg.model_dump(mode="json")
+        if profiles_every is not None:  # 0: profiles off
+            data["llm"]["profiles"]["enabled"] = profiles_every > 0
+            data["llm"]["profiles"]["every_k_clicks"] = max(profiles_every, 1)
         data["data_dir"] = str(run_dir / f"w{i}")
         data["streams"]["web_port"] = free_port()
         (run_dir / f"w{i}").mkdir(parents=True, exist_ok=True)
@@ -226,7 +236,9 @@ def run_workers(
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     port = free_port()
-    cfg, paths, ports = _worker_configs(base, run_dir, port, count, args.ranker)
+    cfg, paths, ports = _worker_configs(
+        base, run_dir, port, count, args.ranker, args.profiles_every
+    )
     total = sum(int(rate * args.duration_s) for rate in args.loads)
     broker = EmbeddedBroker("127.0.0.1", port, log_path=run_dir / "broker.log")
     workers = [
@@ -388,7 +400,7 @@ def _run_level(
         # busy seconds of each stage summed over workers, over wall time: where the CPU went
         "busy_share": {
             key: round((after[key + "_s"] - before[key + "_s"]) / wall / len(workers), 3)
-            for key in ("stream", "scorer", "ranker", "profiles_agent", "profile_encoder")
+            for key in ("stream", "scorer", "ranker", "profiles_agent", "profile_encoder", "gc")
         },
         "profiles": int(after["profiles"] - before["profiles"]),
         "cpu_s": cpu,
@@ -452,6 +464,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--ranker", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument(
+        "--profiles-every",
+        type=int,
+        default=None,
+        help="llm.profiles.every_k_clicks for this run (0: profiles off; default: the config's)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--drain-timeout-s", type=float, default=600.0)
     parser.add_argument("--config", type=Path, default=None)
@@ -476,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         "items": args.items,
         "duration_s": args.duration_s,
         "ranker": args.ranker,
+        "profiles_every_k_clicks": args.profiles_every,
         "by_offered_load": [
             {k: lv[k] for k in ("offered_eps", "throughput_eps", "p50_ms", "p99_ms")}
             for lv in by_workers[str(args.workers[0])]

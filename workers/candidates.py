@@ -8,6 +8,7 @@ Raw scores are on each source's own scale; the scorer normalises them.
 from __future__ import annotations
 
 import heapq
+import itertools
 import time
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -166,6 +167,7 @@ class TrendingSource:
         self.refresh_s = refresh_s
         self.rules = graph_rules(streams)
         self._top: list[tuple[str, float]] = []
+        self._candidates: tuple[list, list[tuple[str, Candidate]]] | None = None
         self._refreshed = 0.0
 
     def top(self) -> list[tuple[str, float]]:
@@ -187,11 +189,15 @@ class TrendingSource:
 
     async def generate(self, requests: list[ScoreRequest]) -> list[dict[str, Candidate]]:
         top = self.top()
+        if self._candidates is None or self._candidates[0] is not top:
+            # The same Candidate objects serve every user until the next refresh.
+            self._candidates = (top, [(item, Candidate(score)) for item, score in top])
+        ranked = self._candidates[1]
         out = []
         for req in requests:
             seen = set(req.seen_items)
-            picked = [(item, s) for item, s in top if item not in seen][: self.limit]
-            out.append({item: Candidate(score) for item, score in picked})
+            unseen = ((item, cand) for item, cand in ranked if item not in seen)
+            out.append(dict(itertools.islice(unseen, self.limit)))
         return out
 
 
