@@ -132,6 +132,9 @@ class CoClickSource:
         self.limit = limit
         self.recent_items = recent_items
         self.rules = graph_rules(streams)
+        #: The full neighbour scores of the last batch, by user (before the seen
+        #: filter and the limit): the ranker's co-click feature reuses them.
+        self.last_scores: dict[str, dict[str, tuple[float, str]]] = {}
 
     async def generate(self, requests: list[ScoreRequest]) -> list[dict[str, Candidate]]:
         now = self.streams.event_now()
@@ -141,10 +144,12 @@ class CoClickSource:
             return table_get(graph, item)
 
         out = []
+        self.last_scores = {}
         for req in requests:
             scores = neighbour_scores(
                 graph_state, req.recent_items[-self.recent_items :], self.rules, now
             )
+            self.last_scores[req.user_id] = scores
             seen = set(req.seen_items)
             best = heapq.nlargest(
                 self.limit,
