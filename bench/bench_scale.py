@@ -474,7 +474,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-timeout-s", type=float, default=600.0)
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "scale.json")
+    parser.add_argument(
+        "--merge-only",
+        action="store_true",
+        help="re-read --out and merge the other benches' latest results into it; run nothing",
+    )
     args = parser.parse_args(argv)
+    if args.merge_only:
+        result = json.loads(args.out.read_text())
+        result.update(_merge_other_results())
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     console = Console(stderr=True)
     total = sum(int(rate * args.duration_s) for rate in args.loads)
     spec = SyntheticSpec(

@@ -152,6 +152,7 @@ def _export_ranker(history: int, out: Path, console: Console) -> Path:
 def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     from genre.workers.ranker import RankerHandle
     from genre.workers.scorer import ScorerWorker
+    from genre.workers.service import tune_gc
 
     base = load_config(args.config) if args.config else load_config(None)
     rows: list[dict[str, Any]] = []
@@ -166,6 +167,7 @@ def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 progress.update(task, description=f"history {history}: users and graph")
                 cfg = _config(base, work, history)
                 streams = _build(cfg, args.users, args.items, history, args.seed)
+                tune_gc()  # as a worker does once it is built
                 requests = [
                     ScoreRequest(
                         user_id=f"u{u}",

@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clicks", type=int, nargs="+", default=[10, 50, 200, 1000, 3000])
     parser.add_argument("--items", type=int, default=10_000)
-    parser.add_argument("--graph-clicks", type=int, default=2_000_000)
+    parser.add_argument("--graph-clicks", type=int, default=300_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
