@@ -204,9 +204,14 @@ class GenreStreams:
     store_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="vector-store")
     )
-    #: Threads for model inference (ONNX Runtime releases the GIL).
+    #: Thread for the scorer's ranker (ONNX Runtime releases the GIL).
     model_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="model")
+    )
+    #: Thread for the text encoder (items, profiles): its batches take tens of ms,
+    #: and on the ranker's thread they held every scorer batch up behind them.
+    encoder_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="text-encoder")
     )
     #: Exact in-memory item index, used instead of Qdrant queries in local mode.
     index: ExactIndex | None = None
@@ -231,8 +236,12 @@ class GenreStreams:
         return await asyncio.get_running_loop().run_in_executor(self.store_executor, fn, *args)
 
     async def in_model(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking model call off the event loop."""
+        """Run a blocking ranker call off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.model_executor, fn, *args)
+
+    async def in_encoder(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking text-encoder call off the event loop (not behind the ranker)."""
+        return await asyncio.get_running_loop().run_in_executor(self.encoder_executor, fn, *args)
 
     async def items(self, ids: Iterable[str]) -> dict[str, StoredVector]:
         """Item vectors and payloads: cache hits at once, misses fetched off the loop."""

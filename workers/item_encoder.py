@@ -215,7 +215,7 @@ class ItemEncoderWorker:
             for item, e in zip(upserts, enrichments, strict=True)
         ]
         start = time.perf_counter()
-        vectors = await self.streams.in_model(self.encoder.encode, texts, self.batch_size)
+        vectors = await self.streams.in_encoder(self.encoder.encode, texts, self.batch_size)
         METRICS.inference_seconds.labels("text_encoder", self.provider).observe(
             time.perf_counter() - start
         )

@@ -76,7 +76,7 @@ class ProfileWorker:
         if not keep:
             return 0
         start = time.perf_counter()
-        vectors = await self.streams.in_model(
+        vectors = await self.streams.in_encoder(
             self.encoder.encode, [profile_text(r.value) for _, r in keep], self.batch_size
         )
         METRICS.inference_seconds.labels("profile_encoder", self.provider).observe(
