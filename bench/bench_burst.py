@@ -17,6 +17,10 @@ What it measures (the load part of "bad input, faults and load"):
   between samples are not missed. The broker keeps every topic in memory
   (``memory://`` storage, no retention), so its RSS is expected to grow with
   the data written; the worker's should level off;
+* ``worker_memory_report``: the worker's ``/debug/memory`` page at the end
+  (entries in each table and cache; with ``--tracemalloc`` also the top
+  allocation sites and the Python heap they add up to, to tell Python objects
+  from native memory such as ONNX Runtime's arenas);
 * ``lag_samples``: ``[t, produced, applied]`` every 2 s (t in seconds since the
   first produce, produced = clicks acknowledged by the broker), plus the other
   counters in ``samples``; ``consumer_lag_end`` is the worker's
@@ -37,6 +41,7 @@ importable; otherwise ``"plot": null``).
 
     python bench/bench_burst.py                         # 200k events, 20k users
     python bench/bench_burst.py --events 5000 --users 500   # a quick check
+    python bench/bench_burst.py --tracemalloc               # where the worker's memory goes
 
 Exit status: 0 when every event was accounted for and none was lost, 1 otherwise.
 """
@@ -289,6 +294,7 @@ def run_burst(
     seed: int,
     timeout_s: float,
     console: Console,
+    tracemalloc: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmark; returns the result dict (see the module docstring)."""
     ml = load_ml100k(fetch_ml100k(cfg.path("datasets")))
@@ -319,7 +325,10 @@ def run_burst(
     env = {}
     if cfg.qdrant.api_key is not None:
         env["QDRANT_API_KEY"] = cfg.qdrant.api_key.get_secret_value()
+    if tracemalloc:
+        env["PYTHONTRACEMALLOC"] = "1"  # allocation sites in /debug/memory (slows the worker)
     worker = WorkerProcess(bcfg_path, web_port, run_dir / "worker.log", env=env)
+    memory_report: dict[str, Any] | None = None
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     sampler: Sampler | None = None
     error: str | None = None
@@ -410,6 +419,7 @@ def run_burst(
                 sampler.take()  # the final sample
         with contextlib.suppress(OSError):  # the worker may be gone (error says why)
             (run_dir / "metrics.txt").write_text(worker.metrics_text())
+            memory_report = worker.memory_report(top=30)
     finally:
         if sampler is not None:
             sampler.stop_event.set()
@@ -443,6 +453,7 @@ def run_burst(
         "consumer_lag_end": {k: int(v) for k, v in sorted(counters.lag.items())},
         "worker_rss_mb": worker_mem.as_dict(),
         "broker_rss_mb": broker_mem.as_dict(),
+        "worker_memory_report": memory_report,
         "lag_samples": [[s["t"], s["produced"], s["applied"]] for s in samples],
         "samples": samples,
         "run_dir": str(run_dir.relative_to(REPO_ROOT))
@@ -467,6 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=RESULTS_DIR / "burst.json", help="where to write the JSON"
     )
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="run the worker under tracemalloc; the result names its top allocation sites",
+    )
     args = parser.parse_args(argv)
     if args.events < 1 or args.users < 1:
         parser.error("--events and --users must be positive")
@@ -481,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             timeout_s=args.timeout,
             console=console,
+            tracemalloc=args.tracemalloc,
         )
     except WorkerProcessError as exc:
         console.print(f"[red]bench_burst failed:[/red] {exc}")

@@ -26,6 +26,9 @@ class ItemCatalog:
     def __post_init__(self) -> None:
         self._items: OrderedDict[str, StoredVector] = OrderedDict()
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     def cached(self, ids: Iterable[str]) -> tuple[dict[str, StoredVector], list[str]]:
         """Split ``ids`` into cached entries and misses; never blocks (safe on the event loop)."""
         hits: dict[str, StoredVector] = {}

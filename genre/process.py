@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -80,6 +81,12 @@ class WorkerProcess:
         url = f"http://127.0.0.1:{self.web_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as resp:
             return resp.read().decode()
+
+    def memory_report(self, top: int = 25, timeout_s: float = 120.0) -> dict:
+        """The worker's ``/debug/memory`` report (allocation sites under PYTHONTRACEMALLOC)."""
+        url = f"http://127.0.0.1:{self.web_port}/debug/memory?top={top}"
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return json.loads(resp.read())
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples of ``name`` whose labels include ``labels``."""

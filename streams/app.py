@@ -22,6 +22,7 @@ from yarl import URL
 from genre.core.catalog import ItemCatalog
 from genre.core.config import GenreConfig
 from genre.core.exact_index import ExactIndex
+from genre.core.memory_report import memory_report
 from genre.core.telemetry import METRICS, render
 from genre.core.vectorstore import StoredVector, VectorStore, open_vector_store
 from genre.schemas import DeadLetter
@@ -497,6 +498,33 @@ def _add_pages(streams: GenreStreams) -> None:
     async def metrics(web_view: Any, request: Any) -> web.Response:
         body, content_type = render()
         return web.Response(body=body, headers={"Content-Type": content_type})
+
+    def memory_table_size(table: Any) -> Callable[[], int | None]:
+        # RocksDB keeps no key count (see sample_users_tracked): not counted here.
+        return lambda: None if isinstance(table.data, RocksDBStore) else len(table.data)
+
+    @app.page("/debug/memory")
+    async def memory(web_view: Any, request: Any) -> web.Response:
+        """RSS, entries in each table and cache, and allocation sites under PYTHONTRACEMALLOC."""
+        sizes = {
+            "users": memory_table_size(streams.users),
+            "item_graph": memory_table_size(streams.graph),
+            "latest_lists": memory_table_size(streams.latest_lists),
+            "profiles": memory_table_size(streams.profiles),
+            "item_catalog_cache": lambda: len(streams.catalog),
+            "exact_index": lambda: None if streams.index is None else len(streams.index),
+        }
+        top = request.query.get("top", "25")
+        if not top.isdigit():
+            return web.json_response(
+                {"error": f"top must be a whole number of allocation sites, not {top!r}"},
+                status=400,
+            )
+        limit = int(top)
+        report = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: memory_report(sizes, limit=limit)
+        )
+        return web.json_response(report)
 
     @app.page("/ready")
     async def ready(web_view: Any, request: Any) -> web.Response:

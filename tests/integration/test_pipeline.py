@@ -208,6 +208,30 @@ def test_metrics_page_exports_every_stage(pipeline: Pipeline) -> None:
         assert name in text, name
 
 
+def test_memory_page_counts_tables_and_caches(pipeline: Pipeline) -> None:
+    import urllib.error
+    import urllib.request
+
+    from .conftest import catalog
+
+    pipeline.send_clicks([click("mem-e1", "mem-u1", "space-0")])
+    pipeline.recommendations(until_triggers={"mem-e1"})
+    report = pipeline.worker.memory_report()
+    assert report["rss_mb"] > 50
+    entries = report["entries"]
+    assert entries["users"] >= 1
+    assert entries["item_catalog_cache"] >= len(catalog())
+    assert entries["exact_index"] >= len(catalog())
+    # Started without PYTHONTRACEMALLOC: no sites, and the page says how to get them.
+    assert report["allocations"]["tracing"] is False
+    assert "PYTHONTRACEMALLOC=1" in report["allocations"]["hint"]
+    url = f"http://127.0.0.1:{pipeline.worker.web_port}/debug/memory?top=many"
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(url, timeout=10)
+    assert err.value.code == 400
+    assert "whole number" in json.loads(err.value.read())["error"]
+
+
 def test_worker_names_the_unreachable_broker(encoder_dir: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
