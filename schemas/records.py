@@ -153,7 +153,8 @@ class ScoreRequest(_Record):
 
     On the wire it carries only the user and the trigger; the scorer fills in
     history, seen set and vector from the co-partitioned user-state table
-    (``model_copy``) before ranking, so requests stay ~150 bytes.
+    (``model_copy``) before ranking, so requests stay ~150 bytes. Filled in
+    that way, ``vector`` and ``profile_vector`` hold float32 numpy arrays.
     """
 
     user_id: str

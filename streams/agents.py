@@ -107,6 +107,7 @@ def register_stream_agents(streams: GenreStreams) -> None:
             n_clicks = sum(len(clicks) for _, clicks in batches)
             with measured_batch("user-state", user_clicks_name, n_clicks):
                 await _fold_clicks(streams, rules, batches, profile_every, profile_titles)
+            await streams.producer_ebb()
 
     @app.agent(topics.co_clicks, name="genre.graph")
     async def graph(stream: Any) -> None:
@@ -128,6 +129,7 @@ def register_stream_agents(streams: GenreStreams) -> None:
                     touched[record.item_id] = state
                 for item_id, state in touched.items():
                     streams.graph[item_id] = state
+            await streams.producer_ebb()
 
 
 async def _fold_clicks(

@@ -59,6 +59,11 @@ def chunk_records(events: Iterable[Any]) -> list[Any]:
     return out
 
 
+#: Most table writes an agent leaves queued for the producer (``producer_ebb``);
+#: a user state is ~3-30 KB serialised, so this is at most tens of MB.
+PRODUCER_BACKLOG_LIMIT = 2_000
+
+
 #: Largest micro-batch message; Kafka's default limit (message.max.bytes) is ~1 MB.
 MAX_BATCH_BYTES = 512 * 1024
 
@@ -243,6 +248,22 @@ class GenreStreams:
     async def in_encoder(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking text-encoder call off the event loop (not behind the ranker)."""
         return await asyncio.get_running_loop().run_in_executor(self.encoder_executor, fn, *args)
+
+    async def producer_ebb(self, limit: int | None = None) -> None:
+        """Wait until at most ``limit`` table writes wait for the producer.
+
+        A table write queues its changelog record in Faust's producer buffer
+        without waiting. Faust holds the consumer back only 100 records at a
+        time per delivered message, and each of GENRE's messages is a chunk of
+        hundreds of clicks that writes hundreds of states, so under a burst the
+        buffer grew to 35,000 serialised states while the broker fell behind.
+        Every batched agent calls this after its writes: the queue stays bounded
+        and a slow broker slows consumption instead of filling memory.
+        """
+        limit = PRODUCER_BACKLOG_LIMIT if limit is None else limit
+        buffer = self.app.producer.buffer
+        while buffer.size > limit:
+            await buffer.flush_atmost(buffer.size - limit)
 
     async def items(self, ids: Iterable[str]) -> dict[str, StoredVector]:
         """Item vectors and payloads: cache hits at once, misses fetched off the loop."""
@@ -513,6 +534,7 @@ def _add_pages(streams: GenreStreams) -> None:
             "profiles": memory_table_size(streams.profiles),
             "item_catalog_cache": lambda: len(streams.catalog),
             "exact_index": lambda: None if streams.index is None else len(streams.index),
+            "producer_buffer": lambda: app.producer.buffer.size,
         }
         top = request.query.get("top", "25")
         if not top.isdigit():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
@@ -76,13 +77,13 @@ class AnnSource:
         self.collection = streams.config.qdrant.items_collection
 
     @staticmethod
-    def query_vector(request: ScoreRequest) -> list[float] | None:
+    def query_vector(request: ScoreRequest) -> Sequence[float] | None:
         """What this source searches with: the user's decayed-mean vector."""
         return request.vector
 
     async def generate(self, requests: list[ScoreRequest]) -> list[dict[str, Candidate]]:
         queries = [self.query_vector(r) for r in requests]
-        with_vec = [i for i, q in enumerate(queries) if q]
+        with_vec = [i for i, q in enumerate(queries) if q is not None and len(q)]
         out: list[dict[str, Candidate]] = [{} for _ in requests]
         if not with_vec:
             return out
@@ -117,7 +118,7 @@ class ProfileSource(AnnSource):
     name = "profile"
 
     @staticmethod
-    def query_vector(request: ScoreRequest) -> list[float] | None:
+    def query_vector(request: ScoreRequest) -> Sequence[float] | None:
         return request.profile_vector
 
 

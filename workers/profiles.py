@@ -25,6 +25,7 @@ from genre.core.llm import LLMClient, UserProfile, item_label, profile_text
 from genre.core.telemetry import METRICS, measured_batch
 from genre.schemas import ProfileRequest, ProfileRequests
 from genre.streams.app import GenreStreams, chunk_records
+from genre.streams.state import encode_vector
 from genre.workers.text_encoder import TextEncoder
 
 log = logging.getLogger("genre.profiles")
@@ -103,7 +104,7 @@ def profile_state(
     return {
         "profile": profile.profile,
         "interests": list(profile.interests),
-        "vector": np.asarray(vector, np.float32).tolist(),
+        "vector": encode_vector(vector),  # base64 float32, as in user states
         "clicks": clicks,
         "backend": backend,
         "source": source,
@@ -126,3 +127,4 @@ def register_profile_agent(streams: GenreStreams, worker: ProfileWorker) -> None
             ]
             with measured_batch("profiles", name, len(requests)):
                 await worker.handle(requests)
+            await streams.producer_ebb()

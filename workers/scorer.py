@@ -382,7 +382,7 @@ class ScorerWorker:
                 features[i, : len(cands), names.index("co_click")] = [
                     co[item][0] if item in co else 0.0 for item in cands
                 ]
-            if "profile" in names and req.profile_vector and cands:
+            if "profile" in names and req.profile_vector is not None and cands:
                 col = names.index("profile")
                 profile = np.asarray(req.profile_vector, np.float32)
                 rows = [j for j, item in enumerate(cands) if item in text]
@@ -402,16 +402,17 @@ class ScorerWorker:
             log.warning("no state for user %s on this worker; ranking cold", request.user_id)
             METRICS.fallbacks.labels("scorer", "no_user_state").inc()
             return request
-        vector = user_vector(state)
+        # Vectors stay float32 arrays (model_copy does not validate): as Python
+        # float lists they cost ~9 KB per pending user and a conversion each way.
         update = {
             "recent_items": state["history"],
             "seen_items": state["seen"],
-            "vector": None if vector is None else vector.tolist(),
+            "vector": user_vector(state),
             "clicks": state["clicks"],
         }
         profile = self.streams.profiles.get(request.user_id)
         if profile:
-            update["profile_vector"] = profile["vector"]
+            update["profile_vector"] = user_vector(profile)
             update["profile_interests"] = profile["interests"]
         return request.model_copy(update=update)
 
@@ -424,7 +425,7 @@ class ScorerWorker:
         METRICS.recommendations.inc(len(recs))
         METRICS.events_out.labels(topic.get_topic_name()).inc(len(recs))
         for req, rec in zip(batch, recs, strict=True):
-            if req.vector:
+            if req.vector is not None and len(req.vector):
                 self.pending_users[req.user_id] = (
                     req.vector,
                     {
@@ -547,3 +548,4 @@ def register_scorer_agent(streams: GenreStreams, worker: ScorerWorker) -> None:
                 part = requests[start : start + cfg.batch_size]
                 with measured_batch("scorer", name, len(part)):
                     await worker.handle(part)
+                await streams.producer_ebb()

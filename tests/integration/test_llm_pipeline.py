@@ -12,6 +12,7 @@ import pytest
 
 from genre.core.llm import item_label
 from genre.core.llm_backends import OfflineBackend
+from genre.streams.state import user_vector
 
 from ..llm_server import LLMTestServer
 from .conftest import GENRES, Pipeline, catalog, click, read_topic, start_pipeline
@@ -90,7 +91,7 @@ def test_profiles_are_generated_encoded_and_drive_candidates(profile_pipeline: P
     assert profile["interests"] == expected.interests
     assert profile["profile"] == expected.profile
     assert profile["source"] == "offline" and profile["backend"] == "offline"
-    assert len(profile["vector"]) == p.config.encoder.dim
+    assert user_vector(profile).shape == (p.config.encoder.dim,)
     assert p.worker.metric("genre_profiles_generated_total", source="offline") >= 1
 
     # The next click is scored with the profile: the profile source finds the rest
