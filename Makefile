@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Export the ONNX encoder (skipped when up to date), train and export the ranker
-# the first time (about 10 minutes on 2 cores), then replay MovieLens-100k.
+# the first time (15-25 minutes on 2 cores), then replay MovieLens-100k.
 demo: $(STAMP)
 	$(BIN)/genre export encoder > /dev/null
 	@if [ "$(RANKER)" != "off" ] && [ ! -f $(RANKER_DIR)/manifest.json ]; then $(MAKE) ranker; fi
