@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,24 +207,32 @@ def start_pipeline(tmp: Path, bootstrap: str, encoder_dir: Path, **overrides: An
     return pipeline
 
 
-@pytest.fixture(scope="module")
-def pipeline(
-    broker: Any, encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory
+@contextmanager
+def running_pipeline(
+    tmp: Path, bootstrap: str, encoder_dir: Path, **overrides: Any
 ) -> Iterator[Pipeline]:
-    """A worker shared by a test module (tests use distinct user ids)."""
-    p = start_pipeline(tmp_path_factory.mktemp("pipeline"), broker.bootstrap, encoder_dir)
-    try:
-        yield p
-    finally:
-        p.worker.stop()
-
-
-@pytest.fixture
-def fresh_pipeline(broker: Any, encoder_dir: Path, tmp_path: Path) -> Iterator[Pipeline]:
-    """A worker of the test's own (for restarts and kills)."""
-    p = start_pipeline(tmp_path, broker.bootstrap, encoder_dir)
+    """``start_pipeline``; on exit the worker is stopped and its log tail printed
+    (pytest shows it when the test failed)."""
+    p = start_pipeline(tmp, bootstrap, encoder_dir, **overrides)
     try:
         yield p
     finally:
         p.worker.stop()
         print(f"--- worker log tail ({p.worker.log_path}) ---\n{p.worker.log_tail(60)}")
+
+
+@pytest.fixture(scope="module")
+def pipeline(
+    broker: Any, encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pipeline]:
+    """A worker shared by a test module (tests use distinct user ids)."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    with running_pipeline(tmp, broker.bootstrap, encoder_dir) as p:
+        yield p
+
+
+@pytest.fixture
+def fresh_pipeline(broker: Any, encoder_dir: Path, tmp_path: Path) -> Iterator[Pipeline]:
+    """A worker of the test's own (for restarts and kills)."""
+    with running_pipeline(tmp_path, broker.bootstrap, encoder_dir) as p:
+        yield p

@@ -13,7 +13,7 @@ import pytest
 
 from genre.core.broker import EmbeddedBroker
 
-from .conftest import Pipeline, click, start_pipeline
+from .conftest import Pipeline, click, running_pipeline
 
 pytestmark = pytest.mark.broker
 
@@ -37,11 +37,8 @@ def own_broker(tmp_path: Path) -> Any:
 
 @pytest.fixture
 def own_pipeline(own_broker: EmbeddedBroker, encoder_dir: Path, tmp_path: Path) -> Any:
-    p = start_pipeline(tmp_path, own_broker.bootstrap, encoder_dir)
-    try:
+    with running_pipeline(tmp_path, own_broker.bootstrap, encoder_dir) as p:
         yield p
-    finally:
-        p.worker.stop()
 
 
 def test_worker_resumes_after_the_broker_freezes(

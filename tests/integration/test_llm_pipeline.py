@@ -15,7 +15,7 @@ from genre.core.llm_backends import OfflineBackend
 from genre.streams.state import user_vector
 
 from ..llm_server import LLMTestServer
-from .conftest import GENRES, Pipeline, catalog, click, read_topic, start_pipeline
+from .conftest import GENRES, Pipeline, catalog, click, read_topic, running_pipeline
 
 pytestmark = pytest.mark.broker
 
@@ -57,7 +57,7 @@ def endpoint_llm(server: LLMTestServer, **settings: Any) -> dict[str, Any]:
 @pytest.fixture
 def profile_pipeline(broker: Any, encoder_dir: Path, tmp_path: Path) -> Iterator[Pipeline]:
     """Offline LLM backend; the profile source dominates the blend so its picks show."""
-    p = start_pipeline(
+    with running_pipeline(
         tmp_path,
         broker.bootstrap,
         encoder_dir,
@@ -68,12 +68,8 @@ def profile_pipeline(broker: Any, encoder_dir: Path, tmp_path: Path) -> Iterator
             ]
         },
         llm={"profiles": {"enabled": True, "every_k_clicks": 3, "debounce_s": 0.1}},
-    )
-    try:
+    ) as p:
         yield p
-    finally:
-        p.worker.stop()
-        print(f"--- worker log tail ---\n{p.worker.log_tail(40)}")
 
 
 def test_profiles_are_generated_encoded_and_drive_candidates(profile_pipeline: Pipeline) -> None:
@@ -120,8 +116,9 @@ def test_llm_outage_never_stalls_or_drops_clicks(
     """A hung, failing or garbage-speaking endpoint: items are encoded from raw text at
     once, every click gets its list, profiles fall back; when the endpoint heals, the
     failed items are enriched and re-encoded without any new input."""
-    with LLMTestServer(mode, slow_s=30.0) as server:
-        p = start_pipeline(
+    with (
+        LLMTestServer(mode, slow_s=30.0) as server,
+        running_pipeline(
             tmp_path,
             broker.bootstrap,
             encoder_dir,
@@ -134,33 +131,28 @@ def test_llm_outage_never_stalls_or_drops_clicks(
                 items={"enabled": True, "wait_s": 0.2, "retry_s": 1.0},
                 profiles={"enabled": True, "every_k_clicks": 2, "debounce_s": 0.1},
             ),
-        )
-        try:
-            w = p.worker
-            w.wait_metric("genre_items_enriched_total", N_ITEMS, timeout_s=60, source="failed")
-            users = [f"out-{mode}-{g}" for g in GENRES]
-            events = [
-                click(f"{u}-{i}", u, f"{g}-{i}", ts=1_700_000_100.0 + i)
-                for u, g in zip(users, GENRES, strict=True)
-                for i in range(4)
-            ]
-            p.send_clicks(events)
-            triggers = {e.event_id for e in events if e.event_id.endswith("-3")}
-            recs = p.recommendations(triggers, timeout_s=60)
-            assert {r.user_id for r in recs} == set(users)
-            assert all(r.items for r in recs if r.trigger_event_id in triggers)
-            w.wait_metric(
-                "genre_profiles_generated_total", len(users), timeout_s=30, source="failed"
-            )
-            assert w.metric("genre_llm_fallbacks_total") > 0
-            assert w.metric("genre_dlq_records_total") == 0
+        ) as p,
+    ):
+        w = p.worker
+        w.wait_metric("genre_items_enriched_total", N_ITEMS, timeout_s=60, source="failed")
+        users = [f"out-{mode}-{g}" for g in GENRES]
+        events = [
+            click(f"{u}-{i}", u, f"{g}-{i}", ts=1_700_000_100.0 + i)
+            for u, g in zip(users, GENRES, strict=True)
+            for i in range(4)
+        ]
+        p.send_clicks(events)
+        triggers = {e.event_id for e in events if e.event_id.endswith("-3")}
+        recs = p.recommendations(triggers, timeout_s=60)
+        assert {r.user_id for r in recs} == set(users)
+        assert all(r.items for r in recs if r.trigger_event_id in triggers)
+        w.wait_metric("genre_profiles_generated_total", len(users), timeout_s=30, source="failed")
+        assert w.metric("genre_llm_fallbacks_total") > 0
+        assert w.metric("genre_dlq_records_total") == 0
 
-            server.reset("ok")
-            w.wait_metric("genre_items_enriched_total", N_ITEMS, timeout_s=60, source="llm")
-            assert _eventually(lambda: w.metric("genre_enrichment_pending") == 0)
-        finally:
-            p.worker.stop()
-            print(f"--- worker log tail ---\n{p.worker.log_tail(60)}")
+        server.reset("ok")
+        w.wait_metric("genre_items_enriched_total", N_ITEMS, timeout_s=60, source="llm")
+        assert _eventually(lambda: w.metric("genre_enrichment_pending") == 0)
 
 
 def _eventually(check: Any, timeout_s: float = 30.0) -> bool:
@@ -177,8 +169,9 @@ def test_a_catalogue_load_is_paced_by_the_rate_limit_not_failed(
 ) -> None:
     """24 items at 5 requests/s with a 1 s call timeout: fired at once, most calls would
     time out waiting for the limiter; queued behind max_concurrency, every one succeeds."""
-    with LLMTestServer("ok") as server:
-        p = start_pipeline(
+    with (
+        LLMTestServer("ok") as server,
+        running_pipeline(
             tmp_path,
             broker.bootstrap,
             encoder_dir,
@@ -189,13 +182,11 @@ def test_a_catalogue_load_is_paced_by_the_rate_limit_not_failed(
                 items={"enabled": True, "wait_s": 0.2},
                 profiles={"enabled": False},
             ),
-        )
-        try:
-            w = p.worker
-            w.wait_metric("genre_items_enriched_total", N_ITEMS, timeout_s=60, source="llm")
-            assert w.metric("genre_llm_fallbacks_total") == 0
-            assert w.metric("genre_items_enriched_total", source="failed") == 0
-            assert server.max_inflight <= 2
-            assert _eventually(lambda: w.metric("genre_enrichment_pending") == 0)
-        finally:
-            p.worker.stop()
+        ) as p,
+    ):
+        w = p.worker
+        w.wait_metric("genre_items_enriched_total", N_ITEMS, timeout_s=60, source="llm")
+        assert w.metric("genre_llm_fallbacks_total") == 0
+        assert w.metric("genre_items_enriched_total", source="failed") == 0
+        assert server.max_inflight <= 2
+        assert _eventually(lambda: w.metric("genre_enrichment_pending") == 0)

@@ -12,7 +12,7 @@ import pytest
 from genre.model_export.ranker import RankerConfig
 from genre.model_export.ranker_export import export_ranker
 from genre.schemas.ranker_manifest import load_ranker_manifest
-from tests.integration.conftest import Pipeline, catalog, click, start_pipeline
+from tests.integration.conftest import Pipeline, catalog, click, running_pipeline
 from tests.ranker_checkpoints import write_random_checkpoint
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(300)]
@@ -39,18 +39,14 @@ def _deploy(root: Path, model_dir: Path, seed: int, *, profile: bool = False) ->
 def ranked(broker: Any, encoder_dir: Path, tmp_path: Path) -> Iterator[tuple[Pipeline, Path, str]]:
     model_dir = tmp_path / "ranker"
     version = _deploy(tmp_path, model_dir, seed=0)
-    p = start_pipeline(
+    with running_pipeline(
         tmp_path,
         broker.bootstrap,
         encoder_dir,
         ranker={"enabled": "on", "dir": str(model_dir), "reload_s": 0.5},
         llm={"profiles": {"enabled": True, "every_k_clicks": 3, "debounce_s": 0.1}},
-    )
-    try:
+    ) as p:
         yield p, model_dir, version
-    finally:
-        p.worker.stop()
-        print(f"--- worker log tail ---\n{p.worker.log_tail(40)}")
 
 
 def test_lists_come_from_the_ranker_and_reloads_drop_nothing(

@@ -19,7 +19,7 @@ import pytest
 
 from genre.streams.app import partition_for
 
-from .conftest import Pipeline, click, start_pipeline
+from .conftest import Pipeline, click, running_pipeline
 
 rocksdict = pytest.importorskip(
     "rocksdict",
@@ -58,12 +58,10 @@ def write_db(path: Path, key: bytes, value: bytes) -> None:
 
 @pytest.fixture
 def rocks_pipeline(broker: Any, encoder_dir: Path, tmp_path: Path) -> Any:
-    p = start_pipeline(tmp_path, broker.bootstrap, encoder_dir, streams={"store": "rocksdb://"})
-    try:
+    with running_pipeline(
+        tmp_path, broker.bootstrap, encoder_dir, streams={"store": "rocksdb://"}
+    ) as p:
         yield p
-    finally:
-        p.worker.stop()
-        print(f"--- worker log tail ({p.worker.log_path}) ---\n{p.worker.log_tail(60)}")
 
 
 def test_user_state_lives_in_rocksdb_and_survives_a_restart(rocks_pipeline: Pipeline) -> None:
