@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import shutil
 import signal
@@ -63,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from machine import memory_mb
+from machine import memory_mb, save_result
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -505,10 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; worker and broker stopped[/yellow]")
         return 130
-    line = json.dumps(result)
-    print(line)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    save_result(result, args.out, indent=1)
     return 0 if result["complete"] and result["lost"] == 0 else 1
 
 

@@ -27,12 +27,12 @@ table compares medians. Prints a table and one JSON line; writes
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
+from machine import save_result
 from rich.console import Console
 from rich.table import Table
 
@@ -120,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "modes": rows,
         "worst_ratio": min(r["ratio_vs_baseline"] for r in rows),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
+    save_result(result, args.out)
     return 0
 
 

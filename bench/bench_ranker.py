@@ -21,7 +21,6 @@ stderr and one JSON object on the last line of stdout; writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from machine import cpu_name
+from machine import cpu_name, save_result
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -393,9 +392,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         table.add_row(name, *cells, f"{items:,.0f}/s" if items else "-")
     console.print(table)
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result))
+    save_result(result, args.out, indent=1)
     return result
 
 

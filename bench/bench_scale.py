@@ -55,7 +55,7 @@ import numpy as np
 import orjson
 import yaml
 from bench_stream import _cpu_s, _load_items
-from machine import cpu_name, memory_mb
+from machine import cpu_name, memory_mb, save_result
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -517,9 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     result.update(_merge_other_results())
     result["plot"] = _plot(result, args.out.with_suffix(".png"))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
+    save_result(result, args.out)
     return 0
 
 

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from machine import memory_mb
+from machine import memory_mb, save_result
 from rich.console import Console
 
 from genre.core.broker import EmbeddedBroker, ensure_topics, free_port
@@ -320,9 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     console = Console(stderr=True)
     result = run(args, console)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
+    save_result(result, args.out)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""What the benchmarks record about the machine, and about their processes' memory.
+"""What the benchmarks record about the machine and their processes' memory, and how
+they save their results.
 
 The bench scripts run as ``python bench/<name>.py``, so this folder is on
 ``sys.path`` and they import this module as ``machine``.
@@ -6,8 +7,10 @@ The bench scripts run as ``python bench/<name>.py``, so this folder is on
 
 from __future__ import annotations
 
+import json
 import platform
 from pathlib import Path
+from typing import Any
 
 
 def cpu_name() -> str:
@@ -38,3 +41,10 @@ def memory_mb(pid: int | str | None = "self") -> tuple[float, float]:
     except OSError:
         pass
     return rss, hwm
+
+
+def save_result(result: dict[str, Any], path: Path, indent: int = 2) -> None:
+    """Write ``result`` to ``path`` as indented JSON and print it as one JSON line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=indent) + "\n")
+    print(json.dumps(result))
