@@ -21,9 +21,9 @@ stderr and one JSON object on the last line of stdout; writes
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from machine import cpu_name, save_result
+from machine import cpu_name, memory_mb, save_result
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -51,14 +51,9 @@ GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 def rss_mb() -> dict[str, float]:
     """Current and peak resident set size of this process, MiB."""
-    out = {"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                out["current"] = int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return {k: round(v, 1) for k, v in out.items()}
+    current, peak = memory_mb()
+    out = {"peak": peak, "current": current}
+    return {k: round(v, 1) for k, v in out.items() if not math.isnan(v)}
 
 
 def gpu_info() -> tuple[str | None, str]:

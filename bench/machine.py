@@ -12,6 +12,11 @@ import platform
 from pathlib import Path
 from typing import Any
 
+# The benches measure their child processes with the same reader the workers use.
+from genre.core.memory_report import memory_mb
+
+__all__ = ["cpu_name", "memory_mb", "save_result"]
+
 
 def cpu_name() -> str:
     """CPU model name from /proc/cpuinfo, or platform.processor() elsewhere."""
@@ -22,25 +27,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def memory_mb(pid: int | str | None = "self") -> tuple[float, float]:
-    """(current, peak) resident set of a process in MiB: VmRSS and VmHWM from /proc.
-
-    (nan, nan) when ``pid`` is None, the process is gone or /proc is unreadable.
-    """
-    rss = hwm = float("nan")
-    if pid is None:
-        return rss, hwm
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) / 1024
-            elif line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return rss, hwm
 
 
 def save_result(result: dict[str, Any], path: Path, indent: int = 2) -> None:

@@ -10,21 +10,36 @@ generic profiler names.
 
 from __future__ import annotations
 
+import math
 import tracemalloc
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 
+def memory_mb(pid: int | str | None = "self") -> tuple[float, float]:
+    """(current, peak) resident set of a process in MiB: VmRSS and VmHWM from /proc.
+
+    (nan, nan) when ``pid`` is None, the process is gone or /proc is unreadable.
+    """
+    rss = hwm = float("nan")
+    if pid is None:
+        return rss, hwm
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) / 1024
+            elif line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return rss, hwm
+
+
 def rss_mb() -> float | None:
     """This process's resident set in MB (Linux ``/proc``), or None elsewhere."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
+    rss, _ = memory_mb()
+    return None if math.isnan(rss) else round(rss, 1)
 
 
 def allocation_sites(limit: int = 25) -> dict[str, Any]:

@@ -249,7 +249,7 @@ class GenreStreams:
         """Run a blocking text-encoder call off the event loop (not behind the ranker)."""
         return await asyncio.get_running_loop().run_in_executor(self.encoder_executor, fn, *args)
 
-    async def producer_ebb(self, limit: int | None = None) -> None:
+    async def producer_ebb(self, limit: int = PRODUCER_BACKLOG_LIMIT) -> None:
         """Wait until at most ``limit`` table writes wait for the producer.
 
         A table write queues its changelog record in Faust's producer buffer
@@ -260,7 +260,6 @@ class GenreStreams:
         Every batched agent calls this after its writes: the queue stays bounded
         and a slow broker slows consumption instead of filling memory.
         """
-        limit = PRODUCER_BACKLOG_LIMIT if limit is None else limit
         buffer = self.app.producer.buffer
         while buffer.size > limit:
             await buffer.flush_atmost(buffer.size - limit)
