@@ -67,7 +67,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from genre.core.broker import EmbeddedBroker, ensure_topics, free_port
+from genre.core.broker import EmbeddedBroker, ensure_genre_topics, free_port
 from genre.core.config import GenreConfig, load_config
 from genre.core.kafka_client import ClickProducer
 from genre.demo import _demo_config
@@ -334,7 +334,7 @@ def run_burst(
     try:
         with console.status("starting the embedded broker"):
             broker.start()
-            ensure_topics(broker.bootstrap, bcfg.kafka.topics.all())
+            ensure_genre_topics(broker.bootstrap, bcfg.kafka.topics)
         with console.status("starting the worker"):
             worker.start(ready_timeout_s=120)
         worker_mem, broker_mem = (

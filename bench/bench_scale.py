@@ -60,7 +60,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from genre.core.broker import EmbeddedBroker, ensure_topics, free_port
+from genre.core.broker import EmbeddedBroker, ensure_genre_topics, free_port
 from genre.core.config import GenreConfig, load_config
 from genre.core.kafka_client import ClickProducer
 from genre.demo import _assigned_consumer, _demo_config
@@ -250,7 +250,7 @@ def run_workers(
     try:
         with console.status(f"{count} worker(s): broker, catalogue, workers"):
             broker.start()
-            ensure_topics(broker.bootstrap, cfg.kafka.topics.all())
+            ensure_genre_topics(broker.bootstrap, cfg.kafka.topics)
             _load_items(cfg, work, args.seed)
             for i in range(1, count):  # local mode: each worker its own copy
                 shutil.copytree(run_dir / "w0" / "qdrant", run_dir / f"w{i}" / "qdrant")

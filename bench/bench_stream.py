@@ -58,7 +58,7 @@ import numpy as np
 from machine import memory_mb, save_result
 from rich.console import Console
 
-from genre.core.broker import EmbeddedBroker, ensure_topics, free_port
+from genre.core.broker import EmbeddedBroker, ensure_genre_topics, free_port
 from genre.core.config import GenreConfig, load_config
 from genre.core.kafka_client import ClickProducer
 from genre.demo import _demo_config
@@ -239,7 +239,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     try:
         with console.status("starting the embedded broker"):
             broker.start()
-            ensure_topics(broker.bootstrap, cfg.kafka.topics.all())
+            ensure_genre_topics(broker.bootstrap, cfg.kafka.topics)
         with console.status(f"writing {args.items} item vectors to Qdrant local mode"):
             _load_items(cfg, work, args.seed)
         with console.status(f"producing {args.events} clicks"):

@@ -14,8 +14,12 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+from genre.core.config import TopicsConfig
 
 __all__ = [
     "TANSU_SHA256",
@@ -160,8 +164,11 @@ def ensure_topics(
     topics: dict[str, int],
     replication: int = 1,
     timeout_s: float = 30.0,
+    compacted: Iterable[str] = (),
 ) -> None:
     """Create missing *topics* (name -> partitions); existing topics are left as is.
+
+    Topics named in *compacted* are created with ``cleanup.policy=compact``.
 
     Returns once metadata shows every topic with at least its partition count.
     """
@@ -173,8 +180,14 @@ def ensure_topics(
     deadline = time.monotonic() + timeout_s
     admin = _admin(bootstrap, timeout_s)
     existing = admin.list_topics(timeout=timeout_s).topics  # type: ignore[attr-defined]
+    compact = set(compacted)
     missing = [
-        NewTopic(name, num_partitions=n, replication_factor=replication)
+        NewTopic(
+            name,
+            num_partitions=n,
+            replication_factor=replication,
+            config={"cleanup.policy": "compact"} if name in compact else {},
+        )
         for name, n in topics.items()
         if name not in existing
     ]
@@ -206,6 +219,11 @@ def ensure_topics(
                 f"(name -> partitions seen): {short}"
             )
         time.sleep(0.05)
+
+
+def ensure_genre_topics(bootstrap: str, topics: TopicsConfig, **kwargs: Any) -> None:
+    """Create every topic of ``kafka.topics`` that is missing (see ``ensure_topics``)."""
+    ensure_topics(bootstrap, topics.all(), compacted=topics.compacted(), **kwargs)
 
 
 class EmbeddedBroker:

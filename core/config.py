@@ -39,10 +39,11 @@ class _Section(BaseModel):
 
 
 class TopicSpec(_Section):
-    """A topic's name and partition count."""
+    """A topic's name, partition count and whether Kafka compacts it (keeps the latest per key)."""
 
     name: str
     partitions: int = Field(default=4, ge=1, le=1024)
+    compact: bool = False
 
 
 class TopicsConfig(_Section):
@@ -56,6 +57,9 @@ class TopicsConfig(_Section):
     profile_requests: TopicSpec = TopicSpec(name="genre.profile-requests")
     recommendations: TopicSpec = TopicSpec(name="genre.recommendations")
     dlq: TopicSpec = TopicSpec(name="genre.dlq", partitions=1)
+    #: Every item's latest vector and payload, keyed by item (written by the item
+    #: encoder, read whole by stream and scorer roles in other processes).
+    item_vectors: TopicSpec = TopicSpec(name="genre.item-vectors", partitions=2, compact=True)
 
     @model_validator(mode="after")
     def _co_partitioned(self) -> TopicsConfig:
@@ -72,6 +76,10 @@ class TopicsConfig(_Section):
     def all(self) -> dict[str, int]:
         """Topic name -> partitions, for topic creation."""
         return {spec.name: spec.partitions for spec in self.__dict__.values()}
+
+    def compacted(self) -> set[str]:
+        """Names of the topics created with ``cleanup.policy=compact``."""
+        return {spec.name for spec in self.__dict__.values() if spec.compact}
 
 
 class KafkaSecurity(_Section):

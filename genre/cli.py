@@ -60,7 +60,7 @@ def broker(
     port: Annotated[int | None, typer.Option(help="Port (default: kafka.embedded.port)")] = None,
 ) -> None:
     """Run the embedded Kafka-compatible broker on 127.0.0.1 until Ctrl-C."""
-    from genre.core.broker import BrokerError, EmbeddedBroker, ensure_topics
+    from genre.core.broker import BrokerError, EmbeddedBroker, ensure_genre_topics
 
     cfg = _config(config)
     emb = cfg.kafka.embedded
@@ -69,7 +69,7 @@ def broker(
     b = EmbeddedBroker(emb.host, port or emb.port, log_path=log_path)
     try:
         b.start()
-        ensure_topics(b.bootstrap, cfg.kafka.topics.all())
+        ensure_genre_topics(b.bootstrap, cfg.kafka.topics)
     except BrokerError as exc:
         console.print(f"[red]broker error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None

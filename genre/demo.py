@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from genre.core.broker import EmbeddedBroker, ensure_topics, free_port
+from genre.core.broker import EmbeddedBroker, ensure_genre_topics, free_port
 from genre.core.config import GenreConfig
 from genre.core.kafka_client import ClickProducer, iter_records
 from genre.process import WorkerProcess, WorkerProcessError
@@ -237,7 +237,7 @@ def run_demo(
     try:
         with console.status("starting the embedded broker"):
             broker.start()
-            ensure_topics(broker.bootstrap, dcfg.kafka.topics.all())
+            ensure_genre_topics(broker.bootstrap, dcfg.kafka.topics)
 
         # 3. Worker process.
         with console.status("starting the worker (agents, item encoder, scorer)"):

@@ -7,7 +7,7 @@ import logging
 
 import faust
 
-from genre.core.broker import ensure_topics, wait_for_broker
+from genre.core.broker import ensure_genre_topics, wait_for_broker
 from genre.core.config import GenreConfig
 from genre.core.exact_index import ExactIndex
 from genre.core.llm import LLMClient, build_llm
@@ -21,6 +21,14 @@ from genre.workers.scorer import ScorerWorker, register_scorer_agent
 from genre.workers.text_encoder import TextEncoder
 
 log = logging.getLogger("genre.worker")
+
+#: What one worker process runs (``genre worker --role``):
+#: all      every agent below, in one process (consumer group ``app_id``);
+#: stream   ingest and user state (group ``app_id``);
+#: encoder  the item encoder and LLM item enrichment (group ``<app_id>-encoder``);
+#: scorer   item graph, LLM profiles and the scorer (group ``<app_id>-scorer``).
+#: Split roles exchange item vectors through the ``item_vectors`` topic.
+ROLES = ("all", "stream", "encoder", "scorer")
 
 
 def load_encoder(config: GenreConfig) -> TextEncoder:
@@ -104,7 +112,7 @@ def prepare_kafka(config: GenreConfig) -> None:
     """Check the broker answers and create every configured topic."""
     k = config.kafka
     wait_for_broker(k.bootstrap_servers, k.connect_timeout_s)
-    ensure_topics(k.bootstrap_servers, k.topics.all())
+    ensure_genre_topics(k.bootstrap_servers, k.topics)
 
 
 #: Allocations between young-generation collections (CPython's default is 700).

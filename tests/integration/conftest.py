@@ -15,7 +15,7 @@ import pytest
 import yaml
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from genre.core.broker import ensure_topics, free_port
+from genre.core.broker import ensure_genre_topics, free_port
 from genre.core.config import GenreConfig, load_config
 from genre.core.kafka_client import ClickProducer
 from genre.process import WorkerProcess
@@ -196,7 +196,7 @@ def start_pipeline(tmp: Path, bootstrap: str, encoder_dir: Path, **overrides: An
     """Create topics, start a worker, load the test catalog and wait until it is encoded."""
     path = write_config(tmp, bootstrap, encoder_dir, **overrides)
     config = load_config(path, environ={})
-    ensure_topics(bootstrap, config.kafka.topics.all())
+    ensure_genre_topics(bootstrap, config.kafka.topics)
     worker = WorkerProcess(path, config.streams.web_port, tmp / "worker.log").start(120)
     pipeline = Pipeline(config, path, worker)
     items = catalog()

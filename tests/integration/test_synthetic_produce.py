@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from genre.core.broker import ensure_topics
+from genre.core.broker import ensure_genre_topics
 from genre.core.config import load_config
 from genre.schemas import ClickEvent, ItemUpsert
 from genre.synthetic import SyntheticSpec, SyntheticWorkload
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.broker
 def test_synthetic_produce_sends_items_then_clicks(broker: Any, tmp_path: Path) -> None:
     path = write_config(tmp_path, broker.bootstrap, tmp_path / "no-encoder")
     config = load_config(path, environ={})
-    ensure_topics(broker.bootstrap, config.kafka.topics.all())
+    ensure_genre_topics(broker.bootstrap, config.kafka.topics)
     spec = SyntheticSpec(seed=5, n_users=200, n_items=120, n_topics=6, events=3000)
     args = ["--users", "200", "--items", "120", "--topics", "6", "--events", "3000", "--seed", "5"]
     truth = tmp_path / "truth.json"
