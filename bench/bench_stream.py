@@ -131,11 +131,12 @@ def serve_genre(cfg: GenreConfig, events: int, result_path: Path) -> None:
     import faust
 
     from genre.core.telemetry import METRICS
-    from genre.streams.agents import register_stream_agents
+    from genre.streams.agents import register_graph_agent, register_stream_agents
     from genre.streams.app import build_streams
 
     streams = build_streams(cfg)
     register_stream_agents(streams)
+    register_graph_agent(streams)
     t = cfg.kafka.topics
     state: dict[str, float | None] = {"start": None}
 

@@ -97,8 +97,17 @@ def broker(
 def worker(
     config: ConfigOpt = None,
     loglevel: Annotated[str, typer.Option(help="Faust log level")] = "info",
+    role: Annotated[
+        str,
+        typer.Option(
+            envvar="GENRE_WORKER_ROLE",
+            help="What this process runs: all (every agent), stream (ingest, user state), "
+            "encoder (item encoder, LLM enrichment) or scorer (item graph, profiles, scorer).",
+        ),
+    ] = "all",
 ) -> None:
-    """Run a worker: stream agents, item encoder and scorer (Ctrl-C stops it cleanly)."""
+    """Run a worker: stream agents, item encoder and scorer, or one role of them
+    (Ctrl-C stops it cleanly)."""
     from genre.core.broker import BrokerError
     from genre.core.registry import UnknownComponentError
     from genre.core.vectorstore import VectorStoreError
@@ -111,7 +120,7 @@ def worker(
         level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     try:
-        run_worker(cfg, loglevel=loglevel)
+        run_worker(cfg, loglevel=loglevel, role=role)
     except (
         BrokerError,
         VectorStoreError,

@@ -19,7 +19,8 @@ class WorkerProcessError(RuntimeError):
 
 
 class WorkerProcess:
-    """A ``genre worker --config <file>`` child process with its /ready and /metrics pages."""
+    """A ``genre worker --config <file> --role <role>`` child process with its /ready and
+    /metrics pages."""
 
     def __init__(
         self,
@@ -27,8 +28,11 @@ class WorkerProcess:
         web_port: int,
         log_path: Path,
         env: dict[str, str] | None = None,
+        role: str = "all",
     ) -> None:
         self.config_path = config_path
+        #: What the child runs (``genre worker --role``).
+        self.role = role
         self.web_port = web_port
         self.log_path = log_path
         #: Extra environment for the child (secrets travel here, never in the config file).
@@ -50,7 +54,10 @@ class WorkerProcess:
         """Start the child process without waiting for it (see ``wait_ready``)."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "genre", "worker", "--config", str(self.config_path)],
+                [
+                    *(sys.executable, "-m", "genre", "worker"),
+                    *("--config", str(self.config_path), "--role", self.role),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},

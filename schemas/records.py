@@ -151,23 +151,38 @@ class DeadLetter(_Record):
 class ScoreRequest(_Record):
     """Internal: the user-state agent asks the scorer for a fresh list.
 
-    On the wire it carries only the user and the trigger; the scorer fills in
-    history, seen set and vector from the co-partitioned user-state table
-    (``model_copy``) before ranking, so requests stay ~150 bytes. Filled in
-    that way, ``vector`` and ``profile_vector`` hold float32 numpy arrays.
+    When the scorer runs in the same process (``genre worker --role all``) it
+    fills in history, seen set and vector from the co-partitioned user-state
+    table (``model_copy``), so requests stay ~150 bytes on the wire. A stream
+    role whose scorer runs elsewhere sends them along instead: ``clicks`` > 0
+    and the vector as ``vector_b64``. Filled in, ``vector`` and
+    ``profile_vector`` hold float32 numpy arrays.
     """
 
     user_id: str
     trigger_event_id: str
     trigger_produced_at: float
     trigger_ts: float = Field(description="Event time of the trigger click.")
+    #: Items the user clicked since the previous request (online hit rate).
+    clicked_items: list[str] = Field(default_factory=list)
     recent_items: list[str] = Field(default_factory=list)
     seen_items: list[str] = Field(default_factory=list)
     vector: list[float] | None = None
+    #: The user vector as base64 little-endian float32, when the state travels along.
+    vector_b64: str | None = None
     clicks: int = 0
     #: The user's LLM profile (see ``ProfileRequest``), filled in like the history.
     profile_vector: list[float] | None = None
     profile_interests: list[str] = Field(default_factory=list)
+
+
+class ItemVector(_Record):
+    """Internal: an item's latest vector and payload on the compacted ``item_vectors``
+    topic, keyed by item id. A null value (tombstone) deletes the item."""
+
+    item_id: str
+    vector: str = Field(description="The item vector, base64 little-endian float32.")
+    payload: dict[str, Any] = Field(default_factory=dict)
 
 
 class ProfileRequest(_Record):

@@ -59,14 +59,12 @@ def graph_rules(streams: GenreStreams) -> GraphRules:
 
 
 def register_stream_agents(streams: GenreStreams) -> None:
-    """Attach the ingest, user-state and graph agents to the app."""
+    """Attach the ingest and user-state agents to the app."""
     app, topics, cfg = streams.app, streams.topics, streams.config.streams
     within = cfg.batch_within_ms / 1000.0
     rules = user_rules(streams)
-    grules = graph_rules(streams)
     clicks_name = topics.clicks.get_topic_name()
     user_clicks_name = topics.user_clicks.get_topic_name()
-    co_clicks_name = topics.co_clicks.get_topic_name()
     profiles = streams.config.llm.profiles
     profile_every = profiles.every_k_clicks if profiles.enabled else 0
     profile_titles = profiles.recent_titles
@@ -108,6 +106,14 @@ def register_stream_agents(streams: GenreStreams) -> None:
             with measured_batch("user-state", user_clicks_name, n_clicks):
                 await _fold_clicks(streams, rules, batches, profile_every, profile_titles)
             await streams.producer_ebb()
+
+
+def register_graph_agent(streams: GenreStreams) -> None:
+    """Attach the item-graph agent: it keeps the graph table its scorer reads."""
+    app, topics, cfg = streams.app, streams.topics, streams.config.streams
+    within = cfg.batch_within_ms / 1000.0
+    grules = graph_rules(streams)
+    co_clicks_name = topics.co_clicks.get_topic_name()
 
     @app.agent(topics.co_clicks, name="genre.graph")
     async def graph(stream: Any) -> None:
@@ -153,6 +159,7 @@ async def _fold_clicks(
         store_down = True
     touched: dict[str, dict] = {}
     triggers: dict[str, UserClick] = {}
+    clicked: dict[str, list[str]] = {}
     co = _CoClickBuffer()
     due: dict[str, ProfileRequest] = {}
     for rec, batch in batches:
@@ -175,9 +182,7 @@ async def _fold_clicks(
                     origin=(clicks_name, click.source_partition, click.source_offset),
                 )
                 continue
-            METRICS.online_clicks.inc()
-            if ev.item_id in (table_get(streams.latest_lists, ev.user_id) or ()):
-                METRICS.online_hits.inc()
+            METRICS.online_clicks.inc()  # the scorer counts hits (clicked_items)
             # With the store down an uncached item is applied without its vector:
             # history, graph and counts stay exact; the vector catches up later.
             neighbours = rules.apply(
@@ -186,6 +191,7 @@ async def _fold_clicks(
             streams.observe_event_time(ev.ts)
             touched[ev.user_id] = state
             triggers[ev.user_id] = click
+            clicked.setdefault(ev.user_id, []).append(ev.item_id)
             if profile_every and profile_due(state, profile_every):
                 state["profiled_clicks"] = state["clicks"]
                 due[ev.user_id] = ProfileRequest(
@@ -203,15 +209,11 @@ async def _fold_clicks(
         topics.co_clicks, co.records(), lambda r: CoClicks(records=r)
     )
     METRICS.events_out.labels(topics.co_clicks.get_topic_name()).inc(sent)
+    carry = streams.carries_user_state
     requests = (
         (
             user_id,
-            ScoreRequest(
-                user_id=user_id,
-                trigger_event_id=click.event.event_id,
-                trigger_produced_at=click.produced_at,
-                trigger_ts=click.event.ts,
-            ),
+            score_request(click, clicked[user_id], touched[user_id] if carry else None),
         )
         for user_id, click in triggers.items()
     )
@@ -230,6 +232,30 @@ async def _fold_clicks(
         METRICS.events_out.labels(topics.profile_requests.get_topic_name()).inc(sent)
     # genre_users_tracked is sampled on a timer (streams/app.py): len() of a
     # RocksDB table scans every key, too dear after every batch.
+
+
+def score_request(click: UserClick, clicked_items: list[str], state: dict | None) -> ScoreRequest:
+    """The score request for a user's latest click; with ``state``, the scorer's part of it
+    (history, seen set, vector, clicks) travels along for a scorer in another process."""
+    request = ScoreRequest(
+        user_id=click.event.user_id,
+        trigger_event_id=click.event.event_id,
+        trigger_produced_at=click.produced_at,
+        trigger_ts=click.event.ts,
+        clicked_items=clicked_items,
+    )
+    if state is None:
+        return request
+    vector = state.get("vector")
+    return request.model_copy(
+        update={
+            "recent_items": state["history"],
+            "seen_items": state["seen"],
+            "clicks": state["clicks"],
+            # finish_user_state stored it as base64 float32 already
+            "vector_b64": vector if isinstance(vector, str) else None,
+        }
+    )
 
 
 def profile_due(state: dict, every_k_clicks: int) -> bool:
@@ -263,4 +289,11 @@ class _CoClickBuffer:
         ]
 
 
-__all__ = ["graph_rules", "profile_due", "register_stream_agents", "user_rules"]
+__all__ = [
+    "graph_rules",
+    "profile_due",
+    "register_graph_agent",
+    "register_stream_agents",
+    "score_request",
+    "user_rules",
+]

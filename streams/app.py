@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +58,42 @@ def chunk_records(events: Iterable[Any]) -> list[Any]:
             )
         out.extend(records)
     return out
+
+
+#: What one worker process runs (``genre worker --role``):
+#: all      every agent, in one process (Faust app and consumer group ``app_id``);
+#: stream   ingest and user state (``app_id``);
+#: encoder  the item encoder and LLM item enrichment (``<app_id>-encoder``);
+#: scorer   item graph, LLM profiles and the scorer (``<app_id>-scorer``).
+#: Split roles are separate Faust apps, so each consumer group reads only its
+#: own topics; they exchange item vectors through the ``item_vectors`` topic and
+#: user state inside score requests.
+ROLES = ("all", "stream", "encoder", "scorer")
+
+#: The tables each role keeps (the others stay None on its ``GenreStreams``).
+ROLE_TABLES = {
+    "all": frozenset({"users", "graph", "latest_lists", "profiles"}),
+    "stream": frozenset({"users"}),
+    "encoder": frozenset(),
+    "scorer": frozenset({"graph", "latest_lists", "profiles"}),
+}
+
+
+#: Roles that read the whole item_vectors topic: their item encoder runs elsewhere.
+FOLLOWER_ROLES = frozenset({"stream", "scorer"})
+
+
+def check_role(role: str) -> str:
+    """``role`` if it is one of ``ROLES``; ValueError naming them otherwise."""
+    if role not in ROLES:
+        raise ValueError(f"worker role must be one of {', '.join(ROLES)}, not {role!r}")
+    return role
+
+
+def role_app_id(app_id: str, role: str) -> str:
+    """The Faust app id (and consumer group) of a role: ``app_id`` for all and stream."""
+    check_role(role)
+    return app_id if role in ("all", "stream") else f"{app_id}-{role}"
 
 
 #: Most table writes an agent leaves queued for the producer (``producer_ebb``);
@@ -191,6 +228,7 @@ class Topics:
     profile_requests: faust.TopicT
     recommendations: faust.TopicT
     dlq: faust.TopicT
+    item_vectors: faust.TopicT
 
 
 @dataclass
@@ -200,12 +238,14 @@ class GenreStreams:
     config: GenreConfig
     app: faust.App
     topics: Topics
+    # Tables; None where this process's role keeps none (ROLE_TABLES).
     users: Any  # faust Table: user_id -> user state dict
     graph: Any  # faust GlobalTable: item_id -> item state dict
     latest_lists: Any  # faust Table: user_id -> item ids of the user's latest published list
     profiles: Any  # faust Table: user_id -> the user's latest LLM profile (text, vector)
     store: VectorStore
     catalog: ItemCatalog
+    role: str = "all"
     #: One thread for vector-store calls: qdrant local mode is not thread-safe.
     store_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="vector-store")
@@ -224,6 +264,11 @@ class GenreStreams:
     ready: dict[str, bool] = field(default_factory=dict)
     #: Newest event time seen by this process (Unix seconds); 0 until the first click.
     event_time: float = 0.0
+
+    @property
+    def carries_user_state(self) -> bool:
+        """Whether score requests carry the user's state: the scorer runs in another process."""
+        return self.role == "stream"
 
     def observe_event_time(self, ts: float) -> None:
         """Advance this process's event clock."""
@@ -351,8 +396,13 @@ def table_key(key: str) -> bytes:
     return orjson.dumps(key)
 
 
-def build_streams(config: GenreConfig, *, store: VectorStore | None = None) -> GenreStreams:
-    """Create the Faust app with GENRE's topics and tables; agents attach afterwards."""
+def build_streams(
+    config: GenreConfig, *, store: VectorStore | None = None, role: str = "all"
+) -> GenreStreams:
+    """Create the Faust app of a role with GENRE's topics and the role's tables;
+    agents attach afterwards."""
+    app_id = role_app_id(config.app_id, role)
+    tables = ROLE_TABLES[role]
     s = config.streams
     store_url = table_store_url(s.store)
     # Faust's own folder (RocksDB tables, worker state) lives under data_dir, not
@@ -361,10 +411,10 @@ def build_streams(config: GenreConfig, *, store: VectorStore | None = None) -> G
     # stored in them names no topic: another app id (its own changelogs) must
     # not pick up this one's state. Each worker process needs its own data_dir
     # with RocksDB tables (a process locks the databases it opens).
-    faust_dir = config.path("faust") / config.app_id
+    faust_dir = config.path("faust") / app_id
     faust_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        config.app_id,
+        app_id,
         store=store_url,
         datadir=str(faust_dir),
         autodiscover=False,
@@ -402,14 +452,14 @@ def build_streams(config: GenreConfig, *, store: VectorStore | None = None) -> G
             internal=False,
         )
 
-    transport.FETCH_MAX_WAIT_MS[config.app_id] = config.kafka.fetch_max_wait_ms
+    transport.FETCH_MAX_WAIT_MS[app_id] = config.kafka.fetch_max_wait_ms
     t = config.kafka.topics
-    transport.CHUNKED_TOPICS[config.app_id] = frozenset(
+    transport.CHUNKED_TOPICS[app_id] = frozenset(
         spec.name
         for spec in (t.clicks, t.user_clicks, t.co_clicks, t.score_requests, t.profile_requests)
     )
     if config.kafka.exact_end_offsets:
-        recovery.CLIENT_CONFIG[config.app_id] = config.kafka.client_config()
+        recovery.CLIENT_CONFIG[app_id] = config.kafka.client_config()
     topics = Topics(
         clicks=topic(t.clicks),
         items=topic(t.items),
@@ -419,50 +469,59 @@ def build_streams(config: GenreConfig, *, store: VectorStore | None = None) -> G
         profile_requests=topic(t.profile_requests),
         recommendations=topic(t.recommendations),
         dlq=topic(t.dlq),
+        item_vectors=topic(t.item_vectors),
     )
-    users = app.Table(
-        "user-state",
-        partitions=t.user_clicks.partitions,
-        schema=TABLE_SCHEMA,
-        # Batched agents write after awaiting (no current event), so the changelog
-        # partition comes from the key, as the source topic's partition does.
-        use_partitioner=True,
-    )
-    graph = app.GlobalTable(
-        "item-graph",
-        partitions=t.co_clicks.partitions,
-        schema=TABLE_SCHEMA,
-        use_partitioner=True,
-        # Always in memory, whatever streams.store says. Its size follows the
-        # catalogue (items x max_neighbours edges), not the users, and it is
-        # read as Python objects on hot paths: the scorer looks up every
-        # candidate's item state and the trending source scans the whole table
-        # every second, which with RocksDB means a JSON decode per read and a
-        # full database scan per second on every worker. GlobalTable with
-        # use_partitioner is also where Faust's RocksDB store has broken before
-        # (faust-streaming PRs #130/#144; issue #283, multi-worker GlobalTable,
-        # reported on RocksDB, still open). The cost: a restarted worker
-        # replays the whole (compacted) graph changelog.
-        # The host part is needed: yarl's URL("memory://") is falsy, and Faust
-        # then falls back to the app's store.
-        store="memory://item-graph",
-    )
-    latest_lists = app.Table(
-        "latest-lists",
-        partitions=t.user_clicks.partitions,
-        schema=TABLE_SCHEMA,
-        use_partitioner=True,
-    )
-    profiles = app.Table(
-        "user-profiles",
-        partitions=t.user_clicks.partitions,
-        schema=TABLE_SCHEMA,
-        use_partitioner=True,
-    )
+    users = graph = latest_lists = profiles = None
+    if "users" in tables:
+        users = app.Table(
+            "user-state",
+            partitions=t.user_clicks.partitions,
+            schema=TABLE_SCHEMA,
+            # Batched agents write after awaiting (no current event), so the changelog
+            # partition comes from the key, as the source topic's partition does.
+            use_partitioner=True,
+        )
+    if "graph" in tables:
+        graph = app.GlobalTable(
+            "item-graph",
+            partitions=t.co_clicks.partitions,
+            schema=TABLE_SCHEMA,
+            use_partitioner=True,
+            # Always in memory, whatever streams.store says. Its size follows the
+            # catalogue (items x max_neighbours edges), not the users, and it is
+            # read as Python objects on hot paths: the scorer looks up every
+            # candidate's item state and the trending source scans the whole table
+            # every second, which with RocksDB means a JSON decode per read and a
+            # full database scan per second on every worker. GlobalTable with
+            # use_partitioner is also where Faust's RocksDB store has broken before
+            # (faust-streaming PRs #130/#144; issue #283, multi-worker GlobalTable,
+            # reported on RocksDB, still open). The cost: a restarted worker
+            # replays the whole (compacted) graph changelog.
+            # The host part is needed: yarl's URL("memory://") is falsy, and Faust
+            # then falls back to the app's store.
+            store="memory://item-graph",
+        )
+    if "latest_lists" in tables:
+        latest_lists = app.Table(
+            "latest-lists",
+            partitions=t.user_clicks.partitions,
+            schema=TABLE_SCHEMA,
+            use_partitioner=True,
+        )
+    if "profiles" in tables:
+        profiles = app.Table(
+            "user-profiles",
+            partitions=t.user_clicks.partitions,
+            schema=TABLE_SCHEMA,
+            use_partitioner=True,
+        )
     vector_store = store if store is not None else open_vector_store(config)
     catalog = ItemCatalog(vector_store, config.qdrant.items_collection)
+    if role in FOLLOWER_ROLES:
+        # Filled whole from the item_vectors topic (streams.item_vectors): no eviction.
+        catalog.capacity = sys.maxsize
     streams = GenreStreams(
-        config, app, topics, users, graph, latest_lists, profiles, vector_store, catalog
+        config, app, topics, users, graph, latest_lists, profiles, vector_store, catalog, role
     )
     _add_pages(streams)
     return streams
@@ -488,6 +547,8 @@ def _add_pages(streams: GenreStreams) -> None:
         state that is rewritten on every click. So the RocksDB count is an exact
         scan, run off the event loop every ``USERS_SAMPLE_S`` seconds.
         """
+        if streams.users is None:
+            return
         store = streams.users.data
         if isinstance(store, RocksDBStore):
             dbs = list(store._dbs_for_actives())
@@ -520,8 +581,11 @@ def _add_pages(streams: GenreStreams) -> None:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     def memory_table_size(table: Any) -> Callable[[], int | None]:
-        # RocksDB keeps no key count (see sample_users_tracked): not counted here.
-        return lambda: None if isinstance(table.data, RocksDBStore) else len(table.data)
+        # RocksDB keeps no key count (see sample_users_tracked): not counted here;
+        # None too for a table this role does not keep.
+        return lambda: (
+            None if table is None or isinstance(table.data, RocksDBStore) else len(table.data)
+        )
 
     @app.page("/debug/memory")
     async def memory(web_view: Any, request: Any) -> web.Response:

@@ -56,8 +56,13 @@ def user_vector(state: UserState) -> np.ndarray | None:
     if vector is None or isinstance(vector, np.ndarray):
         return vector
     if isinstance(vector, str):
-        return np.frombuffer(base64.b64decode(vector), "<f4").astype(np.float32)
+        return decode_vector(vector)
     return np.asarray(vector, np.float32)
+
+
+def decode_vector(text: str) -> np.ndarray:
+    """The float32 vector that ``encode_vector`` wrote as base64 text."""
+    return np.frombuffer(base64.b64decode(text), "<f4").astype(np.float32)
 
 
 def decay(age_s: float, half_life_s: float) -> float:

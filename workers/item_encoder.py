@@ -16,10 +16,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from genre.core.llm import ItemEnrichment, LLMClient, LLMResult, enriched_text
 from genre.core.telemetry import METRICS, measured_batch
-from genre.schemas import ItemUpsert, Rejection, parse_record
+from genre.schemas import ItemUpsert, ItemVector, Rejection, parse_record
 from genre.streams.app import GenreStreams
+from genre.streams.state import encode_vector
 from genre.workers.text_encoder import TextEncoder
 
 log = logging.getLogger("genre.item_encoder")
@@ -83,6 +86,7 @@ class ItemEncoderWorker:
                 self.streams.index.delete(deletes)
             if self.on_change is not None:
                 self.on_change(deletes)
+            await self._publish(deletes, None, None)
         if upserts:
             enrichments = await self._enrich(upserts)
             await self._store(upserts, enrichments)
@@ -230,7 +234,24 @@ class ItemEncoderWorker:
             self.streams.index.upsert(ids, vectors)
         if self.on_change is not None:
             self.on_change(ids)
+        await self._publish(ids, vectors, payloads)
         METRICS.items_encoded.inc(len(upserts))
+
+    async def _publish(
+        self, ids: list[str], vectors: np.ndarray | None, payloads: list[dict] | None
+    ) -> None:
+        """Send each item's vector and payload to the compacted ``item_vectors`` topic,
+        where workers of other roles follow it; ``vectors`` None sends tombstones."""
+        topic = self.streams.topics.item_vectors
+        for i, key in enumerate(ids):
+            value = None
+            if vectors is not None and payloads is not None:
+                record = ItemVector(
+                    item_id=key, vector=encode_vector(vectors[i]), payload=payloads[i]
+                )
+                value = record.to_bytes()
+            await topic.send(key=key.encode(), value=value)
+        METRICS.events_out.labels(topic.get_topic_name()).inc(len(ids))
 
 
 def _payload(item: ItemUpsert, e: LLMResult[ItemEnrichment] | None) -> dict[str, Any]:

@@ -392,24 +392,29 @@ class ScorerWorker:
         return features
 
     def _with_state(self, request: ScoreRequest) -> ScoreRequest:
-        """The request with the user's history, seen set and vector from the user table.
+        """The request with the user's history, seen set, vector and profile.
 
-        Score requests and user clicks are co-partitioned (same key, same partition
-        count), so the worker scoring a user also holds that user's state.
+        A stream role in another process sends the state along (``clicks`` > 0).
+        Otherwise it comes from the user table: score requests and user clicks are
+        co-partitioned (same key, same partition count), so the worker scoring a
+        user also holds that user's state.
         """
-        state = self.streams.users.get(request.user_id)
-        if state is None:
-            log.warning("no state for user %s on this worker; ranking cold", request.user_id)
-            METRICS.fallbacks.labels("scorer", "no_user_state").inc()
-            return request
-        # Vectors stay float32 arrays (model_copy does not validate): as Python
-        # float lists they cost ~9 KB per pending user and a conversion each way.
-        update = {
-            "recent_items": state["history"],
-            "seen_items": state["seen"],
-            "vector": user_vector(state),
-            "clicks": state["clicks"],
-        }
+        if request.clicks:
+            update: dict[str, Any] = {"vector": user_vector({"vector": request.vector_b64})}
+        else:
+            state = self.streams.users.get(request.user_id) if self.streams.users else None
+            if state is None:
+                log.warning("no state for user %s on this worker; ranking cold", request.user_id)
+                METRICS.fallbacks.labels("scorer", "no_user_state").inc()
+                return request
+            # Vectors stay float32 arrays (model_copy does not validate): as Python
+            # float lists they cost ~9 KB per pending user and a conversion each way.
+            update = {
+                "recent_items": state["history"],
+                "seen_items": state["seen"],
+                "vector": user_vector(state),
+                "clicks": state["clicks"],
+            }
         profile = self.streams.profiles.get(request.user_id)
         if profile:
             update["profile_vector"] = user_vector(profile)
@@ -532,11 +537,18 @@ def register_scorer_agent(streams: GenreStreams, worker: ScorerWorker) -> None:
             # once is what keeps the scorer from falling further behind.
             latest: dict[str, ScoreRequest] = {}
             n_requests = 0
+            hits = 0
             for rec in records:
                 for req in ScoreRequests.from_bytes(rec.value).requests:
                     latest.pop(req.user_id, None)  # re-insert: order by latest request
                     latest[req.user_id] = req
                     n_requests += 1
+                    if req.clicked_items:
+                        shown = table_get(streams.latest_lists, req.user_id) or ()
+                        hits += sum(item in shown for item in req.clicked_items)
+            # A hit: a click on an item of the list the user had when clicking (every
+            # request of this batch predates the lists it publishes).
+            METRICS.online_hits.inc(hits)
             if n_requests > len(latest):
                 superseded = n_requests - len(latest)
                 METRICS.superseded_requests.inc(superseded)

@@ -12,8 +12,9 @@ from genre.core.config import GenreConfig
 from genre.core.exact_index import ExactIndex
 from genre.core.llm import LLMClient, build_llm
 from genre.core.vectorstore import VectorStore, open_vector_store
-from genre.streams.agents import register_stream_agents
-from genre.streams.app import GenreStreams, build_streams
+from genre.streams.agents import register_graph_agent, register_stream_agents
+from genre.streams.app import FOLLOWER_ROLES, ROLES, GenreStreams, build_streams, check_role
+from genre.streams.item_vectors import register_item_vector_follower
 from genre.workers.item_encoder import ItemEncoderWorker, register_item_encoder_agent
 from genre.workers.profiles import ProfileWorker, register_profile_agent
 from genre.workers.ranker import RankerHandle
@@ -21,14 +22,6 @@ from genre.workers.scorer import ScorerWorker, register_scorer_agent
 from genre.workers.text_encoder import TextEncoder
 
 log = logging.getLogger("genre.worker")
-
-#: What one worker process runs (``genre worker --role``):
-#: all      every agent below, in one process (consumer group ``app_id``);
-#: stream   ingest and user state (group ``app_id``);
-#: encoder  the item encoder and LLM item enrichment (group ``<app_id>-encoder``);
-#: scorer   item graph, LLM profiles and the scorer (group ``<app_id>-scorer``).
-#: Split roles exchange item vectors through the ``item_vectors`` topic.
-ROLES = ("all", "stream", "encoder", "scorer")
 
 
 def load_encoder(config: GenreConfig) -> TextEncoder:
@@ -63,40 +56,69 @@ def load_ranker(config: GenreConfig) -> RankerHandle | None:
     return handle
 
 
-def build_worker(config: GenreConfig, *, store: VectorStore | None = None) -> GenreStreams:
-    """Build the Faust app with every agent of a full worker attached."""
-    encoder = load_encoder(config)
+def role_config(config: GenreConfig, role: str) -> GenreConfig:
+    """``config`` for one role's process: in Qdrant local mode, a folder of its own.
+
+    Local mode lets one process open a folder, so split roles on one machine keep
+    separate stores (``<qdrant.path>/<role>``); with a server they share it.
+    """
+    if role == "all" or config.qdrant.url is not None:
+        return config
+    qdrant = config.qdrant.model_copy(update={"path": f"{config.qdrant.path}/{role}"})
+    return config.model_copy(update={"qdrant": qdrant})
+
+
+def build_worker(
+    config: GenreConfig, *, store: VectorStore | None = None, role: str = "all"
+) -> GenreStreams:
+    """Build the Faust app of one role (one of ``ROLES``) with its agents attached."""
+    config = role_config(config, check_role(role))
+    encoder = load_encoder(config) if role != "stream" else None
+    dim = encoder.dim if encoder is not None else config.encoder.dim
     store = store if store is not None else open_vector_store(config)
-    store.ensure_collection(config.qdrant.items_collection, encoder.dim)
-    store.ensure_collection(config.qdrant.users_collection, encoder.dim)
-    streams = build_streams(config, store=store)
-    if config.qdrant.url is None:
+    store.ensure_collection(config.qdrant.items_collection, dim)
+    store.ensure_collection(config.qdrant.users_collection, dim)
+    streams = build_streams(config, store=store, role=role)
+    if config.qdrant.url is None and role != "stream":
         # Local mode: search an exact in-memory index (same answers, ~20x faster).
-        streams.index = ExactIndex(encoder.dim)
-        loaded = streams.index.load(store.scroll(config.qdrant.items_collection))
-        log.info("exact item index: %d items loaded from local Qdrant", loaded)
-    register_stream_agents(streams)
-    ranker = load_ranker(config)
+        streams.index = ExactIndex(dim)
+        if role not in FOLLOWER_ROLES:  # a follower fills it from the topic instead
+            loaded = streams.index.load(store.scroll(config.qdrant.items_collection))
+            log.info("exact item index: %d items loaded from local Qdrant", loaded)
+    if role in ("all", "stream"):
+        register_stream_agents(streams)
+    if role in ("all", "scorer"):
+        register_graph_agent(streams)
+    ranker = load_ranker(config) if role in ("all", "scorer") else None
 
     def forget_items(ids: list[str]) -> None:
         if ranker is not None and ranker.current is not None:
             ranker.current.forget(ids)  # their text vector changed: recompute on next use
 
-    llm = load_llm(config)
-    item_llm = llm if config.llm.items.enabled else None
-    register_item_encoder_agent(
-        streams, ItemEncoderWorker(streams, encoder, forget_items, llm=item_llm)
-    )
-    if llm is not None and config.llm.profiles.enabled:
-        register_profile_agent(streams, ProfileWorker(streams, encoder, llm))
-    register_scorer_agent(streams, ScorerWorker(streams, encoder.version, ranker))
-    streams.ready["encoder"] = True
+    if role in FOLLOWER_ROLES:
+        register_item_vector_follower(streams, forget_items)
+    llm = load_llm(config, role)
+    if role in ("all", "encoder"):
+        assert encoder is not None
+        item_llm = llm if config.llm.items.enabled else None
+        register_item_encoder_agent(
+            streams, ItemEncoderWorker(streams, encoder, forget_items, llm=item_llm)
+        )
+    if role in ("all", "scorer"):
+        assert encoder is not None
+        if llm is not None and config.llm.profiles.enabled:
+            register_profile_agent(streams, ProfileWorker(streams, encoder, llm))
+        register_scorer_agent(streams, ScorerWorker(streams, encoder.version, ranker))
+    if encoder is not None:
+        streams.ready["encoder"] = True
     return streams
 
 
-def load_llm(config: GenreConfig) -> LLMClient | None:
-    """The LLM client when item enrichment or profiles are on, else None."""
-    if not (config.llm.items.enabled or config.llm.profiles.enabled):
+def load_llm(config: GenreConfig, role: str = "all") -> LLMClient | None:
+    """The LLM client when this role enriches items or writes profiles, else None."""
+    items = config.llm.items.enabled and role in ("all", "encoder")
+    profiles = config.llm.profiles.enabled and role in ("all", "scorer")
+    if not (items or profiles):
         return None
     llm = build_llm(config)
     log.info(
@@ -135,15 +157,30 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 10)
 
 
-def run_worker(config: GenreConfig, *, loglevel: str = "info") -> None:
-    """Run a worker until interrupted (Ctrl-C stops it cleanly)."""
+def run_worker(config: GenreConfig, *, loglevel: str = "info", role: str = "all") -> None:
+    """Run a worker of one role until interrupted (Ctrl-C stops it cleanly)."""
+    check_role(role)
     prepare_kafka(config)
-    streams = build_worker(config)
+    streams = build_worker(config, role=role)
     tune_gc()
     worker = faust.Worker(streams.app, loglevel=loglevel, quiet=True)
     log.info(
-        "worker %s starting: metrics on http://127.0.0.1:%s/metrics",
-        config.app_id,
+        "worker %s (role %s) starting: metrics on http://127.0.0.1:%s/metrics",
+        streams.app.conf.id,
+        role,
         config.streams.web_port,
     )
     worker.execute_from_commandline()
+
+
+__all__ = [
+    "ROLES",
+    "build_worker",
+    "load_encoder",
+    "load_llm",
+    "load_ranker",
+    "prepare_kafka",
+    "role_config",
+    "run_worker",
+    "tune_gc",
+]

@@ -1,0 +1,179 @@
+"""Follow the ``item_vectors`` topic: every item's vector and payload, held in this process.
+
+A worker of a split role (``genre worker --role stream`` or ``scorer``) runs no
+item encoder, yet needs item vectors: the stream role to update user vectors,
+the scorer for candidates, ranking and explanations. The encoder role writes
+each item's latest vector to a compacted topic keyed by item; this follower
+reads every partition of it from the beginning and keeps the process's item
+catalogue (and exact index, in Qdrant local mode) equal to it. The worker's
+``/ready`` answers 503 until it has read to the end once.
+
+Written by hand, on a plain consumer without a group: a Faust GlobalTable would
+replay and follow the topic too, but it keeps its own copy of every item (JSON
+with base64 vectors) beside the catalogue and index, and offers no hook when a
+write from another process is applied, which the index and the ranker's cache
+of item representations need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from genre.core.telemetry import METRICS
+from genre.schemas import ItemVector, Rejection, parse_record
+from genre.streams.app import GenreStreams
+from genre.streams.state import decode_vector
+
+log = logging.getLogger("genre.item_vectors")
+
+#: Most records taken per poll.
+POLL_BATCH = 1_000
+#: Longest wait of one poll, in seconds (also how fast the task notices a stop).
+POLL_WAIT_S = 0.2
+
+
+class ItemVectorFollower:
+    """Applies the ``item_vectors`` topic to ``streams.catalog`` and ``streams.index``."""
+
+    def __init__(
+        self, streams: GenreStreams, on_change: Callable[[list[str]], None] | None = None
+    ) -> None:
+        """``on_change(ids)`` runs after items change or are deleted (cache invalidation)."""
+        self.streams = streams
+        self.on_change = on_change
+        self.topic = streams.config.kafka.topics.item_vectors.name
+        self.partitions: set[int] = set()
+        self._at_end: set[int] = set()
+        #: librdkafka consumers are not thread-safe: every call runs on this one thread.
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="item-vectors")
+        streams.ready["item_vectors"] = False
+
+    @property
+    def caught_up(self) -> bool:
+        """Whether every partition has been read to its end at least once."""
+        return self.streams.ready["item_vectors"]
+
+    async def run(self) -> None:
+        """Forever: poll the topic and apply what arrives (a background task)."""
+        loop = asyncio.get_running_loop()
+        consumer = await loop.run_in_executor(self._thread, self._open)
+        try:
+            while True:
+                messages = await loop.run_in_executor(
+                    self._thread, consumer.consume, POLL_BATCH, POLL_WAIT_S
+                )
+                await self.apply(messages)
+        finally:
+            # Queued behind any poll still running on the thread.
+            self._thread.submit(consumer.close)
+            self._thread.shutdown(wait=False)
+
+    def _open(self) -> Consumer:
+        kafka = self.streams.config.kafka
+        consumer = Consumer(
+            {
+                **kafka.consumer_config(),
+                "group.id": f"{self.streams.app.conf.id}-item-vectors-{uuid.uuid4().hex[:12]}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",
+            }
+        )
+        metadata = consumer.list_topics(self.topic, timeout=kafka.connect_timeout_s)
+        topic = metadata.topics.get(self.topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            consumer.close()
+            raise KafkaException(
+                KafkaError(
+                    KafkaError.UNKNOWN_TOPIC_OR_PART,
+                    f"topic {self.topic} is missing; create it (kafka.topics.item_vectors) "
+                    "or run `genre worker`, which creates every configured topic",
+                )
+            )
+        self.partitions = set(topic.partitions)
+        consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self.partitions])
+        return consumer
+
+    async def apply(self, messages: list[Any]) -> int:
+        """Apply polled messages (latest per item wins); returns how many items changed."""
+        latest: dict[str, Any] = {}
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self._at_end.add(int(msg.partition() or 0))
+                    continue
+                if err.fatal():
+                    raise KafkaException(err)
+                log.warning("item-vectors consumer error: %s", err.str())
+                continue
+            self._at_end.discard(int(msg.partition() or 0))
+            key = msg.key()
+            if key is None:
+                await self._reject(msg, "missing_key", "item vectors are keyed by item id")
+                continue
+            latest[key.decode("utf-8", "replace")] = msg
+        if messages:
+            METRICS.events_in.labels(self.topic).inc(sum(m.error() is None for m in messages))
+        deletes = [key for key, msg in latest.items() if msg.value() is None]
+        upserts: list[ItemVector] = []
+        for key, msg in latest.items():
+            if msg.value() is None:
+                continue
+            record = parse_record(ItemVector, msg.value())
+            if isinstance(record, Rejection):
+                await self._reject(msg, record.reason, record.error)
+            elif record.item_id != key:
+                await self._reject(msg, "invalid_value", f"key {key!r} != item_id")
+            else:
+                upserts.append(record)
+        self._store(upserts, deletes)
+        if not self.caught_up and self.partitions and self.partitions <= self._at_end:
+            self.streams.ready["item_vectors"] = True
+            log.info("item vectors: %d items read from %s", len(self.streams.catalog), self.topic)
+        return len(upserts) + len(deletes)
+
+    def _store(self, upserts: list[ItemVector], deletes: list[str]) -> None:
+        catalog, index = self.streams.catalog, self.streams.index
+        for key in deletes:
+            catalog.forget(key)
+        if index is not None and deletes:
+            index.delete(deletes)
+        if upserts:
+            ids = [r.item_id for r in upserts]
+            vectors = np.stack([decode_vector(r.vector) for r in upserts])
+            for record, vector in zip(upserts, vectors, strict=True):
+                catalog.put(record.item_id, vector, {**record.payload, "id": record.item_id})
+            if index is not None:
+                index.upsert(ids, vectors)
+            deletes = deletes + ids
+        if deletes and self.on_change is not None:
+            self.on_change(deletes)
+
+    async def _reject(self, msg: Any, reason: str, error: str) -> None:
+        """Dead-letter a record the encoder role should never have written."""
+        message = SimpleNamespace(key=msg.key(), value=msg.value())
+        origin = (str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0))
+        await self.streams.dead_letter(message, reason, error, origin=origin)
+
+
+def register_item_vector_follower(
+    streams: GenreStreams, on_change: Callable[[list[str]], None] | None = None
+) -> ItemVectorFollower:
+    """Run an ``ItemVectorFollower`` as a task of the app; returns it."""
+    follower = ItemVectorFollower(streams, on_change)
+
+    @streams.app.task
+    async def follow_item_vectors() -> None:
+        await follower.run()
+
+    return follower
