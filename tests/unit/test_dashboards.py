@@ -694,7 +694,7 @@ def test_exported_series_shape() -> None:
     [
         'histogram_quantile(0.95, sum by (le, model, provider) (rate(genre_inference_seconds_bucket{instance=~"$instance"}[$__rate_interval])))',  # noqa: E501
         "sum by (source) (rate(genre_candidates_total[5m])) / scalar(sum(rate(genre_candidates_total[5m])))",  # noqa: E501
-        'up{job=~"genre-worker|genre-worker-gpu"} == 0',
+        'up{job=~"genre-stream|genre-item-encoder|genre-scorer"} == 0',
         "max by (topic, partition) (genre_consumer_lag) > bool 1000",
         "sum without (instance) (genre_users_tracked)",
         "rate(genre_events_in_total[5m]) / ignoring(topic) group_left sum(rate(genre_events_in_total[5m]))",  # noqa: E501

@@ -11,6 +11,7 @@ import re
 import shlex
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -21,6 +22,7 @@ import yaml
 from pydantic import BaseModel
 
 from genre.core.config import GenreConfig, load_config
+from genre.workers.service import ROLES
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
@@ -41,16 +43,29 @@ EXPECTED_SERVICES = {
     "kafka-2",
     "kafka-3",
     "qdrant",
-    "worker",
-    "worker-gpu",
+    "stream",
+    "item-encoder",
+    "scorer",
+    "scorer-gpu",
+    "item-encoder-gpu",
     "llm",
     "prometheus",
     "grafana",
 }
-#: What `docker compose up` starts with no profile: the single-node stack.
-DEFAULT_SERVICES = {"kafka", "kafka-init", "qdrant", "worker", "prometheus", "grafana"}
+#: What `docker compose up` starts with no profile: the single-node stack, one
+#: CPU worker service per role.
+DEFAULT_SERVICES = {
+    "kafka",
+    "kafka-init",
+    "qdrant",
+    "stream",
+    "item-encoder",
+    "scorer",
+    "prometheus",
+    "grafana",
+}
 PROFILES = {
-    "gpu": {"worker-gpu"},
+    "gpu": {"scorer-gpu", "item-encoder-gpu"},
     "kafka-cluster": {"kafka-1", "kafka-2", "kafka-3"},
     "llm": {"llm"},
 }
@@ -64,7 +79,29 @@ VARIANTS = {
     "all": ((CLUSTER_OVERRIDE, LLM_OVERRIDE), ("gpu", "kafka-cluster", "llm")),
 }
 ONE_SHOT = {"kafka-init"}
-WORKERS = ("worker", "worker-gpu")
+#: Worker service -> the role its command names (`genre worker --role ROLE`).
+WORKER_ROLES = {
+    "stream": "stream",
+    "item-encoder": "encoder",
+    "scorer": "scorer",
+    "scorer-gpu": "scorer",
+    "item-encoder-gpu": "encoder",
+}
+WORKERS = tuple(WORKER_ROLES)
+GPU_WORKERS = {"scorer-gpu", "item-encoder-gpu"}
+#: Image -> the one service that builds it and from which Dockerfile.
+IMAGE_BUILDS = {
+    "genre-worker:cpu": ("stream", "deploy/Dockerfile"),
+    "genre-worker:gpu": ("scorer-gpu", "deploy/Dockerfile.gpu"),
+}
+#: The Prometheus job that scrapes each role.
+ROLE_JOBS = {"stream": "genre-stream", "encoder": "genre-item-encoder", "scorer": "genre-scorer"}
+#: kafka.topics whose partitions bound a role's busy replicas (one consumer group per role).
+ROLE_TOPICS = {
+    "stream": ("clicks", "user_clicks"),
+    "encoder": ("items",),
+    "scorer": ("score_requests", "profile_requests"),
+}
 DEPENDS_ON_CONDITIONS = {
     "service_started",
     "service_healthy",
@@ -208,6 +245,53 @@ def bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
         if source.startswith("."):
             out[target] = (REPO / source).resolve()
     return out
+
+
+def command_words(service: dict[str, Any]) -> list[str]:
+    command = service.get("command")
+    return shlex.split(command) if isinstance(command, str) else [str(w) for w in command or []]
+
+
+def worker_role(service: dict[str, Any]) -> str | None:
+    """The role a service's `genre worker` runs (``--role``, else GENRE_WORKER_ROLE, else
+    ``all``, as the CLI reads them); None when the service runs no worker."""
+    words = command_words(service)
+    runs_image_default = not words and str(service.get("image", "")).startswith("genre-worker:")
+    if not runs_image_default and (not words or words[0] != "worker"):
+        return None
+    flags = [w.partition("=")[2] for w in words if w.startswith("--role=")]
+    flags += [b for a, b in itertools.pairwise(words) if a == "--role"]
+    assert len(flags) <= 1, f"--role given {len(flags)} times: {words}"
+    env = environment(service).get("GENRE_WORKER_ROLE")
+    if flags and env is not None:
+        assert flags[0] == env, f"--role {flags[0]} but GENRE_WORKER_ROLE={env}"
+    return flags[0] if flags else env or "all"
+
+
+def worker_services(compose: dict[str, Any]) -> dict[str, str]:
+    """Service name -> role, for every service that runs `genre worker`."""
+    return {
+        name: role
+        for name, svc in _services(compose).items()
+        if (role := worker_role(svc)) is not None
+    }
+
+
+def role_partitions(role: str) -> int:
+    """The most replicas of a role that get a partition: more sit idle in the group."""
+    topics = GenreConfig().kafka.topics
+    return max(getattr(topics, t).partitions for t in ROLE_TOPICS[role])
+
+
+def gpu_scale_commands(text: str) -> list[set[str]]:
+    """For each `--profile gpu ... up` command in ``text`` (continuation lines joined), the
+    services it scales to 0."""
+    joined = text.replace("\\\n", " ")
+    return [
+        set(re.findall(r"--scale\s+([\w-]+)=0\b", line))
+        for line in joined.splitlines()
+        if "--profile gpu" in line and re.search(r"\bup\b", line)
+    ]
 
 
 # ---------------------------------------------------------------------------
@@ -448,23 +532,81 @@ def test_depends_on_validator_rejects_bare_lists_and_missing_conditions() -> Non
 
 def test_workers_are_scalable(compose: dict[str, Any]) -> None:
     services = _services(compose)
+    assert set(worker_services(compose)) == set(WORKERS)
     for worker in WORKERS:
         svc = services[worker]
         assert "container_name" not in svc, f"{worker}: container_name blocks --scale"
         assert not svc.get("ports"), f"{worker}: a fixed host port blocks --scale"
-        command = svc.get("command")
-        words = shlex.split(command) if isinstance(command, str) else command
-        assert words and words[-1] == "worker", f"{worker}: command {command!r}"
+        words = command_words(svc)
+        assert words[:1] == ["worker"], f"{worker}: command {words!r}"
 
 
-def test_worker_builds_point_at_existing_dockerfiles(compose: dict[str, Any]) -> None:
+def test_each_worker_service_runs_one_split_role(variant: Any) -> None:
+    """Every worker service names a role; started together, the services run each split role
+    once (the GPU profile swaps CPU services for GPU ones), and never `all` beside them."""
+    name, compose, profiles = variant
+    workers = worker_services(compose)
+    assert workers == WORKER_ROLES, f"{name}: worker services and their roles"
+    split_roles = set(ROLES) - {"all"}
+    assert split_roles == set(ROLE_JOBS) == set(ROLE_TOPICS), "a role with no service"
+    for service, role in workers.items():
+        assert role in ROLES, f"{service}: --role {role!r} is not one of {ROLES}"
+        assert role != "all", f"{service} runs every agent: beside split roles it scores twice"
+    enabled = enabled_services(compose, profiles)
+    if "gpu" in profiles:
+        # As documented: `--profile gpu up -d --scale scorer=0 --scale item-encoder=0`.
+        (zeroed,) = gpu_scale_commands(COMPOSE.read_text())
+        enabled -= zeroed
+    started = sorted(workers[s] for s in enabled if s in workers)
+    assert started == sorted(split_roles), f"{name}: roles started {started}"
+
+
+def test_gpu_command_swaps_exactly_the_cpu_services_of_the_gpu_roles() -> None:
+    gpu_roles = {WORKER_ROLES[w] for w in GPU_WORKERS}
+    assert gpu_roles == {"scorer", "encoder"}
+    replaced = {w for w in WORKERS if w not in GPU_WORKERS and WORKER_ROLES[w] in gpu_roles}
+    for where, text in (
+        ("docker-compose.yml", COMPOSE.read_text()),
+        ("README", README.read_text()),
+    ):
+        commands = gpu_scale_commands(text)
+        assert commands, f"{where} documents no `--profile gpu up` command"
+        for zeroed in commands:
+            assert zeroed == replaced, f"{where}: --profile gpu must scale {replaced} to 0"
+    assert gpu_scale_commands("docker compose --profile gpu up -d --scale \\\n  scorer=0") == [
+        {"scorer"}
+    ]
+
+
+def test_each_worker_image_is_built_by_one_service(variant: Any) -> None:
+    """Compose runs one build per service with `build:`, concurrently: two on one tag race.
+    So one service builds each image, and the others use it without pulling it."""
+    name, compose, profiles = variant
     services = _services(compose)
-    expected = {"worker": "deploy/Dockerfile", "worker-gpu": "deploy/Dockerfile.gpu"}
-    for worker, dockerfile_path in expected.items():
-        build = services[worker]["build"]
+    builders: dict[str, str] = {}
+    for service, svc in services.items():
+        if "build" not in svc:
+            continue
+        image = svc.get("image")
+        assert image, f"{service}: a build without `image:` gets a name of its own"
+        assert image not in builders, f"{image} is built by both {builders[image]} and {service}"
+        builders[image] = service
+    assert builders == {image: builder for image, (builder, _) in IMAGE_BUILDS.items()}
+    for builder, dockerfile_path in IMAGE_BUILDS.values():
+        build = services[builder]["build"]
         assert (REPO / build.get("context", ".")).resolve() == REPO
         assert build["dockerfile"] == dockerfile_path
         assert (REPO / dockerfile_path).is_file()
+    enabled = enabled_services(compose, profiles)
+    for worker in WORKERS:
+        assert services[worker].get("image") in IMAGE_BUILDS, f"{worker}: image"
+    for service in sorted(enabled):
+        svc = services[service]
+        image = svc.get("image")
+        if image not in IMAGE_BUILDS or "build" in svc:
+            continue
+        assert builders[image] in enabled, f"{name}: {service} needs {builders[image]} to build"
+        assert svc.get("pull_policy") == "never", f"{service}: {image} is in no registry"
 
 
 def test_bind_mounted_repo_paths_exist(compose: dict[str, Any]) -> None:
@@ -484,7 +626,8 @@ def test_worker_environment_maps_to_real_config_keys(compose: dict[str, Any], wo
     assert cfg.streams.web_bind == "0.0.0.0"
     assert cfg.streams.web_port == GenreConfig().streams.web_port
     assert cfg.kafka.exact_end_offsets is False
-    assert cfg.encoder.providers == ("cuda" if worker == "worker-gpu" else "cpu")
+    providers = "cuda" if worker in GPU_WORKERS else "cpu"
+    assert cfg.encoder.providers == cfg.ranker.providers == providers
     assert Path(cfg.data_dir).is_absolute()
     assert cfg.path(cfg.encoder.dir) == Path("/models/encoder")
 
@@ -505,10 +648,15 @@ def test_env_key_check_rejects_misspelt_keys() -> None:
     assert env_key_error("GENRE_DATA_DIR__X") is not None
 
 
-def kafka_init_topics(command: Any) -> dict[str, int]:
-    """Topic -> partitions from the kafka-topics.sh --create lines of a command."""
+def option_values(words: list[str], option: str) -> list[str]:
+    """Every value of a repeatable ``--option value`` (``--config a --config b``)."""
+    return [value for flag, value in itertools.pairwise(words) if flag == option]
+
+
+def kafka_init_creates(command: Any) -> dict[str, list[str]]:
+    """Topic -> the words of its kafka-topics.sh --create line, from a command."""
     text = command if isinstance(command, str) else "\n".join(map(str, command))
-    topics: dict[str, int] = {}
+    creates: dict[str, list[str]] = {}
     for line in text.splitlines():
         if "kafka-topics" not in line or "--create" not in line:
             continue
@@ -517,9 +665,25 @@ def kafka_init_topics(command: Any) -> dict[str, int]:
         assert "--if-not-exists" in words, f"not idempotent: {line}"
         name, parts = opts.get("--topic"), opts.get("--partitions")
         assert name and parts, f"--create without --topic/--partitions: {line}"
-        assert name not in topics, f"{name} created twice"
-        topics[name] = int(parts)
-    return topics
+        assert name not in creates, f"{name} created twice"
+        creates[name] = words
+    return creates
+
+
+def kafka_init_topics(command: Any) -> dict[str, int]:
+    """Topic -> partitions from the kafka-topics.sh --create lines of a command."""
+    return {
+        name: int(option_values(words, "--partitions")[-1])
+        for name, words in kafka_init_creates(command).items()
+    }
+
+
+def kafka_init_configs(command: Any) -> dict[str, list[str]]:
+    """Topic -> its --config values, in order, from the --create lines of a command."""
+    return {
+        name: option_values(words, "--config")
+        for name, words in kafka_init_creates(command).items()
+    }
 
 
 def test_kafka_init_creates_every_configured_topic(compose: dict[str, Any]) -> None:
@@ -528,7 +692,17 @@ def test_kafka_init_creates_every_configured_topic(compose: dict[str, Any]) -> N
     created = kafka_init_topics(init["command"])
     assert created == GenreConfig().kafka.topics.all()
     # The sample genre.yaml the workers mount holds the same topics.
-    assert created == load_config(REPO / "genre.yaml", environ={}).kafka.topics.all()
+    mounted = load_config(REPO / "genre.yaml", environ={}).kafka.topics
+    assert created == mounted.all()
+    # Compacted exactly where the config says (genre.item-vectors); min.insync everywhere.
+    configs = kafka_init_configs(init["command"])
+    compacted = {topic for topic, cfg in configs.items() if "cleanup.policy=compact" in cfg}
+    assert compacted == GenreConfig().kafka.topics.compacted() == mounted.compacted()
+    assert "genre.item-vectors" in compacted
+    min_isr = "min.insync.replicas=$TOPICS_MIN_INSYNC_REPLICAS"
+    for topic, cfg in configs.items():
+        extra = ["cleanup.policy=compact"] if topic in compacted else []
+        assert cfg == [min_isr, *extra], f"{topic}: --config {cfg}"
 
 
 def test_kafka_init_parser_sees_a_wrong_partition_count() -> None:
@@ -540,6 +714,15 @@ def test_kafka_init_parser_sees_a_wrong_partition_count() -> None:
     assert kafka_init_topics(wrong) != GenreConfig().kafka.topics.all()
     with pytest.raises(AssertionError, match="idempotent"):
         kafka_init_topics("kafka-topics.sh --create --topic a --partitions 1")
+    # A compacted topic created without cleanup.policy=compact is seen as such.
+    plain = (
+        "kafka-topics.sh --create --if-not-exists --config min.insync.replicas=1"
+        " --topic genre.item-vectors --partitions 2"
+    )
+    assert kafka_init_configs(plain) == {"genre.item-vectors": ["min.insync.replicas=1"]}
+    compact = plain.replace(" --topic", " --config cleanup.policy=compact --topic")
+    assert kafka_init_configs(compact)["genre.item-vectors"][-1] == "cleanup.policy=compact"
+    assert kafka_init_topics(compact) == {"genre.item-vectors": 2}
 
 
 def test_kafka_is_kraft_with_a_named_volume(compose: dict[str, Any]) -> None:
@@ -554,13 +737,28 @@ def test_kafka_is_kraft_with_a_named_volume(compose: dict[str, Any]) -> None:
     assert qdrant_used & named, "qdrant needs a named volume"
 
 
-def test_gpu_worker_reserves_an_nvidia_gpu(compose: dict[str, Any]) -> None:
-    gpu = _services(compose)["worker-gpu"]
-    assert "gpu" in gpu.get("profiles", [])
-    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
-    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
-    assert environment(gpu)["GENRE_ENCODER__PROVIDERS"] == "cuda"
-    assert not _services(compose)["worker"].get("profiles"), "the CPU worker runs by default"
+def device_reservations(service: dict[str, Any]) -> list[dict[str, Any]]:
+    reservations = ((service.get("deploy") or {}).get("resources") or {}).get("reservations")
+    return list((reservations or {}).get("devices") or [])
+
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_only_gpu_workers_reserve_an_nvidia_gpu(compose: dict[str, Any], worker: str) -> None:
+    svc = _services(compose)[worker]
+    devices = device_reservations(svc)
+    cfg = check_genre_env(environment(svc), bind_mounts(svc))
+    if worker in GPU_WORKERS:
+        assert svc.get("profiles") == ["gpu"]
+        assert svc["image"] == "genre-worker:gpu"
+        (gpu,) = devices
+        assert gpu.get("driver") == "nvidia" and "gpu" in gpu.get("capabilities", [])
+        assert gpu.get("count") == 1
+        assert cfg.encoder.providers == cfg.ranker.providers == "cuda"
+    else:
+        assert not svc.get("profiles"), f"{worker}: the CPU services run by default"
+        assert svc["image"] == "genre-worker:cpu"
+        assert devices == [], f"{worker}: a CPU service reserves no device"
+        assert cfg.encoder.providers == cfg.ranker.providers == "cpu"
 
 
 # ---------------------------------------------------------------------------
@@ -680,10 +878,13 @@ def test_kafka_init_takes_its_cluster_from_the_environment(compose: dict[str, An
         assert opts.get("--bootstrap-server") == "$TOPICS_BOOTSTRAP", line
         if "--create" in line:
             assert opts.get("--replication-factor") == "$TOPICS_REPLICATION_FACTOR", line
-            assert opts.get("--config") == "min.insync.replicas=$TOPICS_MIN_INSYNC_REPLICAS"
+            configs = option_values(shlex.split(line), "--config")
+            assert "min.insync.replicas=$TOPICS_MIN_INSYNC_REPLICAS" in configs, line
     env = environment(_services(compose)["kafka-init"])
-    worker = environment(_services(compose)["worker"])
-    assert env["TOPICS_BOOTSTRAP"] == worker["GENRE_KAFKA__BOOTSTRAP_SERVERS"] == "kafka:9092"
+    assert env["TOPICS_BOOTSTRAP"] == "kafka:9092"
+    for worker in WORKERS:
+        worker_env = environment(_services(compose)[worker])
+        assert worker_env["GENRE_KAFKA__BOOTSTRAP_SERVERS"] == env["TOPICS_BOOTSTRAP"], worker
     assert (env["TOPICS_REPLICATION_FACTOR"], env["TOPICS_MIN_INSYNC_REPLICAS"]) == ("1", "1")
 
 
@@ -761,14 +962,21 @@ def test_kafka_init_script_waits_for_brokers_then_creates_topics(
     calls = run_kafka_init(merged, tmp_path, brokers_up=[0, 1, 2, 3])
     probes = int((tmp_path / "probes").read_text())
     assert probes == int(env["TOPICS_REPLICATION_FACTOR"]) + 1, "waits for RF brokers"
-    creates = [dict(itertools.pairwise(c)) for c in calls if "--create" in c]
-    assert {c["--topic"]: int(c["--partitions"]) for c in creates} == (
-        GenreConfig().kafka.topics.all()
-    )
+    creates = [c for c in calls if "--create" in c]
+    topics = GenreConfig().kafka.topics
+    assert {
+        dict(itertools.pairwise(c))["--topic"]: int(option_values(c, "--partitions")[0])
+        for c in creates
+    } == topics.all()
     for c in creates:
-        assert c["--bootstrap-server"] == env["TOPICS_BOOTSTRAP"]
-        assert c["--replication-factor"] == env["TOPICS_REPLICATION_FACTOR"]
-        assert c["--config"] == f"min.insync.replicas={env['TOPICS_MIN_INSYNC_REPLICAS']}"
+        opts = dict(itertools.pairwise(c))
+        assert opts["--bootstrap-server"] == env["TOPICS_BOOTSTRAP"]
+        assert opts["--replication-factor"] == env["TOPICS_REPLICATION_FACTOR"]
+        compact = ["cleanup.policy=compact"] if opts["--topic"] in topics.compacted() else []
+        assert option_values(c, "--config") == [
+            f"min.insync.replicas={env['TOPICS_MIN_INSYNC_REPLICAS']}",
+            *compact,
+        ]
     assert "--describe" in calls[-1]
 
 
@@ -814,8 +1022,9 @@ def test_llm_override_points_workers_at_the_llm_service(api_key: str | None) -> 
     # A different model is served and asked for under the same name.
     other = load_compose(LLM_OVERRIDE, environ={"LLM_MODEL": "org/other-model"})
     served = cli_options(_services(other)["llm"]["command"])["served-model-name"]
-    worker_env = environment(_services(other)["worker"])
-    assert served == worker_env["GENRE_LLM__MODEL"] == "org/other-model"
+    assert served == "org/other-model"
+    for worker in WORKERS:
+        assert environment(_services(other)[worker])["GENRE_LLM__MODEL"] == served, worker
 
 
 def test_interpolation_helper() -> None:
@@ -848,7 +1057,9 @@ def test_readme_documents_the_profiles_ports_and_dashboards(compose: dict[str, A
         "-f deploy/compose.kafka-cluster.yml",
         "--profile llm",
         "-f deploy/compose.llm.yml",
-        "--scale worker=3",
+        "--scale stream=3 --scale scorer=2",
+        "--profile gpu up -d --scale scorer=0 --scale item-encoder=0",
+        "genre.item-vectors",
         "GENRE_KAFKA__BOOTSTRAP_SERVERS",
         "GENRE_LLM__BACKEND",
         "GENRE_LLM__BASE_URL",
@@ -868,6 +1079,16 @@ def test_readme_documents_the_profiles_ports_and_dashboards(compose: dict[str, A
     for dashboard in GRAFANA_DASHBOARDS.glob("*.json"):
         title = json.loads(dashboard.read_text())["title"].removeprefix("GENRE / ")
         assert f"**{title}**" in section, f"README does not name the {title} dashboard"
+    # Every worker service, role and Prometheus job is named; every --scale names a worker
+    # service and asks for no more replicas than its role has partitions.
+    for worker, role in WORKER_ROLES.items():
+        assert f"`{worker}`" in section, f"README does not name the {worker} service"
+        assert f"`{ROLE_JOBS[role]}`" in section, f"README does not name {ROLE_JOBS[role]}"
+    scales = re.findall(r"--scale ([\w-]+)=(\d+)", section)
+    assert scales
+    for service, replicas in scales:
+        assert service in WORKER_ROLES, f"README scales {service}, which is no worker service"
+        assert int(replicas) <= role_partitions(WORKER_ROLES[service]), (service, replicas)
 
 
 # ---------------------------------------------------------------------------
@@ -875,21 +1096,60 @@ def test_readme_documents_the_profiles_ports_and_dashboards(compose: dict[str, A
 # ---------------------------------------------------------------------------
 
 
-def test_prometheus_scrapes_every_worker_on_the_web_port(compose: dict[str, Any]) -> None:
+def prometheus_dns_targets() -> dict[str, tuple[str, int]]:
+    """DNS name scraped -> (job name, port), from deploy/prometheus/prometheus.yml."""
     prom = yaml.safe_load(PROMETHEUS.read_text())
-    web_port = GenreConfig().streams.web_port
-    assert web_port == 6066
-    dns_targets = {}
+    targets: dict[str, tuple[str, int]] = {}
     for job in prom["scrape_configs"]:
         for sd in job.get("dns_sd_configs", []):
             assert sd.get("type", "SRV") == "A", f"{job['job_name']}: compose DNS serves A records"
             for name in sd["names"]:
-                dns_targets[name] = sd["port"]
-    assert dns_targets.get("worker") == web_port
-    assert dns_targets.get("worker-gpu") == web_port
-    assert set(dns_targets) <= set(_services(compose)), "scrape names must be compose services"
+                assert name not in targets, f"{name} is scraped twice"
+                targets[name] = (job["job_name"], sd["port"])
+    return targets
+
+
+def test_prometheus_scrapes_every_worker_on_the_web_port(compose: dict[str, Any]) -> None:
+    prom = yaml.safe_load(PROMETHEUS.read_text())
+    web_port = GenreConfig().streams.web_port
+    assert web_port == 6066
+    targets = prometheus_dns_targets()
+    workers = worker_services(compose)
+    assert set(targets) == set(workers), "every worker service, and nothing else, via DNS"
+    for service, role in workers.items():
+        assert targets[service] == (ROLE_JOBS[role], web_port), service
+    for job in prom["scrape_configs"]:
+        if job.get("dns_sd_configs"):
+            # The compose service (scorer or scorer-gpu...) each target came from, as a label.
+            relabel = {"source_labels": ["__meta_dns_name"], "target_label": "service"}
+            assert relabel in job.get("relabel_configs", []), job["job_name"]
     mounts = bind_mounts(_services(compose)["prometheus"])
     assert mounts.get("/etc/prometheus/prometheus.yml") == PROMETHEUS.resolve()
+
+
+def dashboard_exprs(node: Any) -> Iterator[str]:
+    """Every PromQL ``expr`` of a dashboard's JSON."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "expr" and isinstance(value, str):
+                yield value
+            else:
+                yield from dashboard_exprs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from dashboard_exprs(item)
+
+
+def test_dashboards_filter_on_the_scraped_worker_jobs() -> None:
+    jobs = {job["job_name"] for job in yaml.safe_load(PROMETHEUS.read_text())["scrape_configs"]}
+    matched = []
+    for dashboard in sorted(GRAFANA_DASHBOARDS.glob("*.json")):
+        for expr in dashboard_exprs(json.loads(dashboard.read_text())):
+            for op, value in re.findall(r'\bjob\s*(=~|!~|!=|=)\s*"([^"]*)"', expr):
+                names = set(value.split("|")) if "~" in op else {value}
+                assert names <= jobs, f"{dashboard.name}: {expr} names jobs Prometheus lacks"
+                matched.append(names)
+    assert set(ROLE_JOBS.values()) in matched, "no panel shows the health of every worker job"
 
 
 def test_grafana_provisioning_points_at_prometheus(compose: dict[str, Any]) -> None:
