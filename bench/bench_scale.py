@@ -31,6 +31,11 @@ producer compete for them, which the CPU figures show.
 
     python bench/bench_scale.py                                # 1k..20k/s, 1 and 2 workers
     python bench/bench_scale.py --loads 1000 --workers 1 --duration-s 5   # a quick look
+    python bench/bench_scale.py --layout split --out bench/results/roles.json
+
+``--layout split`` runs one process per role instead (``genre worker --role``
+stream, encoder and scorer, as docker-compose.yml does); the catalogue then
+reaches the stream and scorer roles as records on the item-vectors topic.
 
 Prints one JSON line and writes ``bench/results/scale.json`` (merging the
 history-length and state-memory figures of bench_scorer.py and bench_state.py,
@@ -65,6 +70,8 @@ from genre.core.config import GenreConfig, load_config
 from genre.core.kafka_client import ClickProducer
 from genre.demo import _assigned_consumer, _demo_config
 from genre.process import WorkerProcess, WorkerProcessError
+from genre.schemas import ItemVector
+from genre.streams.state import encode_vector
 from genre.synthetic import SyntheticSpec, SyntheticWorkload
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -201,6 +208,26 @@ def _produce_level(
     return start, time.time()
 
 
+#: The processes of ``--layout split``: one per role.
+SPLIT_ROLES = ("stream", "encoder", "scorer")
+
+
+def _publish_item_vectors(cfg: GenreConfig, work: SyntheticWorkload, seed: int) -> int:
+    """The catalogue as the encoder role would publish it: random unit vectors on the
+    item-vectors topic (the same vectors ``_load_items`` writes to Qdrant)."""
+    items = list(work.items())
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((len(items), cfg.encoder.dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    topic = cfg.kafka.topics.item_vectors.name
+    with ClickProducer(cfg.kafka) as producer:
+        for item, vector in zip(items, vectors, strict=True):
+            payload = {"title": item.title, "category": item.category}
+            record = ItemVector(item_id=item.item_id, vector=encode_vector(vector), payload=payload)
+            producer.send_raw(topic, record.to_bytes(), item.item_id.encode())
+    return len(items)
+
+
 def _worker_configs(
     base: GenreConfig,
     run_dir: Path,
@@ -209,7 +236,7 @@ def _worker_configs(
     ranker: str,
     profiles_every: int | None,
 ) -> tuple[GenreConfig, list[Path], list[int]]:
-    """One config file per worker: same app id (one group), own data_dir and web port."""
+    """One config file per worker: same app id, own data_dir and web port."""
     cfg, _ = _demo_config(base, run_dir, port, 0, None, ranker)
     paths, ports = [], []
     for i in range(count):
@@ -228,11 +255,17 @@ def _worker_configs(
 
 
 def run_workers(
-    args: argparse.Namespace, count: int, work: SyntheticWorkload, console: Console
+    args: argparse.Namespace,
+    count: int,
+    work: SyntheticWorkload,
+    console: Console,
+    split: bool = False,
 ) -> list[dict[str, Any]]:
-    """Every offered load against ``count`` workers on a fresh broker."""
+    """Every offered load against ``count`` workers (or the split roles) on a fresh broker."""
+    roles = SPLIT_ROLES if split else ("all",) * count
+    count = len(roles)
     base = load_config(args.config) if args.config else load_config(None)
-    run_dir = base.path(f"bench-scale/w{count}")
+    run_dir = base.path(f"bench-scale/{'split' if split else f'w{count}'}")
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     port = free_port()
@@ -242,8 +275,8 @@ def run_workers(
     total = sum(int(rate * args.duration_s) for rate in args.loads)
     broker = EmbeddedBroker("127.0.0.1", port, log_path=run_dir / "broker.log")
     workers = [
-        WorkerProcess(path, web_port, run_dir / f"w{i}.log")
-        for i, (path, web_port) in enumerate(zip(paths, ports, strict=True))
+        WorkerProcess(path, web_port, run_dir / f"w{i}.log", role=role)
+        for i, (path, web_port, role) in enumerate(zip(paths, ports, roles, strict=True))
     ]
     recs = RecConsumer(cfg, total)
     levels: list[dict[str, Any]] = []
@@ -251,9 +284,12 @@ def run_workers(
         with console.status(f"{count} worker(s): broker, catalogue, workers"):
             broker.start()
             ensure_genre_topics(broker.bootstrap, cfg.kafka.topics)
-            _load_items(cfg, work, args.seed)
-            for i in range(1, count):  # local mode: each worker its own copy
-                shutil.copytree(run_dir / "w0" / "qdrant", run_dir / f"w{i}" / "qdrant")
+            if split:
+                _publish_item_vectors(cfg, work, args.seed)
+            else:
+                _load_items(cfg, work, args.seed)
+                for i in range(1, count):  # local mode: each worker its own copy
+                    shutil.copytree(run_dir / "w0" / "qdrant", run_dir / f"w{i}" / "qdrant")
             _start_all(workers)
         recs.start()
         produced_at = np.full(total, np.nan)
@@ -268,9 +304,10 @@ def run_workers(
                     console,
                 )  # fmt: skip
                 level["workers"] = count
+                level["roles"] = list(roles)
                 levels.append(level)
                 console.print(
-                    f"{count} worker(s), offered {rate:,}/s: {level['throughput_eps']:,.0f}/s, "
+                    f"{'+'.join(roles)}, offered {rate:,}/s: {level['throughput_eps']:,.0f}/s, "
                     f"p50 {level['p50_ms']} ms, p99 {level['p99_ms']} ms, "
                     f"scorer mean batch {level['scorer']['mean_batch']}, "
                     f"busy {level['scorer']['utilisation']:.0%}"
@@ -328,6 +365,8 @@ def _run_level(
     console: Console,
 ) -> dict[str, Any]:
     n = len(values)
+    scorers = sum(w.role in ("all", "scorer") for w in workers)
+    stream_workers = sum(w.role in ("all", "stream") for w in workers)
     before = _scrape(workers)
     pids = {f"worker{i}": w.proc.pid for i, w in enumerate(workers) if w.proc}
     pids["broker"] = broker.pid
@@ -392,14 +431,19 @@ def _run_level(
             "mean_batch": round((after["batch_sum"] - before["batch_sum"]) / max(batches, 1), 1),
             "batch_histogram": _batch_histogram(before["buckets"], after["buckets"]),
             # busy seconds per worker over wall time: 1.0 means the agent never waited
-            "utilisation": round((after["scorer_s"] - before["scorer_s"]) / wall / len(workers), 3),
+            "utilisation": round((after["scorer_s"] - before["scorer_s"]) / wall / scorers, 3),
             "ranker_utilisation": round(
-                (after["ranker_s"] - before["ranker_s"]) / wall / len(workers), 3
+                (after["ranker_s"] - before["ranker_s"]) / wall / scorers, 3
             ),
         },
-        # busy seconds of each stage summed over workers, over wall time: where the CPU went
+        # busy seconds of each stage over wall time, per process that runs it: where the CPU went
         "busy_share": {
-            key: round((after[key + "_s"] - before[key + "_s"]) / wall / len(workers), 3)
+            key: round(
+                (after[key + "_s"] - before[key + "_s"])
+                / wall
+                / (stream_workers if key == "stream" else scorers if key != "gc" else len(workers)),
+                3,
+            )
             for key in ("stream", "scorer", "ranker", "profiles_agent", "profile_encoder", "gc")
         },
         "profiles": int(after["profiles"] - before["profiles"]),
@@ -435,10 +479,11 @@ def _plot(result: dict[str, Any], path: Path) -> str | None:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
     for count, levels in result["by_workers"].items():
+        name = "split roles" if count == "split" else f"{count} worker(s)"
         offered = [lv["offered_eps"] for lv in levels]
-        ax1.plot(offered, [lv["throughput_eps"] for lv in levels], "o-", label=f"{count} worker(s)")
-        ax2.plot(offered, [lv["p50_ms"] for lv in levels], "o-", label=f"p50, {count} worker(s)")
-        ax2.plot(offered, [lv["p99_ms"] for lv in levels], "s--", label=f"p99, {count} worker(s)")
+        ax1.plot(offered, [lv["throughput_eps"] for lv in levels], "o-", label=name)
+        ax2.plot(offered, [lv["p50_ms"] for lv in levels], "o-", label=f"p50, {name}")
+        ax2.plot(offered, [lv["p99_ms"] for lv in levels], "s--", label=f"p99, {name}")
     top = max(lv["offered_eps"] for lvs in result["by_workers"].values() for lv in lvs)
     ax1.plot([0, top], [0, top], ":", color="grey", label="offered")
     ax1.set_xlabel("offered clicks/s")
@@ -460,6 +505,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--loads", type=int, nargs="+", default=[1000, 5000, 10000, 20000])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--layout",
+        choices=("all", "split"),
+        nargs="+",
+        default=["all"],
+        help="all: --workers processes running every agent; split: one process per role "
+        "(both: each in turn, on the same workload)",
+    )
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--items", type=int, default=10_000)
@@ -493,7 +546,11 @@ def main(argv: list[str] | None = None) -> int:
     work = SyntheticWorkload(spec)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        by_workers = {str(c): run_workers(args, c, work, console) for c in args.workers}
+        by_workers: dict[str, list[dict[str, Any]]] = {}
+        if "all" in args.layout:
+            by_workers.update({str(c): run_workers(args, c, work, console) for c in args.workers})
+        if "split" in args.layout:
+            by_workers["split"] = run_workers(args, len(SPLIT_ROLES), work, console, split=True)
     finally:
         signal.signal(signal.SIGTERM, previous)
     best = {c: max(lv["throughput_eps"] for lv in levels) for c, levels in by_workers.items()}
@@ -507,11 +564,15 @@ def main(argv: list[str] | None = None) -> int:
         "profiles_every_k_clicks": args.profiles_every,
         "by_offered_load": [
             {k: lv[k] for k in ("offered_eps", "throughput_eps", "p50_ms", "p99_ms")}
-            for lv in by_workers[str(args.workers[0])]
+            for lv in next(iter(by_workers.values()))
         ],
+        "layout": args.layout,
         "max_throughput_eps": best,
         "scaling_ratio_1_to_2_workers": (
             round(best["2"] / best["1"], 2) if "1" in best and "2" in best else None
+        ),
+        "ratio_split_roles_to_1_worker": (
+            round(best["split"] / best["1"], 2) if "1" in best and "split" in best else None
         ),
         "by_workers": by_workers,
     }

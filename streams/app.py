@@ -79,8 +79,10 @@ ROLE_TABLES = {
 }
 
 
-#: Roles that read the whole item_vectors topic: their item encoder runs elsewhere.
-FOLLOWER_ROLES = frozenset({"stream", "scorer"})
+#: Roles that read the whole item_vectors topic into their catalogue: a split role's
+#: item encoder runs elsewhere, and an all-in-one worker's encodes only the items
+#: of the ``items`` partitions it owns.
+FOLLOWER_ROLES = frozenset({"all", "stream", "scorer"})
 
 
 def check_role(role: str) -> str:

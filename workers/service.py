@@ -79,10 +79,12 @@ def build_worker(
     store.ensure_collection(config.qdrant.items_collection, dim)
     store.ensure_collection(config.qdrant.users_collection, dim)
     streams = build_streams(config, store=store, role=role)
-    if config.qdrant.url is None and role != "stream":
+    if config.qdrant.url is None and role in ("all", "scorer"):
         # Local mode: search an exact in-memory index (same answers, ~20x faster).
+        # The item-vectors follower fills it; an all-in-one worker also loads what
+        # its own folder holds (items stored before that topic existed).
         streams.index = ExactIndex(dim)
-        if role not in FOLLOWER_ROLES:  # a follower fills it from the topic instead
+        if role == "all":
             loaded = streams.index.load(store.scroll(config.qdrant.items_collection))
             log.info("exact item index: %d items loaded from local Qdrant", loaded)
     if role in ("all", "stream"):
