@@ -175,18 +175,25 @@ class TrendingSource:
         self._top: list[tuple[str, float]] = []
         self._candidates: tuple[list, list[tuple[str, Candidate]]] | None = None
         self._refreshed = 0.0
+        self._graph_size = 0
 
     def top(self) -> list[tuple[str, float]]:
-        """The current trending list, recomputed at most every ``refresh_s`` seconds."""
-        if time.monotonic() - self._refreshed >= self.refresh_s:
+        """The current trending list, recomputed at most every ``refresh_s`` seconds,
+        and at once when it is short and the graph has grown since: on a young graph
+        (a fresh deployment) the first users would otherwise get no trending items
+        for up to ``refresh_s``."""
+        # Over-fetch so users who saw the head of the list still get candidates.
+        k = self.limit * 4
+        graph = self.streams.graph
+        stale = time.monotonic() - self._refreshed >= self.refresh_s
+        if stale or (len(self._top) < k and len(graph) != self._graph_size):
             now = self.streams.event_now()
-            # Over-fetch so users who saw the head of the list still get candidates.
-            k = self.limit * 4
+            self._graph_size = len(graph)
             self._top = heapq.nlargest(
                 k,
                 (
                     (item, self.rules.popularity(state, now))
-                    for item, state in list(self.streams.graph.items())
+                    for item, state in list(graph.items())
                 ),
                 key=lambda kv: kv[1],
             )

@@ -188,3 +188,34 @@ def test_explain_ann_without_vectors_uses_phrase() -> None:
     assert explain(Scored("x", 1.0, "ann", None), req, only_target) == "matches your taste"
     only_history = {"h1": _sv("h1", [1.0, 0.0], "Heat")}
     assert explain(Scored("x", 1.0, "ann", None), req, only_history) == "matches your taste"
+
+
+def test_trending_list_of_a_young_graph_catches_up_at_once() -> None:
+    """A fresh deployment: the first list was made from an empty graph; the next user
+    must not wait ``refresh_s`` for trending items that the graph already holds."""
+    from types import SimpleNamespace
+
+    from genre.core.config import GenreConfig
+    from genre.streams.agents import graph_rules
+    from genre.streams.state import new_item_state
+    from genre.workers.candidates import TrendingSource
+
+    graph: dict[str, dict] = {}
+    streams = SimpleNamespace(config=GenreConfig(), graph=graph, event_now=lambda: 1.7e9)
+    source = TrendingSource(streams, limit=2, refresh_s=3600.0)
+    assert source.top() == []
+    rules = graph_rules(streams)
+    for item, clicks in (("a", 1), ("b", 3)):
+        graph[item] = new_item_state()
+        for _ in range(clicks):
+            rules.add_click(graph[item], 1.7e9)
+    assert [item for item, _ in source.top()] == ["b", "a"]
+    # A full list (4 x limit items) waits for its refresh, however the graph changes.
+    for item in ("c", "d"):
+        graph[item] = new_item_state()
+        rules.add_click(graph[item], 1.7e9, weight=0.5)
+    source = TrendingSource(streams, limit=1, refresh_s=3600.0)
+    assert [item for item, _ in source.top()] == ["b", "a", "c", "d"]
+    graph["e"] = new_item_state()
+    rules.add_click(graph["e"], 1.7e9, weight=10)
+    assert [item for item, _ in source.top()] == ["b", "a", "c", "d"]
