@@ -205,13 +205,14 @@ def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
         ),
         online_clicks=Counter(
             "online_clicks",
-            "Clicks checked against the user's latest published list.",
+            "Clicks applied to user state (the online hit rate's denominator).",
             namespace=ns,
             registry=registry,
         ),
         online_hits=Counter(
             "online_hits",
-            "Clicks whose item was in the user's latest list (hit rate = hits / clicks).",
+            "Clicks whose item was in the list the user had when clicking, counted by "
+            "the scorer (hit rate = hits / clicks).",
             namespace=ns,
             registry=registry,
         ),

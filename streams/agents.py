@@ -30,10 +30,13 @@ from genre.streams.app import CHUNKS_PER_BATCH, GenreStreams, chunk_records, tab
 from genre.streams.state import (
     USER_VECTOR_UPDATERS,
     GraphRules,
+    UserState,
     UserStateRules,
+    encode_vector,
     finish_user_state,
     new_item_state,
     new_user_state,
+    user_vector,
 )
 
 log = logging.getLogger("genre.streams")
@@ -100,6 +103,7 @@ def register_stream_agents(streams: GenreStreams) -> None:
     async def user_state(stream: Any) -> None:
         """Fold clicks into user state; emit co-clicks by item and one score request per user."""
         async for events in stream.take_events(CHUNKS_PER_BATCH, within=within):
+            await streams.items_read()
             records = chunk_records(events)
             batches = [(rec, UserClicks.from_trusted_bytes(rec.value)) for rec in records]
             n_clicks = sum(len(clicks) for _, clicks in batches)
@@ -234,7 +238,9 @@ async def _fold_clicks(
     # RocksDB table scans every key, too dear after every batch.
 
 
-def score_request(click: UserClick, clicked_items: list[str], state: dict | None) -> ScoreRequest:
+def score_request(
+    click: UserClick, clicked_items: list[str], state: UserState | None
+) -> ScoreRequest:
     """The score request for a user's latest click; with ``state``, the scorer's part of it
     (history, seen set, vector, clicks) travels along for a scorer in another process."""
     request = ScoreRequest(
@@ -247,13 +253,14 @@ def score_request(click: UserClick, clicked_items: list[str], state: dict | None
     if state is None:
         return request
     vector = state.get("vector")
+    if vector is not None and not isinstance(vector, str):  # a state from before base64
+        vector = encode_vector(user_vector(state))
     return request.model_copy(
         update={
             "recent_items": state["history"],
             "seen_items": state["seen"],
             "clicks": state["clicks"],
-            # finish_user_state stored it as base64 float32 already
-            "vector_b64": vector if isinstance(vector, str) else None,
+            "vector_b64": vector,
         }
     )
 

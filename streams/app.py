@@ -6,12 +6,13 @@ import asyncio
 import ssl
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import faust
+import numpy as np
 import orjson
 from aiohttp import web
 from aiokafka.partitioner import murmur2
@@ -247,6 +248,7 @@ class GenreStreams:
     profiles: Any  # faust Table: user_id -> the user's latest LLM profile (text, vector)
     store: VectorStore
     catalog: ItemCatalog
+    #: What this process runs (one of ``ROLES``).
     role: str = "all"
     #: One thread for vector-store calls: qdrant local mode is not thread-safe.
     store_executor: ThreadPoolExecutor = field(
@@ -264,6 +266,9 @@ class GenreStreams:
     #: Exact in-memory item index, used instead of Qdrant queries in local mode.
     index: ExactIndex | None = None
     ready: dict[str, bool] = field(default_factory=dict)
+    #: Set once the item-vectors follower has read its topic to the end (None: no
+    #: follower in this process); see ``items_read``.
+    item_vectors_read: asyncio.Event | None = None
     #: Newest event time seen by this process (Unix seconds); 0 until the first click.
     event_time: float = 0.0
 
@@ -283,6 +288,12 @@ class GenreStreams:
         Replayed data (MovieLens is from 1997-98) must decay in its own time, not ours.
         """
         return self.event_time or time.time()
+
+    async def items_read(self) -> None:
+        """Wait until this process knows every item published so far (at start only):
+        an agent that ran earlier would take clicks on known items for unknown ones."""
+        if self.item_vectors_read is not None and not self.item_vectors_read.is_set():
+            await self.item_vectors_read.wait()
 
     async def in_store(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking vector-store call off the event loop."""
@@ -310,6 +321,23 @@ class GenreStreams:
         buffer = self.app.producer.buffer
         while buffer.size > limit:
             await buffer.flush_atmost(buffer.size - limit)
+
+    def remember_items(
+        self, ids: Sequence[str], vectors: Sequence[np.ndarray], payloads: Sequence[dict]
+    ) -> None:
+        """Put items just encoded or read from the item-vectors topic into this process's
+        catalogue and exact index (Qdrant is written by the encoder)."""
+        for key, vector, payload in zip(ids, vectors, payloads, strict=True):
+            self.catalog.put(key, vector, {**payload, "id": key})
+        if self.index is not None and len(ids):
+            self.index.upsert(ids, np.stack(vectors))
+
+    def forget_items(self, ids: Sequence[str]) -> None:
+        """Drop deleted items from this process's catalogue and exact index."""
+        for key in ids:
+            self.catalog.forget(key)
+        if self.index is not None and ids:
+            self.index.delete(ids)
 
     async def items(self, ids: Iterable[str]) -> dict[str, StoredVector]:
         """Item vectors and payloads: cache hits at once, misses fetched off the loop."""

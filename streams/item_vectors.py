@@ -18,6 +18,7 @@ of item representations need.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -51,8 +52,15 @@ class ItemVectorFollower:
         self.streams = streams
         self.on_change = on_change
         self.topic = streams.config.kafka.topics.item_vectors.name
+        self.dim = streams.config.encoder.dim
         self.partitions: set[int] = set()
+        #: Partitions read to their end at least once (never un-marked: new records
+        #: arriving while others are still being read must not hold readiness back).
         self._at_end: set[int] = set()
+        #: Set once every partition has been read to its end; agents that need item
+        #: vectors wait for it before their first batch (``GenreStreams.item_vectors_read``).
+        self.read = asyncio.Event()
+        streams.item_vectors_read = self.read
         #: librdkafka consumers are not thread-safe: every call runs on this one thread.
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="item-vectors")
         streams.ready["item_vectors"] = False
@@ -65,17 +73,20 @@ class ItemVectorFollower:
     async def run(self) -> None:
         """Forever: poll the topic and apply what arrives (a background task)."""
         loop = asyncio.get_running_loop()
-        consumer = await loop.run_in_executor(self._thread, self._open)
+        consumer: Consumer | None = None
         try:
+            consumer = await loop.run_in_executor(self._thread, self._open)
             while True:
                 messages = await loop.run_in_executor(
                     self._thread, consumer.consume, POLL_BATCH, POLL_WAIT_S
                 )
                 await self.apply(messages)
         finally:
-            # Queued behind any poll still running on the thread.
-            self._thread.submit(consumer.close)
-            self._thread.shutdown(wait=False)
+            with contextlib.suppress(RuntimeError):  # the interpreter is shutting down
+                if consumer is not None:
+                    # Queued behind any poll still running on the thread.
+                    self._thread.submit(consumer.close)
+                self._thread.shutdown(wait=False)
 
     def _open(self) -> Consumer:
         kafka = self.streams.config.kafka
@@ -92,11 +103,13 @@ class ItemVectorFollower:
         topic = metadata.topics.get(self.topic)
         if topic is None or topic.error is not None or not topic.partitions:
             consumer.close()
+            why = topic.error if topic is not None and topic.error else "no partitions"
             raise KafkaException(
                 KafkaError(
                     KafkaError.UNKNOWN_TOPIC_OR_PART,
-                    f"topic {self.topic} is missing; create it (kafka.topics.item_vectors) "
-                    "or run `genre worker`, which creates every configured topic",
+                    f"cannot read topic {self.topic} ({why}); create it with "
+                    "cleanup.policy=compact (kafka.topics.item_vectors; `genre worker` "
+                    "creates missing topics at start) and check this client may read it",
                 )
             )
         self.partitions = set(topic.partitions)
@@ -116,7 +129,6 @@ class ItemVectorFollower:
                     raise KafkaException(err)
                 log.warning("item-vectors consumer error: %s", err.str())
                 continue
-            self._at_end.discard(int(msg.partition() or 0))
             key = msg.key()
             if key is None:
                 await self._reject(msg, "missing_key", "item vectors are keyed by item id")
@@ -125,7 +137,7 @@ class ItemVectorFollower:
         if messages:
             METRICS.events_in.labels(self.topic).inc(sum(m.error() is None for m in messages))
         deletes = [key for key, msg in latest.items() if msg.value() is None]
-        upserts: list[ItemVector] = []
+        upserts: list[tuple[ItemVector, np.ndarray]] = []
         for key, msg in latest.items():
             if msg.value() is None:
                 continue
@@ -135,29 +147,41 @@ class ItemVectorFollower:
             elif record.item_id != key:
                 await self._reject(msg, "invalid_value", f"key {key!r} != item_id")
             else:
-                upserts.append(record)
+                vector, error = self._vector(record)
+                if vector is None:
+                    await self._reject(msg, "invalid_value", error)
+                else:
+                    upserts.append((record, vector))
         self._store(upserts, deletes)
         if not self.caught_up and self.partitions and self.partitions <= self._at_end:
             self.streams.ready["item_vectors"] = True
+            self.read.set()
             log.info("item vectors: %d items read from %s", len(self.streams.catalog), self.topic)
         return len(upserts) + len(deletes)
 
-    def _store(self, upserts: list[ItemVector], deletes: list[str]) -> None:
-        catalog, index = self.streams.catalog, self.streams.index
-        for key in deletes:
-            catalog.forget(key)
-        if index is not None and deletes:
-            index.delete(deletes)
-        if upserts:
-            ids = [r.item_id for r in upserts]
-            vectors = np.stack([decode_vector(r.vector) for r in upserts])
-            for record, vector in zip(upserts, vectors, strict=True):
-                catalog.put(record.item_id, vector, {**record.payload, "id": record.item_id})
-            if index is not None:
-                index.upsert(ids, vectors)
-            deletes = deletes + ids
-        if deletes and self.on_change is not None:
-            self.on_change(deletes)
+    def _vector(self, record: ItemVector) -> tuple[np.ndarray | None, str]:
+        """The record's vector, or None and why it is unusable. A bad record must not
+        stop the follower: the topic is compacted and re-read at every start."""
+        try:
+            vector = decode_vector(record.vector)
+        except ValueError as exc:  # binascii.Error is a ValueError
+            return None, f"vector is not base64 float32: {exc}"
+        if vector.shape != (self.dim,):
+            return None, (
+                f"vector has {vector.size} dimensions, encoder.dim is {self.dim}; re-encode "
+                "the catalogue with the configured encoder (or fix encoder.dim)"
+            )
+        return vector, ""
+
+    def _store(self, upserts: list[tuple[ItemVector, np.ndarray]], deletes: list[str]) -> None:
+        self.streams.forget_items(deletes)
+        ids = [record.item_id for record, _ in upserts]
+        # Each vector its own array (decode_vector copies): no row keeps a batch alive.
+        vectors = [vector for _, vector in upserts]
+        self.streams.remember_items(ids, vectors, [record.payload for record, _ in upserts])
+        changed = deletes + ids
+        if changed and self.on_change is not None:
+            self.on_change(changed)
 
     async def _reject(self, msg: Any, reason: str, error: str) -> None:
         """Dead-letter a record the encoder role should never have written."""

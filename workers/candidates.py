@@ -191,10 +191,7 @@ class TrendingSource:
             self._graph_size = len(graph)
             self._top = heapq.nlargest(
                 k,
-                (
-                    (item, self.rules.popularity(state, now))
-                    for item, state in list(graph.items())
-                ),
+                ((item, self.rules.popularity(state, now)) for item, state in list(graph.items())),
                 key=lambda kv: kv[1],
             )
             self._refreshed = time.monotonic()

@@ -80,10 +80,7 @@ class ItemEncoderWorker:
             self._retry.pop(key, None)
         if deletes:
             await self.streams.in_store(self.streams.store.delete, self.collection, deletes)
-            for key in deletes:
-                self.streams.catalog.forget(key)
-            if self.streams.index is not None:
-                self.streams.index.delete(deletes)
+            self.streams.forget_items(deletes)
             if self.on_change is not None:
                 self.on_change(deletes)
             await self._publish(deletes, None, None)
@@ -228,10 +225,7 @@ class ItemEncoderWorker:
         await self.streams.in_store(
             self.streams.store.upsert, self.collection, ids, vectors, payloads
         )
-        for key, vec, payload in zip(ids, vectors, payloads, strict=True):
-            self.streams.catalog.put(key, vec, {**payload, "id": key})
-        if self.streams.index is not None:
-            self.streams.index.upsert(ids, vectors)
+        self.streams.remember_items(ids, list(vectors), payloads)
         if self.on_change is not None:
             self.on_change(ids)
         await self._publish(ids, vectors, payloads)

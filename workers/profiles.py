@@ -121,6 +121,7 @@ def register_profile_agent(streams: GenreStreams, worker: ProfileWorker) -> None
     @streams.app.agent(topic, name="genre.profiles")
     async def profiles(stream: Any) -> None:
         async for events in stream.take_events(PROFILE_BATCH, within=within):
+            await streams.items_read()
             records = chunk_records(events)
             requests = [
                 r for rec in records for r in ProfileRequests.from_bytes(rec.value).requests

@@ -19,7 +19,7 @@ from genre.schemas import Recommendation, RecommendedItem, ScoreRequest, ScoreRe
 from genre.schemas.manifest import ManifestError
 from genre.streams.agents import graph_rules
 from genre.streams.app import CHUNKS_PER_BATCH, GenreStreams, chunk_records, table_get
-from genre.streams.state import neighbour_scores, user_vector
+from genre.streams.state import decode_vector, neighbour_scores, user_vector
 from genre.workers.candidates import Candidate, CoClickSource, build_sources, count_candidates
 from genre.workers.ranker import OnnxRanker, RankerHandle
 
@@ -201,6 +201,7 @@ class ScorerWorker:
         #: user_id -> (vector, payload) not yet written to Qdrant; a background task
         #: flushes it, so vector-store writes never delay the next scoring batch.
         self.pending_users: dict[str, tuple[list[float], dict[str, Any]]] = {}
+        self._warned_stateless = False
         METRICS.model_info.labels("scorer", self.model_version).set(1)
 
     async def handle(self, requests: list[ScoreRequest]) -> list[Recommendation]:
@@ -399,10 +400,24 @@ class ScorerWorker:
         co-partitioned (same key, same partition count), so the worker scoring a
         user also holds that user's state.
         """
+        users = self.streams.users
         if request.clicks:
-            update: dict[str, Any] = {"vector": user_vector({"vector": request.vector_b64})}
+            vector = decode_vector(request.vector_b64) if request.vector_b64 else None
+            update: dict[str, Any] = {"vector": vector}
+        elif users is None:
+            # A scorer role, and the request came without the state: it was written by
+            # an all-in-one worker (mixed deployments) or before the split.
+            if not self._warned_stateless:
+                log.warning(
+                    "score requests arrive without the user's state, which a scorer role "
+                    "needs (it keeps no user table); run stream roles, not `--role all` "
+                    "workers, next to scorer roles. Ranking such users cold."
+                )
+                self._warned_stateless = True
+            METRICS.fallbacks.labels("scorer", "no_state_in_request").inc()
+            return request
         else:
-            state = self.streams.users.get(request.user_id) if self.streams.users else None
+            state = users.get(request.user_id)
             if state is None:
                 log.warning("no state for user %s on this worker; ranking cold", request.user_id)
                 METRICS.fallbacks.labels("scorer", "no_user_state").inc()
@@ -425,7 +440,9 @@ class ScorerWorker:
         topic = self.streams.topics.recommendations
         for rec in recs:
             await topic.send(key=rec.user_id.encode(), value=rec.to_bytes())
-            self.streams.latest_lists[rec.user_id] = [i.item_id for i in rec.items]
+            latest = self.streams.latest_lists
+            previous = table_get(latest, rec.user_id)
+            latest[rec.user_id] = latest_list_entry(rec, previous)
             METRICS.click_to_recommendation_ms.observe(rec.latency_ms)
         METRICS.recommendations.inc(len(recs))
         METRICS.events_out.labels(topic.get_topic_name()).inc(len(recs))
@@ -461,6 +478,30 @@ class ScorerWorker:
             self.pending_users = {**pending, **self.pending_users}  # newer entries win
             return 0
         return len(ids)
+
+
+def latest_list_entry(rec: Recommendation, previous: Any) -> dict[str, Any]:
+    """The ``latest-lists`` value after publishing ``rec``: its items, when it was made,
+    and the list before it (what a click made before ``rec`` was published could hit)."""
+    return {
+        "items": [i.item_id for i in rec.items],
+        "at": rec.generated_at,
+        "prev": list_shown_at(previous, rec.generated_at),
+    }
+
+
+def list_shown_at(entry: Any, when: float) -> list[str]:
+    """The items of the user's list that was the latest at ``when`` (Unix seconds).
+
+    An online hit is a click on an item of the list the user had when clicking.
+    A lagging scorer may have published a newer list since: then the one before
+    it counts. Entries written before lists were dated are plain item lists.
+    """
+    if entry is None:
+        return []
+    if isinstance(entry, list):
+        return entry
+    return entry["items"] if entry["at"] <= when else entry["prev"]
 
 
 def check_ranker_features(ranker: OnnxRanker, streams: GenreStreams) -> None:
@@ -530,6 +571,7 @@ def register_scorer_agent(streams: GenreStreams, worker: ScorerWorker) -> None:
     @streams.app.agent(topic, name="genre.scorer")
     async def scorer(stream: Any) -> None:
         async for events in stream.take_events(CHUNKS_PER_BATCH, within=within):
+            await streams.items_read()
             records = chunk_records(events)
             # Latest request per user across the whole batch: a user's older requests
             # ask for a list that the newer one replaces anyway. Under a backlog a
@@ -544,10 +586,9 @@ def register_scorer_agent(streams: GenreStreams, worker: ScorerWorker) -> None:
                     latest[req.user_id] = req
                     n_requests += 1
                     if req.clicked_items:
-                        shown = table_get(streams.latest_lists, req.user_id) or ()
+                        entry = table_get(streams.latest_lists, req.user_id)
+                        shown = list_shown_at(entry, req.trigger_produced_at)
                         hits += sum(item in shown for item in req.clicked_items)
-            # A hit: a click on an item of the list the user had when clicking (every
-            # request of this batch predates the lists it publishes).
             METRICS.online_hits.inc(hits)
             if n_requests > len(latest):
                 superseded = n_requests - len(latest)

@@ -166,3 +166,32 @@ def test_deleted_item_leaves_every_role(split: SplitPipeline) -> None:
     latest = [r for r in split.recommendations({"roles-d4"}) if r.user_id == "roles-d"][-1]
     assert gone not in [i.item_id for i in latest.items]
     assert any(i.item_id == "cooking-0" for i in latest.items)
+
+
+def test_a_bad_item_vector_is_dead_lettered_and_the_followers_keep_going(
+    split: SplitPipeline,
+) -> None:
+    import numpy as np
+
+    from genre.schemas import ItemVector
+    from genre.streams.state import encode_vector
+
+    topic = split.config.kafka.topics.item_vectors.name
+    short = ItemVector(item_id="bad-dim", vector=encode_vector(np.ones(3, np.float32)))
+    mismatch = ItemVector(item_id="other", vector=encode_vector(np.ones(384, np.float32)))
+    followers = ("stream", "scorer")
+    before = {
+        r: split.workers[r].metric("genre_dlq_records_total", reason="invalid_value")
+        for r in followers
+    }
+    with ClickProducer(split.config.kafka) as producer:
+        producer.send_raw(topic, short.to_bytes(), b"bad-dim")
+        producer.send_raw(topic, mismatch.to_bytes(), b"not-other")
+    for role in followers:
+        split.workers[role].wait_metric(
+            "genre_dlq_records_total", before[role] + 2, timeout_s=60, reason="invalid_value"
+        )
+    split.send([click("roles-b0", "roles-b", "animation-0")])
+    latest = [r for r in split.recommendations({"roles-b0"}) if r.user_id == "roles-b"][-1]
+    assert latest.items and "bad-dim" not in [i.item_id for i in latest.items]
+    assert all(w.running for w in split.workers.values())

@@ -219,3 +219,27 @@ def test_trending_list_of_a_young_graph_catches_up_at_once() -> None:
     graph["e"] = new_item_state()
     rules.add_click(graph["e"], 1.7e9, weight=10)
     assert [item for item, _ in source.top()] == ["b", "a", "c", "d"]
+
+
+def test_online_hits_count_against_the_list_shown_when_the_user_clicked() -> None:
+    from genre.schemas import Recommendation, RecommendedItem
+    from genre.workers.scorer import latest_list_entry, list_shown_at
+
+    def rec(items: list[str], at: float) -> Recommendation:
+        return Recommendation(
+            user_id="u",
+            items=[RecommendedItem(item_id=i, score=1.0, source="ann", reason="r") for i in items],
+            model_version="m",
+            trigger_event_id="e",
+            generated_at=at,
+            latency_ms=1.0,
+        )
+
+    assert list_shown_at(None, 100.0) == []
+    assert list_shown_at(["a"], 100.0) == ["a"]  # entries from before lists were dated
+    first = latest_list_entry(rec(["a", "b"], 100.0), None)
+    second = latest_list_entry(rec(["c"], 200.0), first)
+    assert list_shown_at(second, 250.0) == ["c"]
+    # Clicked at 150, scored after the 200 list went out: the 100 list was on screen.
+    assert list_shown_at(second, 150.0) == ["a", "b"]
+    assert list_shown_at(second, 50.0) == ["a", "b"]  # the oldest we keep
