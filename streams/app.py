@@ -501,16 +501,22 @@ def build_streams(
         dlq=topic(t.dlq),
         item_vectors=topic(t.item_vectors),
     )
-    users = graph = latest_lists = profiles = None
-    if "users" in tables:
-        users = app.Table(
-            "user-state",
+
+    def user_table(name: str) -> Any:
+        """A table keyed by user, co-partitioned with ``user_clicks``."""
+        return app.Table(
+            name,
             partitions=t.user_clicks.partitions,
             schema=TABLE_SCHEMA,
             # Batched agents write after awaiting (no current event), so the changelog
             # partition comes from the key, as the source topic's partition does.
             use_partitioner=True,
         )
+
+    users = user_table("user-state") if "users" in tables else None
+    latest_lists = user_table("latest-lists") if "latest_lists" in tables else None
+    profiles = user_table("user-profiles") if "profiles" in tables else None
+    graph = None
     if "graph" in tables:
         graph = app.GlobalTable(
             "item-graph",
@@ -530,20 +536,6 @@ def build_streams(
             # The host part is needed: yarl's URL("memory://") is falsy, and Faust
             # then falls back to the app's store.
             store="memory://item-graph",
-        )
-    if "latest_lists" in tables:
-        latest_lists = app.Table(
-            "latest-lists",
-            partitions=t.user_clicks.partitions,
-            schema=TABLE_SCHEMA,
-            use_partitioner=True,
-        )
-    if "profiles" in tables:
-        profiles = app.Table(
-            "user-profiles",
-            partitions=t.user_clicks.partitions,
-            schema=TABLE_SCHEMA,
-            use_partitioner=True,
         )
     vector_store = store if store is not None else open_vector_store(config)
     catalog = ItemCatalog(vector_store, config.qdrant.items_collection)
