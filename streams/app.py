@@ -69,21 +69,22 @@ def chunk_records(events: Iterable[Any]) -> list[Any]:
 #: Split roles are separate Faust apps, so each consumer group reads only its
 #: own topics; they exchange item vectors through the ``item_vectors`` topic and
 #: user state inside score requests.
-ROLES = ("all", "stream", "encoder", "scorer")
+#: The parts of the pipeline each role runs; everything else about a role (app id,
+#: tables, models, whether it follows item_vectors) follows from these.
+ROLE_PARTS = {
+    "all": frozenset({"stream", "encoder", "scorer"}),
+    "stream": frozenset({"stream"}),
+    "encoder": frozenset({"encoder"}),
+    "scorer": frozenset({"scorer"}),
+}
+ROLES = tuple(ROLE_PARTS)
 
-#: The tables each role keeps (the others stay None on its ``GenreStreams``).
-ROLE_TABLES = {
-    "all": frozenset({"users", "graph", "latest_lists", "profiles"}),
+#: The tables each part keeps (a role's others stay None on its ``GenreStreams``).
+PART_TABLES = {
     "stream": frozenset({"users"}),
     "encoder": frozenset(),
     "scorer": frozenset({"graph", "latest_lists", "profiles"}),
 }
-
-
-#: Roles that read the whole item_vectors topic into their catalogue: a split role's
-#: item encoder runs elsewhere, and an all-in-one worker's encodes only the items
-#: of the ``items`` partitions it owns.
-FOLLOWER_ROLES = frozenset({"all", "stream", "scorer"})
 
 
 def check_role(role: str) -> str:
@@ -93,10 +94,27 @@ def check_role(role: str) -> str:
     return role
 
 
+def role_runs(role: str, part: str) -> bool:
+    """Whether a process of ``role`` runs ``part`` (stream, encoder or scorer)."""
+    return part in ROLE_PARTS[check_role(role)]
+
+
+def role_tables(role: str) -> frozenset[str]:
+    """The tables a process of ``role`` keeps."""
+    return frozenset().union(*(PART_TABLES[part] for part in ROLE_PARTS[check_role(role)]))
+
+
+def follows_item_vectors(role: str) -> bool:
+    """Whether ``role`` reads the whole item_vectors topic into its catalogue: every
+    role that uses item vectors, since a split role's encoder runs elsewhere and an
+    all-in-one worker's encodes only the items of the ``items`` partitions it owns."""
+    return role_runs(role, "stream") or role_runs(role, "scorer")
+
+
 def role_app_id(app_id: str, role: str) -> str:
-    """The Faust app id (and consumer group) of a role: ``app_id`` for all and stream."""
-    check_role(role)
-    return app_id if role in ("all", "stream") else f"{app_id}-{role}"
+    """The Faust app id (and consumer group) of a role: ``app_id`` for the roles that
+    run the stream part (the user-state changelog stays theirs), else ``<app_id>-<role>``."""
+    return app_id if role_runs(role, "stream") else f"{app_id}-{role}"
 
 
 #: Most table writes an agent leaves queued for the producer (``producer_ebb``);
@@ -241,7 +259,7 @@ class GenreStreams:
     config: GenreConfig
     app: faust.App
     topics: Topics
-    # Tables; None where this process's role keeps none (ROLE_TABLES).
+    # Tables; None where this process's role keeps none (role_tables).
     users: Any  # faust Table: user_id -> user state dict
     graph: Any  # faust GlobalTable: item_id -> item state dict
     latest_lists: Any  # faust Table: user_id -> item ids of the user's latest published list
@@ -275,7 +293,11 @@ class GenreStreams:
     @property
     def carries_user_state(self) -> bool:
         """Whether score requests carry the user's state: the scorer runs in another process."""
-        return self.role == "stream"
+        return self.runs("stream") and not self.runs("scorer")
+
+    def runs(self, part: str) -> bool:
+        """Whether this process runs ``part`` of the pipeline (stream, encoder, scorer)."""
+        return role_runs(self.role, part)
 
     def observe_event_time(self, ts: float) -> None:
         """Advance this process's event clock."""
@@ -432,7 +454,7 @@ def build_streams(
     """Create the Faust app of a role with GENRE's topics and the role's tables;
     agents attach afterwards."""
     app_id = role_app_id(config.app_id, role)
-    tables = ROLE_TABLES[role]
+    tables = role_tables(role)
     s = config.streams
     store_url = table_store_url(s.store)
     # Faust's own folder (RocksDB tables, worker state) lives under data_dir, not
@@ -539,7 +561,7 @@ def build_streams(
         )
     vector_store = store if store is not None else open_vector_store(config)
     catalog = ItemCatalog(vector_store, config.qdrant.items_collection)
-    if role in FOLLOWER_ROLES:
+    if follows_item_vectors(role):
         # Filled whole from the item_vectors topic (streams.item_vectors): no eviction.
         catalog.capacity = sys.maxsize
     streams = GenreStreams(

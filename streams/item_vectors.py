@@ -68,7 +68,7 @@ class ItemVectorFollower:
     @property
     def caught_up(self) -> bool:
         """Whether every partition has been read to its end at least once."""
-        return self.streams.ready["item_vectors"]
+        return self.read.is_set()
 
     async def run(self) -> None:
         """Forever: poll the topic and apply what arrives (a background task)."""

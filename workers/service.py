@@ -13,7 +13,14 @@ from genre.core.exact_index import ExactIndex
 from genre.core.llm import LLMClient, build_llm
 from genre.core.vectorstore import VectorStore, open_vector_store
 from genre.streams.agents import register_graph_agent, register_stream_agents
-from genre.streams.app import FOLLOWER_ROLES, ROLES, GenreStreams, build_streams, check_role
+from genre.streams.app import (
+    ROLES,
+    GenreStreams,
+    build_streams,
+    check_role,
+    follows_item_vectors,
+    role_runs,
+)
 from genre.streams.item_vectors import register_item_vector_follower
 from genre.workers.item_encoder import ItemEncoderWorker, register_item_encoder_agent
 from genre.workers.profiles import ProfileWorker, register_profile_agent
@@ -73,40 +80,42 @@ def build_worker(
 ) -> GenreStreams:
     """Build the Faust app of one role (one of ``ROLES``) with its agents attached."""
     config = role_config(config, check_role(role))
-    encoder = load_encoder(config) if role != "stream" else None
+    encodes, scores = role_runs(role, "encoder"), role_runs(role, "scorer")
+    # The scorer part encodes text too (LLM profiles) and names the encoder's version.
+    encoder = load_encoder(config) if encodes or scores else None
     dim = encoder.dim if encoder is not None else config.encoder.dim
     store = store if store is not None else open_vector_store(config)
     store.ensure_collection(config.qdrant.items_collection, dim)
     store.ensure_collection(config.qdrant.users_collection, dim)
     streams = build_streams(config, store=store, role=role)
-    if config.qdrant.url is None and role in ("all", "scorer"):
+    if config.qdrant.url is None and scores:
         # Local mode: search an exact in-memory index (same answers, ~20x faster).
-        # The item-vectors follower fills it; an all-in-one worker also loads what
+        # The item-vectors follower fills it; a process that also encodes loads what
         # its own folder holds (items stored before that topic existed).
         streams.index = ExactIndex(dim)
-        if role == "all":
+        if encodes:
             loaded = streams.index.load(store.scroll(config.qdrant.items_collection))
             log.info("exact item index: %d items loaded from local Qdrant", loaded)
-    if role in ("all", "stream"):
+    if role_runs(role, "stream"):
         register_stream_agents(streams)
-    if role in ("all", "scorer"):
+    if scores:
         register_graph_agent(streams)
-    ranker = load_ranker(config) if role in ("all", "scorer") else None
+    ranker = load_ranker(config) if scores else None
 
     def forget_items(ids: list[str]) -> None:
         if ranker is not None and ranker.current is not None:
             ranker.current.forget(ids)  # their text vector changed: recompute on next use
 
-    if role in FOLLOWER_ROLES:
+    if follows_item_vectors(role):
         register_item_vector_follower(streams, forget_items)
     llm = load_llm(config, role)
-    if role in ("all", "encoder"):
+    if encodes:
         assert encoder is not None
         item_llm = llm if config.llm.items.enabled else None
         register_item_encoder_agent(
             streams, ItemEncoderWorker(streams, encoder, forget_items, llm=item_llm)
         )
-    if role in ("all", "scorer"):
+    if scores:
         assert encoder is not None
         if llm is not None and config.llm.profiles.enabled:
             register_profile_agent(streams, ProfileWorker(streams, encoder, llm))
@@ -118,8 +127,8 @@ def build_worker(
 
 def load_llm(config: GenreConfig, role: str = "all") -> LLMClient | None:
     """The LLM client when this role enriches items or writes profiles, else None."""
-    items = config.llm.items.enabled and role in ("all", "encoder")
-    profiles = config.llm.profiles.enabled and role in ("all", "scorer")
+    items = config.llm.items.enabled and role_runs(role, "encoder")
+    profiles = config.llm.profiles.enabled and role_runs(role, "scorer")
     if not (items or profiles):
         return None
     llm = build_llm(config)

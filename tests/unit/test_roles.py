@@ -13,7 +13,7 @@ from genre.core.config import GenreConfig
 from genre.core.vectorstore import QdrantStore
 from genre.schemas import ClickEvent, ScoreRequest, ScoreRequests, UserClick
 from genre.streams.agents import score_request
-from genre.streams.app import ROLE_TABLES, ROLES, build_streams, role_app_id
+from genre.streams.app import ROLES, build_streams, role_app_id
 from genre.streams.state import decode_vector, encode_vector, new_user_state
 from genre.workers.service import role_config
 
@@ -33,6 +33,14 @@ def test_each_split_role_is_its_own_consumer_group() -> None:
     }
     with pytest.raises(ValueError, match="all, stream, encoder, scorer"):
         role_app_id("genre", "ranker")
+
+
+ROLE_TABLES = {
+    "all": {"users", "graph", "latest_lists", "profiles"},
+    "stream": {"users"},
+    "encoder": set(),
+    "scorer": {"graph", "latest_lists", "profiles"},
+}
 
 
 @pytest.mark.parametrize("role", ROLES)
