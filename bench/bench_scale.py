@@ -71,6 +71,7 @@ from genre.core.kafka_client import ClickProducer
 from genre.demo import _assigned_consumer, _demo_config
 from genre.process import WorkerProcess, WorkerProcessError
 from genre.schemas import ItemVector
+from genre.streams.app import role_runs
 from genre.streams.state import encode_vector
 from genre.synthetic import SyntheticSpec, SyntheticWorkload
 
@@ -365,8 +366,8 @@ def _run_level(
     console: Console,
 ) -> dict[str, Any]:
     n = len(values)
-    scorers = sum(w.role in ("all", "scorer") for w in workers)
-    stream_workers = sum(w.role in ("all", "stream") for w in workers)
+    scorers = sum(role_runs(w.role, "scorer") for w in workers)
+    stream_workers = sum(role_runs(w.role, "stream") for w in workers)
     before = _scrape(workers)
     pids = {f"worker{i}": w.proc.pid for i, w in enumerate(workers) if w.proc}
     pids["broker"] = broker.pid
