@@ -140,8 +140,8 @@ def _time_calls(worker: Any, requests: list[ScoreRequest], batch: int, seconds: 
 
 def _export_ranker(history: int, out: Path, console: Console) -> Path:
     """A random-weight ranker whose attention covers ``history`` clicks, exported to ``out``."""
+    from genre.export import export_ranker
     from genre.model_export.ranker import RankerConfig
-    from genre.model_export.ranker_export import export_ranker
 
     ckpt, _ = build_checkpoint(None, out.parent, RankerConfig(history_len=history))
     export_ranker(ckpt, out, precisions=("fp32",), console=console)

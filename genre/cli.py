@@ -162,7 +162,7 @@ def export_ranker(
 ) -> None:
     """Export the trained ranker (item tower, user encoder, scorer; fp32/fp16/int8) to ONNX."""
     try:
-        from genre.model_export.ranker_export import export_ranker as run_export
+        from genre.export import export_ranker as run_export
     except ImportError as exc:
         console.print(
             f"[red]{exc}[/red]; install the training extra: pip install 'genre-recsys[train]'"

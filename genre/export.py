@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from genre.schemas.manifest import ModelManifest
+from genre.schemas.ranker_manifest import RankerManifest
 
 
 def export_encoder(out_dir: Path, **kwargs: Any) -> ModelManifest:
@@ -14,3 +15,11 @@ def export_encoder(out_dir: Path, **kwargs: Any) -> ModelManifest:
     from genre.workers.text_encoder import TextEncoder
 
     return export_text_encoder(out_dir, runtime=TextEncoder.for_parity, **kwargs)
+
+
+def export_ranker(checkpoint: Path, out_dir: Path, **kwargs: Any) -> RankerManifest:
+    """Export the ranker checkpoint; its parity check runs the serving-side ``OnnxRanker``."""
+    from genre.model_export.ranker_export import export_ranker as run_export
+    from genre.workers.ranker import OnnxRanker
+
+    return run_export(checkpoint, out_dir, runtime=OnnxRanker.for_parity, **kwargs)

@@ -12,15 +12,18 @@
   products between activations stay float);
 
 plus ``vocab.json`` and ``manifest.json`` (written last). Parity runs the
-PyTorch modules and ONNX Runtime CPU sessions on the same seeded, realistic
+PyTorch modules and the serving-side runner on the same seeded, realistic
 inputs (left-padded histories of varied length, a cold user with an empty
 history, popularity-like features) and chains the graphs as the scorer
 worker does: item tower -> user encoder -> scorer. fp32 must agree to 1e-4;
 fp16 and int8 errors are recorded, not enforced.
 
-:class:`TorchRanker` and :class:`OrtRanker` share one numpy-in/numpy-out
-interface; the benchmark (``bench/bench_ranker.py``) reuses them and
-:func:`make_parity_inputs`.
+The serving-side runner comes from the ``runtime`` factory
+(``genre.workers.ranker.OnnxRanker.for_parity``, wired by ``genre/export.py``):
+parity checks the exact code that serves, while this offline package never
+imports the serving one. :class:`TorchRanker` and that runner share one
+numpy-in/numpy-out interface (:class:`RankerBackend`); the benchmark
+(``bench/bench_ranker.py``) reuses them and :func:`make_parity_inputs`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,7 +48,6 @@ from rich.console import Console
 from genre.model_export.onnx_export import torchscript_export
 from genre.schemas.manifest import (
     ManifestError,
-    ManifestFile,
     TensorSpec,
     describe_file,
     sha256_file,
@@ -112,7 +114,7 @@ def graph_filename(graph: str, precision: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Backends: PyTorch eager and ONNX Runtime behind one numpy interface
+# Backends: PyTorch eager and the serving runner behind one numpy interface
 # --------------------------------------------------------------------------------------------
 
 
@@ -182,70 +184,17 @@ def torch_reference(checkpoint: Path | str) -> TorchRanker:
     return TorchRanker(model, blob)
 
 
-class OrtRanker:
-    """ONNX Runtime sessions of the three graphs at one precision."""
+class ParityRanker(RankerBackend, Protocol):
+    """What the parity check needs from the serving-side ranker: the three graphs as numpy
+    functions, and the execution provider they run on (recorded in the manifest)."""
 
-    def __init__(self, sessions: Mapping[str, Any], precision: str = "fp32") -> None:
-        missing = [g for g in RANKER_GRAPHS if g not in sessions]
-        if missing:
-            raise ValueError(
-                f"OrtRanker needs sessions for {list(RANKER_GRAPHS)}; missing {missing}"
-            )
-        self.sessions = dict(sessions)
-        self.precision = precision
-        self.providers: list[str] = list(self.sessions["scorer"].get_providers())
+    @property
+    def provider(self) -> str: ...
 
-    @classmethod
-    def from_files(
-        cls,
-        files: Mapping[str, Path],
-        *,
-        precision: str = "fp32",
-        providers: Sequence[Any] = ("CPUExecutionProvider",),
-        threads: int | None = None,
-    ) -> OrtRanker:
-        """Open ``files`` (graph name -> .onnx path) with ``providers``."""
-        import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        sessions = {
-            g: ort.InferenceSession(str(p), sess_options=opts, providers=list(providers))
-            for g, p in files.items()
-        }
-        return cls(sessions, precision)
-
-    @classmethod
-    def from_dir(cls, model_dir: Path | str, precision: str = "fp32", **kwargs: Any) -> OrtRanker:
-        """Open ``<graph>[.<precision>].onnx`` of every graph in an export directory."""
-        files = {g: Path(model_dir) / graph_filename(g, precision) for g in RANKER_GRAPHS}
-        return cls.from_files(files, precision=precision, **kwargs)
-
-    def item_tower(self, text: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        return self.sessions["item_tower"].run(["item"], {"text": text, "ids": ids})[0]
-
-    def user_encoder(self, history: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return self.sessions["user_encoder"].run(["user"], {"history": history, "mask": mask})[0]
-
-    def scorer(
-        self,
-        user: np.ndarray,
-        history: np.ndarray,
-        mask: np.ndarray,
-        candidates: np.ndarray,
-        features: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        feeds = {
-            "user": user,
-            "history": history,
-            "mask": mask,
-            "candidates": candidates,
-            "features": features,
-        }
-        scores, attention = self.sessions["scorer"].run(["scores", "attention"], feeds)
-        return scores, attention
+#: Opens the serving-side ranker on a fresh export at one precision, before manifest.json is
+#: written: ``runtime(draft_manifest, staging_dir, precision)``.
+RankerRuntimeFactory = Callable[[RankerManifest, Path, str], ParityRanker]
 
 
 # --------------------------------------------------------------------------------------------
@@ -512,13 +461,6 @@ def convert_int8(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _tensor_specs(args: Sequence[Any]) -> list[TensorSpec]:
-    return [
-        TensorSpec(name=a.name, dtype=a.type, shape=[d if d is not None else "?" for d in a.shape])
-        for a in args
-    ]
-
-
 def _opset_of(path: Path) -> int:
     import onnx
 
@@ -566,8 +508,12 @@ def export_ranker(
     metrics: dict[str, Any] | None = None,
     console: Console | None = None,
     seed: int = 0,
+    runtime: RankerRuntimeFactory,
 ) -> RankerManifest:
     """Export a ranker checkpoint to ``out_dir`` with parity checks; returns the manifest.
+
+    ``runtime(manifest, staging_dir, precision)`` must return the serving-side ranker
+    (``genre.workers.ranker.OnnxRanker.for_parity``); parity runs it against PyTorch.
 
     Raises ManifestError when the fp32 graphs disagree with PyTorch by 1e-4 or more, or the
     written files do not verify; ValueError for bad arguments or an inconsistent checkpoint.
@@ -628,40 +574,67 @@ def export_ranker(
         if low:
             raise ManifestError(f"exported graphs below opset {MIN_OPSET}: {low}")
 
-        x = make_parity_inputs(cfg, seed=seed)
-        backend = (
-            f"onnxruntime {ort.__version__} CPUExecutionProvider vs torch {torch.__version__} "
-            "eager (cpu)"
+        specs = {key: _specs_from_model(path) for key, path in files.items()}
+        file_entries = [
+            describe_file(staging, p.name, role=f"{g}:{prec}") for (g, prec), p in files.items()
+        ]
+        file_entries.append(describe_file(staging, VOCAB_FILENAME, role="vocab"))
+        scorer_sha = next(f.sha256 for f in file_entries if f.role == "scorer:fp32")
+
+        def graph_entries(
+            parity: Mapping[tuple[str, str], RankParity | None],
+        ) -> dict[str, list[GraphFile]]:
+            return {
+                g: [
+                    GraphFile(
+                        path=files[g, prec].name,
+                        precision=prec,  # type: ignore[arg-type]
+                        inputs=specs[g, prec][0],
+                        outputs=specs[g, prec][1],
+                        parity=parity.get((g, prec)),
+                    )
+                    for prec in precisions
+                ]
+                for g in RANKER_GRAPHS
+            }
+
+        # Everything but parity and the export record: what the serving runner opens.
+        draft = RankerManifest(
+            version=f"r{scorer_sha[:12]}",
+            created_at=utcnow(),
+            opset=min(opsets.values()),
+            config=cfg.to_dict(),
+            feature_spec=feature_spec,
+            feature_names=feature_names,
+            vocab=VOCAB_FILENAME,
+            graphs=graph_entries({}),
+            files=file_entries,
+            metrics=dict(metrics if metrics is not None else _checkpoint_metrics(dict(blob))),
         )
+
+        x = make_parity_inputs(cfg, seed=seed)
         notes: list[str] = []
         detail: dict[str, dict[str, float]] = {}
         parity: dict[tuple[str, str], RankParity | None] = {}
-        specs: dict[tuple[str, str], tuple[list[TensorSpec], list[TensorSpec]]] = {}
         with _step(console, f"Parity on {x.batch} users x {x.cand_text.shape[1]} candidates"):
             want = run_pipeline(ref, x)
             for precision in precisions:
-                paths = {g: files[g, precision] for g in RANKER_GRAPHS}
                 try:
-                    runner = OrtRanker.from_files(paths, precision=precision)
+                    runner = runtime(draft, staging, precision)
                     got = run_pipeline(runner, x)
                 except Exception as exc:  # an EP without kernels for this precision
                     if precision == "fp32":
                         raise
                     notes.append(
-                        f"{precision}: onnxruntime CPUExecutionProvider could not run these "
-                        f"graphs ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); "
+                        f"{precision}: the serving runner could not run these graphs "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); "
                         "parity not measured"
                     )
-                    for g in RANKER_GRAPHS:
-                        parity[g, precision] = None
-                        specs[g, precision] = _specs_from_model(paths[g])
                     continue
-                for g in RANKER_GRAPHS:
-                    session = runner.sessions[g]
-                    specs[g, precision] = (
-                        _tensor_specs(session.get_inputs()),
-                        _tensor_specs(session.get_outputs()),
-                    )
+                backend = (
+                    f"onnxruntime {ort.__version__} {runner.provider} vs torch "
+                    f"{torch.__version__} eager (cpu)"
+                )
                 errs = {
                     k: _max_abs(want[k], got[k])
                     for k in ("history_items", "candidate_items", "user", "scores", "attention")
@@ -671,8 +644,6 @@ def export_ranker(
                         f"{precision}: non-finite outputs on the parity inputs (overflow?); "
                         f"parity not recorded ({errs})"
                     )
-                    for g in RANKER_GRAPHS:
-                        parity[g, precision] = None
                     continue
                 item_err = max(errs["history_items"], errs["candidate_items"])
                 top10 = topk_agreement(want["scores"], got["scores"])
@@ -718,24 +689,6 @@ def export_ranker(
         for note in notes:
             console.print(f"  [yellow]![/yellow] {note}")
 
-        file_entries: list[ManifestFile] = [
-            describe_file(staging, p.name, role=f"{g}:{prec}") for (g, prec), p in files.items()
-        ]
-        file_entries.append(describe_file(staging, VOCAB_FILENAME, role="vocab"))
-        graphs: dict[str, list[GraphFile]] = {
-            g: [
-                GraphFile(
-                    path=files[g, prec].name,
-                    precision=prec,  # type: ignore[arg-type]
-                    inputs=specs[g, prec][0],
-                    outputs=specs[g, prec][1],
-                    parity=parity[g, prec],
-                )
-                for prec in precisions
-            ]
-            for g in RANKER_GRAPHS
-        }
-        scorer_sha = next(f.sha256 for f in file_entries if f.role == "scorer:fp32")
         extras = {k: v for k, v in blob.items() if k not in _CHECKPOINT_CORE_KEYS and _jsonable(v)}
         training: dict[str, Any] = {
             "best_epoch": blob.get("best_epoch"),
@@ -753,25 +706,14 @@ def export_ranker(
                 "parity_note": (
                     "item_tower: max abs error of item vectors; user_encoder and scorer: max abs "
                     "error of the scores of the chained pipeline (item tower -> user encoder -> "
-                    "scorer, all at that precision); parity_detail has each output separately"
+                    "scorer, all at that precision, run by the serving runner); parity_detail "
+                    "has each output separately"
                 ),
                 "notes": notes,
                 "seconds": round(time.perf_counter() - t_start, 2),
             },
         }
-        manifest = RankerManifest(
-            version=f"r{scorer_sha[:12]}",
-            created_at=utcnow(),
-            opset=min(opsets.values()),
-            config=cfg.to_dict(),
-            feature_spec=feature_spec,
-            feature_names=feature_names,
-            vocab=VOCAB_FILENAME,
-            graphs=graphs,
-            files=file_entries,
-            metrics=dict(metrics if metrics is not None else _checkpoint_metrics(dict(blob))),
-            training=training,
-        )
+        manifest = draft.model_copy(update={"graphs": graph_entries(parity), "training": training})
         verify_files(staging, manifest)  # type: ignore[arg-type]  # duck-typed: files/name/version
         _install(staging, out_dir, [f.path for f in file_entries])
     finally:
@@ -799,15 +741,17 @@ def _checkpoint_metrics(blob: dict[str, Any]) -> dict[str, Any]:
 
 
 def _specs_from_model(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Input/output specs from the ONNX file itself (when no ORT session could be opened)."""
+    """Input/output specs of an ONNX file, as the manifest lists them ("?": an unknown axis)."""
     import onnx
 
-    elem = {1: "tensor(float)", 7: "tensor(int64)", 10: "tensor(float16)"}
     model = onnx.load(str(path))
 
     def spec(v: Any) -> TensorSpec:
         tt = v.type.tensor_type
-        dims: list[int | str] = [d.dim_param or d.dim_value for d in tt.shape.dim]
-        return TensorSpec(name=v.name, dtype=elem.get(tt.elem_type, str(tt.elem_type)), shape=dims)
+        dims: list[int | str] = [
+            d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in tt.shape.dim
+        ]
+        dtype = f"tensor({onnx.TensorProto.DataType.Name(tt.elem_type).lower()})"  # as ORT names it
+        return TensorSpec(name=v.name, dtype=dtype, shape=dims)
 
     return [spec(v) for v in model.graph.input], [spec(v) for v in model.graph.output]

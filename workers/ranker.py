@@ -6,6 +6,8 @@ to score their union per user: item representations come from the item tower
 attention weights from the scorer. The attention names the history item that
 explains each pick. ``RankerHandle`` watches the model directory and swaps in a
 new manifest version between batches, so no request is dropped by a reload.
+``OnnxRanker`` is the project's only ONNX runner of the ranker: ``genre export
+ranker`` checks parity through ``OnnxRanker.for_parity`` (wired in ``genre/export.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 
 from genre.core.telemetry import METRICS
 from genre.schemas.manifest import ManifestError, verify_files
-from genre.schemas.ranker_manifest import RankerManifest, load_ranker_manifest
+from genre.schemas.ranker_manifest import RANKER_GRAPHS, RankerManifest, load_ranker_manifest
 from genre.workers.onnx_runtime import CPU, OnnxModel
 
 log = logging.getLogger("genre.ranker")
@@ -40,7 +42,13 @@ class RankerOutput:
 
 
 class OnnxRanker:
-    """One loaded ranker version: item tower, user encoder, scorer and the id vocabulary."""
+    """One loaded ranker version: item tower, user encoder, scorer and the id vocabulary.
+
+    The three graphs are plain numpy methods (:meth:`item_tower`, :meth:`user_encoder`,
+    :meth:`scorer`); :meth:`encode_items` and :meth:`score` build the worker's batches on
+    them, and the exporter's parity check calls them directly (:meth:`for_parity`), so the
+    code that serves is the code that was checked against PyTorch.
+    """
 
     def __init__(
         self,
@@ -48,29 +56,49 @@ class OnnxRanker:
         precision: str = "fp32",
         providers: Sequence[str] | str = "auto",
         threads: int | None = None,
+        *,
+        manifest: RankerManifest | None = None,
     ) -> None:
-        """Verify every file against the manifest, then open the three graphs."""
+        """Open the three graphs of ``precision`` in ``model_dir``.
+
+        Without ``manifest`` (serving), manifest.json is read and every file verified
+        against it first; a given ``manifest`` is trusted as is (see :meth:`for_parity`).
+        """
         self.dir = Path(model_dir)
-        self.manifest: RankerManifest = load_ranker_manifest(self.dir)
-        verify_files(self.dir, self.manifest)  # type: ignore[arg-type]
+        if manifest is None:
+            manifest = load_ranker_manifest(self.dir)
+            verify_files(self.dir, manifest)  # type: ignore[arg-type]
+        self.manifest: RankerManifest = manifest
         self.precision = precision
-        graphs = {
+        self.graphs: dict[str, OnnxModel] = {
             name: OnnxModel(
-                self.dir / self.manifest.graph(name, precision).path, providers, threads=threads
+                self.dir / manifest.graph(name, precision).path, providers, threads=threads
             )
-            for name in ("item_tower", "user_encoder", "scorer")
+            for name in RANKER_GRAPHS
         }
-        self.item_tower = graphs["item_tower"]
-        self.user_encoder = graphs["user_encoder"]
-        self.scorer = graphs["scorer"]
-        vocab = json.loads((self.dir / self.manifest.vocab).read_text())
+        vocab = json.loads((self.dir / manifest.vocab).read_text())
         self.id_rows = {item: row for row, item in enumerate(vocab, start=1)}
-        cfg = self.manifest.config
+        cfg = manifest.config
         self.dim = int(cfg["dim"])
         self.text_dim = int(cfg["text_dim"])
         self.history_len = int(cfg["history_len"])
         self.n_features = int(cfg["n_features"])
         self._reps: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    @classmethod
+    def for_parity(
+        cls,
+        manifest: RankerManifest,
+        model_dir: Path | str,
+        precision: str,
+        providers: Sequence[str] | str = (CPU,),
+    ) -> OnnxRanker:
+        """Open a fresh export before its manifest.json is written (the exporter's parity check).
+
+        ``manifest`` is the exporter's draft (files, graphs, vocab; no parity yet); its
+        files are not verified, and the graphs run on CPU unless ``providers`` says otherwise.
+        """
+        return cls(model_dir, precision, providers, manifest=manifest)
 
     @property
     def version(self) -> str:
@@ -80,7 +108,7 @@ class OnnxRanker:
     @property
     def provider(self) -> str:
         """The execution provider the scorer graph runs on."""
-        return (self.scorer.providers or [CPU])[0]
+        return (self.graphs["scorer"].providers or [CPU])[0]
 
     def cached_reps(self, ids: Sequence[str]) -> tuple[dict[str, np.ndarray], list[str]]:
         """Representations already computed, and the ids still missing."""
@@ -93,13 +121,41 @@ class OnnxRanker:
                 hits[item] = rep
         return hits, misses
 
+    def item_tower(self, text: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Item tower: text float32 [N, text_dim], id rows int64 [N] (0: unknown) -> [N, dim]."""
+        return self.graphs["item_tower"].run({"text": text, "ids": ids})["item"]
+
+    def user_encoder(self, history: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """User encoder: item vectors [B, H, dim], mask [B, H] (1: a click) -> user [B, dim]."""
+        return self.graphs["user_encoder"].run({"history": history, "mask": mask})["user"]
+
+    def scorer(
+        self,
+        user: np.ndarray,
+        history: np.ndarray,
+        mask: np.ndarray,
+        candidates: np.ndarray,
+        features: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Scorer: user [B, dim], history, mask, candidates [B, C, dim], features [B, C, F]
+        -> scores [B, C], attention [B, C, H]."""
+        out = self.graphs["scorer"].run(
+            {
+                "user": user,
+                "history": history,
+                "mask": mask,
+                "candidates": candidates,
+                "features": features,
+            }
+        )
+        return out["scores"], out["attention"]
+
     def encode_items(self, ids: Sequence[str], text: np.ndarray) -> dict[str, np.ndarray]:
         """Run the item tower on text vectors [N, text_dim] and cache the rows."""
         if not ids:
             return {}
         rows = np.asarray([self.id_rows.get(i, 0) for i in ids], np.int64)
-        out = self.item_tower.run({"text": text.astype(np.float32), "ids": rows})["item"]
-        reps = dict(zip(ids, out, strict=True))
+        reps = dict(zip(ids, self.item_tower(text, rows), strict=True))
         for item, rep in reps.items():
             self._reps[item] = rep
         while len(self._reps) > REP_CACHE_SIZE:
@@ -133,20 +189,12 @@ class OnnxRanker:
             if c:
                 cands[i, : len(c)] = [reps[x] for x in c]
         start = time.perf_counter()
-        user = self.user_encoder.run({"history": history, "mask": mask})["user"]
-        out = self.scorer.run(
-            {
-                "user": user,
-                "history": history,
-                "mask": mask,
-                "candidates": cands,
-                "features": features[:, :c_len].astype(np.float32),
-            }
-        )
+        user = self.user_encoder(history, mask)
+        scores, attention = self.scorer(user, history, mask, cands, features[:, :c_len])
         METRICS.inference_seconds.labels("ranker", self.provider).observe(
             time.perf_counter() - start
         )
-        return RankerOutput(out["scores"], out["attention"])
+        return RankerOutput(scores, attention)
 
 
 class RankerHandle:

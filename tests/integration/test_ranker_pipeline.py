@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from genre.export import export_ranker
 from genre.model_export.ranker import RankerConfig
-from genre.model_export.ranker_export import export_ranker
 from genre.schemas.ranker_manifest import load_ranker_manifest
 from tests.integration.conftest import Pipeline, catalog, click, running_pipeline
 from tests.ranker_checkpoints import write_random_checkpoint

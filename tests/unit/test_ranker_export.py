@@ -1,6 +1,7 @@
 """Ranker ONNX export: files, opset, precisions, parity, dynamic axes, cold users, tampering.
 
-A tiny randomly initialised ranker is exported once per module (about a second).
+A tiny randomly initialised ranker is exported once per module (about a second). Parity and
+the ONNX checks here run the serving runner, ``genre.workers.ranker.OnnxRanker``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from genre.export import export_ranker  # noqa: E402
 from genre.model_export import ranker_export as rx  # noqa: E402
 from genre.model_export.ranker import GenreRanker, RankerConfig  # noqa: E402
 from genre.schemas.manifest import ManifestError, sha256_file, verify_files  # noqa: E402
@@ -25,6 +27,7 @@ from genre.schemas.ranker_manifest import (  # noqa: E402
     RankerManifest,
     load_ranker_manifest,
 )
+from genre.workers.ranker import OnnxRanker  # noqa: E402
 
 CFG = RankerConfig(text_dim=32, n_ids=20, dim=16, heads=2, n_features=2, history_len=8)
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -59,7 +62,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Rank
     root = tmp_path_factory.mktemp("ranker")
     ckpt = _write_checkpoint(root / "ranker.pt")
     out = root / "model"
-    manifest = rx.export_ranker(ckpt, out, metrics={"ndcg@10": 0.25}, seed=3)
+    manifest = export_ranker(ckpt, out, metrics={"ndcg@10": 0.25}, seed=3)
     return ckpt, out, manifest
 
 
@@ -162,7 +165,7 @@ def test_dynamic_axes_match_torch(exported: Any, batch: int, history: int, candi
     x = rx.make_parity_inputs(CFG, batch=batch, candidates=candidates, history=history, seed=11)
     want = rx.run_pipeline(_reference(ckpt), x)
     for p in PRECISIONS:
-        got = rx.run_pipeline(rx.OrtRanker.from_dir(out, p), x)
+        got = rx.run_pipeline(OnnxRanker(out, p, "cpu"), x)
         assert got["scores"].shape == (batch, candidates)
         assert got["attention"].shape == (batch, candidates, history)
         assert got["user"].shape == (batch, CFG.dim)
@@ -179,7 +182,7 @@ def test_cold_user_gets_finite_scores(exported: Any) -> None:
     assert x.mask[1].sum() == CFG.history_len
     want = rx.run_pipeline(_reference(ckpt), x)
     for p in PRECISIONS:
-        got = rx.run_pipeline(rx.OrtRanker.from_dir(out, p), x)
+        got = rx.run_pipeline(OnnxRanker(out, p, "cpu"), x)
         assert np.isfinite(got["scores"]).all() and np.isfinite(got["attention"]).all()
         # all attention of a cold user goes to the null click, which is not returned
         assert np.abs(got["attention"][0]).max() < 1e-3
@@ -216,7 +219,7 @@ def test_fp32_parity_gate_blocks_the_manifest(
     monkeypatch.setattr(rx.TorchRanker, "scorer", drifted)
     out = tmp_path / "model"
     with pytest.raises(ManifestError, match="parity check failed: fp32"):
-        rx.export_ranker(ckpt, out, precisions=("fp32",))
+        export_ranker(ckpt, out, precisions=("fp32",))
     assert not (out / "manifest.json").exists()
     assert [p.name for p in tmp_path.iterdir() if "staging" in p.name] == []
 
@@ -225,7 +228,7 @@ def test_reexport_replaces_and_subset_of_precisions(exported: Any, tmp_path: Pat
     ckpt, out, first = exported
     copy = tmp_path / "model"
     shutil.copytree(out, copy)
-    again = rx.export_ranker(ckpt, copy, precisions=("fp32", "int8"))
+    again = export_ranker(ckpt, copy, precisions=("fp32", "int8"))
     assert again.version == first.version  # same checkpoint -> same scorer bytes -> same id
     assert {e.precision for e in again.graphs["scorer"]} == {"fp32", "int8"}
     verify_files(copy, load_ranker_manifest(copy))  # type: ignore[arg-type]
@@ -236,9 +239,52 @@ def test_reexport_replaces_and_subset_of_precisions(exported: Any, tmp_path: Pat
 def test_bad_arguments_and_inconsistent_checkpoint(tmp_path: Path) -> None:
     ckpt = _write_checkpoint(tmp_path / "bad.pt", vocab_size=5)
     with pytest.raises(ValueError, match="vocab ids"):
-        rx.export_ranker(ckpt, tmp_path / "out")
+        export_ranker(ckpt, tmp_path / "out")
     with pytest.raises(ValueError, match="fp32"):
-        rx.export_ranker(ckpt, tmp_path / "out", precisions=("int8",))
+        export_ranker(ckpt, tmp_path / "out", precisions=("int8",))
     with pytest.raises(ValueError, match="opset"):
-        rx.export_ranker(ckpt, tmp_path / "out", opset=13)
+        export_ranker(ckpt, tmp_path / "out", opset=13)
     assert not (tmp_path / "out").exists()
+
+
+def test_parity_runs_the_serving_runner(tmp_path: Path) -> None:
+    ckpt = _write_checkpoint(tmp_path / "ranker.pt")
+    out = tmp_path / "model"
+    calls: list[tuple[str, str, Path, bool]] = []
+
+    def recording(manifest: RankerManifest, model_dir: Path, precision: str) -> OnnxRanker:
+        runner = OnnxRanker.for_parity(manifest, model_dir, precision)
+        calls.append((precision, manifest.version, model_dir, (out / "manifest.json").exists()))
+        return runner
+
+    manifest = rx.export_ranker(ckpt, out, precisions=("fp32", "int8"), runtime=recording)
+    assert [c[0] for c in calls] == ["fp32", "int8"]
+    for _, version, model_dir, manifest_written in calls:
+        assert version == manifest.version
+        assert model_dir != out and "staging" in model_dir.name  # before install
+        assert not manifest_written
+    assert manifest.graph("scorer", "int8").parity is not None
+
+
+class _DriftedRanker(OnnxRanker):
+    """A serving runner whose scorer is off by 1e-3: parity must catch it."""
+
+    def scorer(
+        self,
+        user: np.ndarray,
+        history: np.ndarray,
+        mask: np.ndarray,
+        candidates: np.ndarray,
+        features: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        scores, attention = super().scorer(user, history, mask, candidates, features)
+        return scores + 1e-3, attention
+
+
+def test_a_wrong_serving_runner_blocks_the_manifest(tmp_path: Path) -> None:
+    ckpt = _write_checkpoint(tmp_path / "ranker.pt")
+    out = tmp_path / "model"
+    with pytest.raises(ManifestError, match="parity check failed: fp32"):
+        rx.export_ranker(ckpt, out, precisions=("fp32",), runtime=_DriftedRanker.for_parity)
+    assert not (out / "manifest.json").exists()
+    assert [p.name for p in tmp_path.iterdir() if "staging" in p.name] == []

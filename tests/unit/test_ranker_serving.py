@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from genre.core.telemetry import METRICS
+from genre.export import export_ranker
 from genre.model_export.ranker import GenreRanker, RankerConfig
-from genre.model_export.ranker_export import export_ranker
 from genre.schemas.manifest import ManifestError
 from genre.workers.ranker import OnnxRanker, RankerHandle
 from tests.ranker_checkpoints import write_random_checkpoint
