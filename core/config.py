@@ -150,8 +150,6 @@ class StreamsConfig(_Section):
     history_size: int = Field(default=50, ge=1, le=10_000)
     max_seen: int = Field(default=2000, ge=0, le=100_000)
     dedup_window: int = Field(default=256, ge=1, le=100_000)
-    batch_size: int = Field(default=500, ge=1)
-    batch_within_ms: float = Field(default=20.0, gt=0)
     co_click_window: int = Field(default=5, ge=0, le=100)
     edge_half_life_s: float = Field(default=7 * 86400.0, gt=0)
     trending_half_life_s: float = Field(default=86400.0, gt=0)
@@ -223,7 +221,6 @@ class ScorerConfig(_Section):
     name: str = "blend"
     top_k: int = Field(default=10, ge=1, le=1000)
     batch_size: int = Field(default=64, ge=1)
-    batch_within_ms: float = Field(default=10.0, gt=0)
     candidates: list[CandidateSourceSpec] = Field(
         default_factory=lambda: [
             CandidateSourceSpec(name="co_click", weight=1.0, limit=200),
@@ -233,6 +230,12 @@ class ScorerConfig(_Section):
         ]
     )
     filters: list[ComponentSpec] = Field(default_factory=lambda: [ComponentSpec(name="seen")])
+    #: Seconds between writes of user vectors and latest lists to Qdrant ``users``
+    #: (off the hot path, latest per user); 0 turns the writes off.
+    users_write_s: float = Field(default=1.0, ge=0)
+    #: Most users waiting for that write; past it the oldest are dropped (counted in
+    #: ``genre_fallbacks_total{stage="users-write",reason="backlog"}``).
+    users_max_pending: int = Field(default=20_000, ge=1)
 
     @model_validator(mode="after")
     def _unique_sources(self) -> ScorerConfig:
@@ -269,6 +272,10 @@ class RankerSettings(_Section):
     providers: str | list[str] = "auto"
     threads: int | None = Field(default=None, ge=1)
     reload_s: float = Field(default=5.0, gt=0)
+    #: Candidates the ranker re-ranks per user: the best of the blend over every
+    #: source (0: all of them). The blend is cheap and keeps recall (see the README's
+    #: pre-ranking figures); the ranker's time grows with the candidates.
+    rank_candidates: int = Field(default=100, ge=0)
     train: RankerTrainSettings = RankerTrainSettings()
 
 

@@ -50,6 +50,10 @@ T = TypeVar("T", bound=BaseModel)
 #: Producer settings on top of ``KafkaConfig.client_config()``; ``config=`` overrides them.
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "linger.ms": 5,
+    # Kafka's default (Java) partitioner for keyed records: a click keyed by its user id
+    # lands in the partition that holds the user's state (murmur2 of the key), so the
+    # fold reads it without a re-keying hop. librdkafka's own default hashes with CRC32.
+    "partitioner": "murmur2_random",
     "compression.type": "none",
     "acks": "all",
     "message.timeout.ms": 30_000,

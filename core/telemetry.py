@@ -40,9 +40,13 @@ LABEL_PARTITION = "partition"
 LABEL_BACKEND = "backend"
 LABEL_TASK = "task"
 LABEL_OUTCOME = "outcome"
+LABEL_HOP = "hop"
+LABEL_ROUTE = "route"
 
 #: Milliseconds; dense below 100 ms where healthy latencies live.
-LATENCY_MS_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000, 10000)
+LATENCY_MS_BUCKETS = (
+    0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000, 10000
+)
 #: Seconds, for short blocking calls (model runs, Qdrant calls, agent batches).
 CALL_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 #: Micro-batch sizes, powers of two up to the largest configured batch.
@@ -65,6 +69,9 @@ class Metrics:
     agent_batch_seconds: Histogram
     batch_size: Histogram
     click_to_recommendation_ms: Histogram
+    hop_ms: Histogram
+    pending_users: Gauge
+    clicks_routed: Counter
     inference_seconds: Histogram
     candidates: Counter
     qdrant_seconds: Histogram
@@ -147,6 +154,30 @@ def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
             namespace=ns,
             registry=registry,
             buckets=LATENCY_MS_BUCKETS,
+        ),
+        hop_ms=Histogram(
+            "hop_ms",
+            "Where click-to-recommendation time goes, per list, by hop: ingest (click "
+            "produced -> taken by the fold), fold, handoff (fold -> scorer; a topic in split "
+            "roles), wait (queued for the scorer), score, publish.",
+            [LABEL_HOP],
+            namespace=ns,
+            registry=registry,
+            buckets=LATENCY_MS_BUCKETS,
+        ),
+        clicks_routed=Counter(
+            "clicks_routed",
+            "Valid clicks by how they reached the fold: in_place (keyed by user id, already "
+            "in the partition of the user's state) or rekeyed (through the user-clicks topic).",
+            [LABEL_ROUTE],
+            namespace=ns,
+            registry=registry,
+        ),
+        pending_users=Gauge(
+            "pending_users",
+            "Users folded and waiting for this process's scorer.",
+            namespace=ns,
+            registry=registry,
         ),
         inference_seconds=Histogram(
             "inference_seconds",

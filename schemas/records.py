@@ -130,6 +130,12 @@ class Recommendation(_Record):
     trigger_event_id: str
     generated_at: float = Field(description="Unix epoch seconds when the list was produced.")
     latency_ms: float = Field(description="From the trigger click's produce time to generation.")
+    hops: dict[str, float] | None = Field(
+        default=None,
+        description="Where latency_ms went, in ms: ingest (click produced -> taken by the "
+        "fold), fold, handoff (fold -> scorer, through a topic in split roles), wait (for the "
+        "scorer), score.",
+    )
 
 
 class DeadLetter(_Record):
@@ -149,14 +155,12 @@ class DeadLetter(_Record):
 
 
 class ScoreRequest(_Record):
-    """Internal: the user-state agent asks the scorer for a fresh list.
+    """Internal: a stream role asks a scorer role in another process for a fresh list.
 
-    When the scorer runs in the same process (``genre worker --role all``) it
-    fills in history, seen set and vector from the co-partitioned user-state
-    table (``model_copy``), so requests stay ~150 bytes on the wire. A stream
-    role whose scorer runs elsewhere sends them along instead: ``clicks`` > 0
-    and the vector as ``vector_b64``. Filled in, ``vector`` and
-    ``profile_vector`` hold float32 numpy arrays.
+    Carries what the scorer needs of the user (it keeps no user table): the
+    history, the seen set, the click count and the vector as base64 float32.
+    Within one process (``genre worker --role all``) no request is written: the
+    fold hands the scorer a ``ScoreContext`` (streams/score_context.py) instead.
     """
 
     user_id: str
@@ -167,13 +171,12 @@ class ScoreRequest(_Record):
     clicked_items: list[str] = Field(default_factory=list)
     recent_items: list[str] = Field(default_factory=list)
     seen_items: list[str] = Field(default_factory=list)
-    vector: list[float] | None = None
-    #: The user vector as base64 little-endian float32, when the state travels along.
+    #: The user vector as base64 little-endian float32.
     vector_b64: str | None = None
     clicks: int = 0
-    #: The user's LLM profile (see ``ProfileRequest``), filled in like the history.
-    profile_vector: list[float] | None = None
-    profile_interests: list[str] = Field(default_factory=list)
+    #: When the fold took the trigger click and when it finished (Unix s): hop timings.
+    taken_at: float | None = None
+    folded_at: float | None = None
 
 
 class ItemVector(_Record):

@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 
 import faust
 import numpy as np
-import orjson
 from aiohttp import web
 from aiokafka.partitioner import murmur2
+from faust.serializers import codecs
 from faust.stores import STORES
 from faust.stores import rocksdb as faust_rocksdb
 from faust.tables import TableManager
@@ -24,6 +24,7 @@ from yarl import URL
 from genre.core.catalog import ItemCatalog
 from genre.core.config import GenreConfig
 from genre.core.exact_index import ExactIndex
+from genre.core.features import ItemState, UserState
 from genre.core.memory_report import memory_report
 from genre.core.telemetry import METRICS, render
 from genre.core.vectorstore import StoredVector, VectorStore, open_vector_store
@@ -32,6 +33,7 @@ from genre.schemas.records import _Record
 from genre.schemas.validation import printable
 from genre.streams import recovery, transport
 from genre.streams.recovery import ExactEndTableManager
+from genre.streams.score_context import PendingScores
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -260,8 +262,8 @@ class GenreStreams:
     app: faust.App
     topics: Topics
     # Tables; None where this process's role keeps none (role_tables).
-    users: Any  # faust Table: user_id -> user state dict
-    graph: Any  # faust GlobalTable: item_id -> item state dict
+    users: Any  # faust Table: user_id -> UserState
+    graph: Any  # faust GlobalTable: item_id -> ItemState
     latest_lists: Any  # faust Table: user_id -> item ids of the user's latest published list
     profiles: Any  # faust Table: user_id -> the user's latest LLM profile (text, vector)
     store: VectorStore
@@ -272,9 +274,10 @@ class GenreStreams:
     store_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="vector-store")
     )
-    #: Thread for the scorer's ranker (ONNX Runtime releases the GIL).
+    #: Thread the scorer computes lists on (numpy and ONNX Runtime release the GIL),
+    #: so the event loop keeps folding clicks meanwhile.
     model_executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="model")
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="scorer")
     )
     #: Thread for the text encoder (items, profiles): its batches take tens of ms,
     #: and on the ranker's thread they held every scorer batch up behind them.
@@ -289,6 +292,9 @@ class GenreStreams:
     item_vectors_read: asyncio.Event | None = None
     #: Newest event time seen by this process (Unix seconds); 0 until the first click.
     event_time: float = 0.0
+    #: Users waiting for this process's scorer (from its own fold in role ``all``, from
+    #: score requests in role ``scorer``); None where no scorer runs.
+    pending: PendingScores | None = None
 
     @property
     def carries_user_state(self) -> bool:
@@ -322,7 +328,7 @@ class GenreStreams:
         return await asyncio.get_running_loop().run_in_executor(self.store_executor, fn, *args)
 
     async def in_model(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking ranker call off the event loop."""
+        """Run a blocking scorer call on the scorer's thread."""
         return await asyncio.get_running_loop().run_in_executor(self.model_executor, fn, *args)
 
     async def in_encoder(self, fn: Callable[..., T], *args: Any) -> T:
@@ -434,18 +440,60 @@ def _broker_settings(config: GenreConfig) -> dict[str, Any]:
     return settings
 
 
-TABLE_SCHEMA = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
+class _StateCodec(codecs.Codec):
+    """Faust codec for a typed state record (``to_bytes`` / ``from_bytes``)."""
+
+    state_type: Any = None
+
+    def _dumps(self, obj: Any) -> bytes:
+        return obj.to_bytes()
+
+    def _loads(self, s: bytes) -> Any:
+        return self.state_type.from_bytes(s)
+
+
+class _UserStateCodec(_StateCodec):
+    state_type = UserState
+
+
+class _ItemStateCodec(_StateCodec):
+    state_type = ItemState
+
+
+USER_STATE_CODEC = "genre-user-state"
+ITEM_STATE_CODEC = "genre-item-state"
+codecs.register(USER_STATE_CODEC, _UserStateCodec())
+codecs.register(ITEM_STATE_CODEC, _ItemStateCodec())
+
+
+def with_serializers(table: Any, value_serializer: str) -> Any:
+    """``table`` keyed by UTF-8 ids (``table_key``), its values in ``value_serializer``.
+
+    faust-streaming 0.15.3 derives ``Table.key_serializer``/``value_serializer``
+    from ``key_type``/``value_type`` only (json unless the type is bytes), writes
+    them into the table's schema and passes them explicitly to the store and the
+    changelog topic. The store is made on first use; the changelog topic already
+    exists (the table manager named it), so it is made again with the codecs.
+    """
+    table.key_serializer = "raw"
+    table.value_serializer = value_serializer
+    table.schema = faust.Schema(
+        key_type=str, key_serializer="raw", value_serializer=value_serializer
+    )
+    table.changelog_topic = table._new_changelog_topic()
+    return table
 
 
 def table_key(key: str) -> bytes:
-    """Message key for internal topics that are co-partitioned with a table.
+    """Message key of a user or item: its id as UTF-8, the same bytes its table's
+    changelog records carry.
 
-    Faust writes ``str`` table keys to changelogs JSON-encoded ('"u1"'). Keying
-    the internal topics with the same bytes makes the partitioner put a user's
-    clicks, score requests and changelog records in the same partition number,
-    so the worker that owns a user's clicks also owns that user's state.
+    A producer that keys clicks this way (with Kafka's default murmur2
+    partitioner) puts a user's clicks in the partition that holds the user's
+    state, so the fold reads them straight from ``genre.clicks``; GENRE's
+    internal topics are keyed the same way.
     """
-    return orjson.dumps(key)
+    return key.encode()
 
 
 def build_streams(
@@ -524,26 +572,29 @@ def build_streams(
         item_vectors=topic(t.item_vectors),
     )
 
-    def user_table(name: str) -> Any:
-        """A table keyed by user, co-partitioned with ``user_clicks``."""
-        return app.Table(
-            name,
-            partitions=t.user_clicks.partitions,
-            schema=TABLE_SCHEMA,
-            # Batched agents write after awaiting (no current event), so the changelog
-            # partition comes from the key, as the source topic's partition does.
-            use_partitioner=True,
+    def user_table(name: str, value_serializer: str = "json") -> Any:
+        """A table keyed by user, co-partitioned with ``clicks`` and ``user_clicks``."""
+        return with_serializers(
+            app.Table(
+                name,
+                partitions=t.user_clicks.partitions,
+                key_type=str,
+                # Batched agents write after awaiting (no current event), so the changelog
+                # partition comes from the key, as the source topic's partition does.
+                use_partitioner=True,
+            ),
+            value_serializer,
         )
 
-    users = user_table("user-state") if "users" in tables else None
+    users = user_table("user-state", USER_STATE_CODEC) if "users" in tables else None
     latest_lists = user_table("latest-lists") if "latest_lists" in tables else None
     profiles = user_table("user-profiles") if "profiles" in tables else None
     graph = None
     if "graph" in tables:
-        graph = app.GlobalTable(
+        graph = app.GlobalTable(  # serializers set below (with_serializers)
             "item-graph",
             partitions=t.co_clicks.partitions,
-            schema=TABLE_SCHEMA,
+            key_type=str,
             use_partitioner=True,
             # Always in memory, whatever streams.store says. Its size follows the
             # catalogue (items x max_neighbours edges), not the users, and it is
@@ -559,6 +610,7 @@ def build_streams(
             # then falls back to the app's store.
             store="memory://item-graph",
         )
+        with_serializers(graph, ITEM_STATE_CODEC)
     vector_store = store if store is not None else open_vector_store(config)
     catalog = ItemCatalog(vector_store, config.qdrant.items_collection)
     if follows_item_vectors(role):
@@ -567,6 +619,8 @@ def build_streams(
     streams = GenreStreams(
         config, app, topics, users, graph, latest_lists, profiles, vector_store, catalog, role
     )
+    if role_runs(role, "scorer"):
+        streams.pending = PendingScores()
     _add_pages(streams)
     return streams
 

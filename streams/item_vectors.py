@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from genre.core.features import decode_vector
 from genre.core.telemetry import METRICS
 from genre.schemas import ItemVector, Rejection, parse_record
 from genre.streams.app import GenreStreams
-from genre.streams.state import decode_vector
 
 log = logging.getLogger("genre.item_vectors")
 

@@ -1,8 +1,10 @@
 """Candidate sources, chosen by name in ``scorer.candidates``.
 
-A source turns a batch of score requests into, per request, a mapping of
+A source turns a batch of users (``ScoreContext``s) into, per user, a mapping of
 item id to a ``Candidate`` (raw score and the history item that explains it).
-Raw scores are on each source's own scale; the scorer normalises them.
+Raw scores are on each source's own scale; the scorer normalises them. Sources
+read the worker through ``ScorerViews`` only: ``generate`` runs on the scorer's
+thread, ``prepare`` on the event loop before each batch.
 """
 
 from __future__ import annotations
@@ -11,16 +13,15 @@ import heapq
 import itertools
 import time
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from genre.core.features import FeatureSpec
 from genre.core.registry import Registry
 from genre.core.telemetry import METRICS
-from genre.schemas import ScoreRequest
-from genre.streams.agents import graph_rules
-from genre.streams.app import GenreStreams, table_get
-from genre.streams.state import neighbour_scores
+from genre.streams.score_context import ScoreContext
+from genre.streams.views import ScorerViews
 
 
 class Candidate(NamedTuple):
@@ -40,7 +41,11 @@ class CandidateSource(Protocol):
 
     name: str
 
-    async def generate(self, requests: list[ScoreRequest]) -> list[dict[str, Candidate]]: ...
+    def prepare(self) -> None:
+        """Refresh shared state on the event loop before a batch (most sources: nothing)."""
+        ...
+
+    def generate(self, batch: Sequence[ScoreContext]) -> list[dict[str, Candidate]]: ...
 
 
 CANDIDATE_SOURCES: Registry[CandidateSource] = Registry(
@@ -50,60 +55,38 @@ CANDIDATE_SOURCES: Registry[CandidateSource] = Registry(
 
 @CANDIDATE_SOURCES.register("ann")
 class AnnSource:
-    """Nearest items to the user vector (content similarity).
-
-    ``index``: ``auto`` searches the exact in-memory index when the worker has
-    one (Qdrant local mode) and the Qdrant collection otherwise; ``qdrant`` and
-    ``exact`` force one. Both are exact in local mode, so they return the same items.
-    """
+    """Nearest items to the user vector (content similarity): one search for the batch."""
 
     name = "ann"
 
     def __init__(
-        self,
-        streams: GenreStreams,
-        limit: int,
-        max_overfetch: int = 100,
-        index: Literal["auto", "qdrant", "exact"] = "auto",
+        self, views: ScorerViews, features: FeatureSpec, limit: int, max_overfetch: int = 100
     ) -> None:
-        if index not in ("auto", "qdrant", "exact"):
-            raise ValueError(f"index must be auto, qdrant or exact, got {index!r}")
-        if index == "exact" and streams.index is None:
-            raise ValueError("index: exact needs Qdrant local mode (qdrant.url unset)")
-        self.streams = streams
+        self.views = views
         self.limit = limit
         self.max_overfetch = max_overfetch
-        self.use_exact = streams.index is not None and index != "qdrant"
-        self.collection = streams.config.qdrant.items_collection
 
     @staticmethod
-    def query_vector(request: ScoreRequest) -> Sequence[float] | None:
+    def query_vector(ctx: ScoreContext) -> np.ndarray | None:
         """What this source searches with: the user's decayed-mean vector."""
-        return request.vector
+        return ctx.vector
 
-    async def generate(self, requests: list[ScoreRequest]) -> list[dict[str, Candidate]]:
-        queries = [self.query_vector(r) for r in requests]
+    def prepare(self) -> None:
+        """Nothing to refresh."""
+
+    def generate(self, batch: Sequence[ScoreContext]) -> list[dict[str, Candidate]]:
+        queries = [self.query_vector(c) for c in batch]
         with_vec = [i for i, q in enumerate(queries) if q is not None and len(q)]
-        out: list[dict[str, Candidate]] = [{} for _ in requests]
+        out: list[dict[str, Candidate]] = [{} for _ in batch]
         if not with_vec:
             return out
         # Over-fetch so that filtering seen items still leaves candidates; capped
-        # because every extra hit costs a payload decode (heavy users have
-        # seen hundreds of items; co_click and trending cover them too).
-        vectors = np.asarray([queries[i] for i in with_vec], np.float32)  # [B, D]
-        extra = min(max(len(requests[i].seen_items) for i in with_vec), self.max_overfetch)
-        limit = self.limit + extra
-        if self.use_exact and self.streams.index is not None:
-            # Ids and scores straight from the matrix: no Hit object per hit.
-            ranked = self.streams.index.search_ids(vectors, limit)
-            for i, (ids, scores) in zip(with_vec, ranked, strict=True):
-                out[i] = dict(zip(ids, map(Candidate, scores), strict=True))
-            return out
-        results = await self.streams.in_store(
-            self.streams.store.search_batch, self.collection, vectors, limit
-        )
-        for i, hits in zip(with_vec, results, strict=True):
-            out[i] = {h.id: Candidate(h.score) for h in hits}
+        # (heavy users have seen hundreds of items; co_click and trending cover them).
+        vectors = np.stack([queries[i] for i in with_vec]).astype(np.float32, copy=False)
+        extra = min(max(_seen_count(batch[i]) for i in with_vec), self.max_overfetch)
+        found = self.views.search.search(vectors, self.limit + extra)
+        for i, (ids, scores) in zip(with_vec, found, strict=True):
+            out[i] = dict(zip(ids, map(Candidate, scores), strict=True))
         return out
 
 
@@ -118,8 +101,8 @@ class ProfileSource(AnnSource):
     name = "profile"
 
     @staticmethod
-    def query_vector(request: ScoreRequest) -> Sequence[float] | None:
-        return request.profile_vector
+    def query_vector(ctx: ScoreContext) -> np.ndarray | None:
+        return ctx.profile_vector
 
 
 @CANDIDATE_SOURCES.register("co_click")
@@ -128,36 +111,38 @@ class CoClickSource:
 
     name = "co_click"
 
-    def __init__(self, streams: GenreStreams, limit: int, recent_items: int = 10) -> None:
-        self.streams = streams
+    def __init__(
+        self, views: ScorerViews, features: FeatureSpec, limit: int, recent_items: int | None = None
+    ) -> None:
+        self.views = views
         self.limit = limit
-        self.recent_items = recent_items
-        self.rules = graph_rules(streams)
-        #: The full neighbour scores of the last batch, by user (before the seen
-        #: filter and the limit): the ranker's co-click feature reuses them.
+        self.recent_items = features.co_click_recent if recent_items is None else recent_items
+        self.rules = features.graph_rules()
+        #: The full neighbour scores of the last batch, by user, and the event time they
+        #: were decayed to (before the seen filter and the limit): the ranker's co-click
+        #: feature reuses them.
         self.last_scores: dict[str, dict[str, tuple[float, str]]] = {}
+        self.last_now = 0.0
 
-    async def generate(self, requests: list[ScoreRequest]) -> list[dict[str, Candidate]]:
-        now = self.streams.event_now()
-        graph = self.streams.graph
+    def prepare(self) -> None:
+        """Nothing to refresh."""
 
-        def graph_state(item: str) -> Any:
-            return table_get(graph, item)
-
+    def generate(self, batch: Sequence[ScoreContext]) -> list[dict[str, Candidate]]:
+        now = self.views.clock.now()
+        state_of = self.views.graph.state
         out = []
-        self.last_scores = {}
-        for req in requests:
-            scores = neighbour_scores(
-                graph_state, req.recent_items[-self.recent_items :], self.rules, now
-            )
-            self.last_scores[req.user_id] = scores
-            seen = set(req.seen_items)
+        scores_by_user = {}
+        for ctx in batch:
+            scores = self.rules.neighbour_scores(state_of, ctx.history[-self.recent_items :], now)
+            scores_by_user[ctx.user_id] = scores
+            seen = ctx.seen
             best = heapq.nlargest(
                 self.limit,
                 ((item, sw) for item, sw in scores.items() if item not in seen),
                 key=lambda kv: kv[1][0],
             )
             out.append({item: Candidate(score, because) for item, (score, because) in best})
+        self.last_scores, self.last_now = scores_by_user, now
         return out
 
 
@@ -167,56 +152,61 @@ class TrendingSource:
 
     name = "trending"
 
-    def __init__(self, streams: GenreStreams, limit: int, refresh_s: float = 1.0) -> None:
-        self.streams = streams
+    def __init__(
+        self, views: ScorerViews, features: FeatureSpec, limit: int, refresh_s: float = 1.0
+    ) -> None:
+        self.views = views
         self.limit = limit
         self.refresh_s = refresh_s
-        self.rules = graph_rules(streams)
-        self._top: list[tuple[str, float]] = []
-        self._candidates: tuple[list, list[tuple[str, Candidate]]] | None = None
+        self.rules = features.graph_rules()
+        self._ranked: list[tuple[str, Candidate]] = []
         self._refreshed = 0.0
         self._graph_size = 0
 
-    def top(self) -> list[tuple[str, float]]:
-        """The current trending list, recomputed at most every ``refresh_s`` seconds,
-        and at once when it is short and the graph has grown since: on a young graph
-        (a fresh deployment) the first users would otherwise get no trending items
-        for up to ``refresh_s``."""
-        # Over-fetch so users who saw the head of the list still get candidates.
-        k = self.limit * 4
-        graph = self.streams.graph
+    def prepare(self) -> None:
+        """Recompute the list at most every ``refresh_s`` seconds, and at once when it is
+        short and the graph has grown since: on a young graph (a fresh deployment) the
+        first users would otherwise get no trending items for up to ``refresh_s``. On the
+        event loop: it iterates the graph, which the graph agent extends."""
+        k = self.limit * 4  # over-fetch: users who saw the head still get candidates
+        graph = self.views.graph
         stale = time.monotonic() - self._refreshed >= self.refresh_s
-        if stale or (len(self._top) < k and len(graph) != self._graph_size):
-            now = self.streams.event_now()
+        if stale or (len(self._ranked) < k and len(graph) != self._graph_size):
+            now = self.views.clock.now()
             self._graph_size = len(graph)
-            self._top = heapq.nlargest(
+            top = heapq.nlargest(
                 k,
-                ((item, self.rules.popularity(state, now)) for item, state in list(graph.items())),
+                ((item, self.rules.popularity(state, now)) for item, state in graph.items()),
                 key=lambda kv: kv[1],
             )
+            # A new list object: a batch being scored keeps the one it started with.
+            self._ranked = [(item, Candidate(score)) for item, score in top]
             self._refreshed = time.monotonic()
-        return self._top
 
-    async def generate(self, requests: list[ScoreRequest]) -> list[dict[str, Candidate]]:
-        top = self.top()
-        if self._candidates is None or self._candidates[0] is not top:
-            # The same Candidate objects serve every user until the next refresh.
-            self._candidates = (top, [(item, Candidate(score)) for item, score in top])
-        ranked = self._candidates[1]
+    def generate(self, batch: Sequence[ScoreContext]) -> list[dict[str, Candidate]]:
+        ranked = self._ranked
         out = []
-        for req in requests:
-            seen = set(req.seen_items)
+        for ctx in batch:
+            seen = ctx.seen
             unseen = ((item, cand) for item, cand in ranked if item not in seen)
             out.append(dict(itertools.islice(unseen, self.limit)))
         return out
 
 
-def build_sources(streams: GenreStreams) -> list[tuple[CandidateSource, float]]:
-    """Instantiate the configured sources with their blend weights."""
+def _seen_count(ctx: ScoreContext) -> int:
+    seen = ctx.seen
+    return len(seen) if hasattr(seen, "__len__") else len(ctx.history)  # type: ignore[arg-type]
+
+
+def build_sources(
+    config: Any, views: ScorerViews, features: FeatureSpec
+) -> list[tuple[CandidateSource, float]]:
+    """Instantiate the sources ``config.scorer.candidates`` names, with their blend weights."""
     sources = []
-    for spec in streams.config.scorer.candidates:
-        params: dict[str, Any] = dict(spec.params)
-        source = CANDIDATE_SOURCES.create(spec.name, streams, spec.limit, **params)
+    for spec in config.scorer.candidates:
+        source = CANDIDATE_SOURCES.create(
+            spec.name, views, features, spec.limit, **dict(spec.params)
+        )
         sources.append((source, spec.weight))
     return sources
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from genre.core.features import encode_vector
 from genre.core.llm import ItemEnrichment, LLMClient, LLMResult, enriched_text
 from genre.core.telemetry import METRICS, measured_batch
 from genre.schemas import ItemUpsert, ItemVector, Rejection, parse_record
 from genre.streams.app import GenreStreams
-from genre.streams.state import encode_vector
 from genre.workers.text_encoder import TextEncoder
 
 log = logging.getLogger("genre.item_encoder")

@@ -1,4 +1,14 @@
-"""The scorer worker: candidates -> blended, filtered, explained lists -> topic and Qdrant."""
+"""The scorer: users waiting for a list -> candidates -> blended or learned ranking ->
+filtered, explained lists -> ``genre.recommendations`` (and Qdrant ``users``).
+
+``ScorerWorker.score`` is plain, synchronous and Faust-free: it reads the worker
+through ``ScorerViews`` and runs on the scorer's own thread (numpy and ONNX
+Runtime release the GIL), so the event loop keeps folding clicks while a batch is
+scored. ``register_scorer`` wires it to the process: a task that takes waiting
+users from ``PendingScores`` (filled by this process's fold in role ``all``, or by
+the score-requests agent in role ``scorer``), scores them on that thread and
+publishes the lists from the loop.
+"""
 
 from __future__ import annotations
 
@@ -11,31 +21,28 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+import orjson
 
+from genre.core.config import GenreConfig
+from genre.core.features import FeatureSpec, candidate_features, decode_vector
+from genre.core.features.spec import PROFILE_FEATURE, RANKER_FEATURES
 from genre.core.registry import Registry
-from genre.core.telemetry import METRICS, measured_batch
+from genre.core.telemetry import METRICS
 from genre.core.vectorstore import StoredVector
-from genre.schemas import Recommendation, RecommendedItem, ScoreRequest, ScoreRequests
+from genre.schemas import ScoreRequests
 from genre.schemas.manifest import ManifestError
-from genre.streams.agents import graph_rules
-from genre.streams.app import CHUNKS_PER_BATCH, GenreStreams, chunk_records, table_get
-from genre.streams.state import decode_vector, neighbour_scores, user_vector
+from genre.schemas.records import SCHEMA_VERSION
+from genre.streams.app import GenreStreams, chunk_records, table_get
+from genre.streams.batching import ack_events, take_ready
+from genre.streams.score_context import ScoreContext, SubmittedBatch, from_request
+from genre.streams.views import ScorerViews
 from genre.workers.candidates import Candidate, CoClickSource, build_sources, count_candidates
 from genre.workers.ranker import OnnxRanker, RankerHandle
 
 log = logging.getLogger("genre.scorer")
 
-#: How often user vectors and lists are written to Qdrant ``users``: often enough
-#: that the stored list trails the published one by well under a second.
-USERS_FLUSH_S = 0.25
-
 #: History items an "ann" pick is explained against (the most similar one is named).
 EXPLAIN_RECENT = 10
-
-#: Per-candidate features this worker can compute for the ranker (a manifest names the
-#: ones its graphs take, in their order): decayed trending count, co-click score, and
-#: the cosine of the user's LLM profile with the item (0 without a profile).
-RANKER_FEATURES = ("trending", "co_click", "profile")
 
 SOURCE_REASONS = {
     "trending": "trending now",
@@ -46,10 +53,13 @@ SOURCE_REASONS = {
 
 _WORD = re.compile(r"[a-z0-9]+")
 
+#: Per source: (name, blend weight, candidates per user of the batch).
+SourceCandidates = tuple[str, float, list[dict[str, Candidate]]]
+
 
 @dataclass(frozen=True, slots=True)
 class Scored:
-    """A ranked item before explanation: blended score, winning source, evidence item."""
+    """A ranked item before explanation: score, winning source, evidence item."""
 
     item_id: str
     score: float
@@ -60,8 +70,8 @@ class Scored:
 class Filter(Protocol):
     """Removes candidates a user must not see."""
 
-    def predicate(self, request: ScoreRequest) -> Callable[[str], bool]:
-        """A test ``item_id -> keep?`` for one request, built once per request."""
+    def predicate(self, ctx: ScoreContext) -> Callable[[str], bool]:
+        """A test ``item_id -> keep?`` for one user, built once per list."""
         ...
 
 
@@ -72,33 +82,35 @@ FILTERS: Registry[Filter] = Registry("filter", "scorer.filters[].name")
 class SeenFilter:
     """Drops items the user has already interacted with (history and seen set)."""
 
-    def predicate(self, request: ScoreRequest) -> Callable[[str], bool]:
-        excluded = frozenset(request.seen_items).union(request.recent_items)
-        return lambda item_id: item_id not in excluded
+    def predicate(self, ctx: ScoreContext) -> Callable[[str], bool]:
+        seen, history = ctx.seen, ctx.history
+        return lambda item_id: item_id not in seen and item_id not in history
 
 
-class Scorer(Protocol):
-    """Combines per-source candidates into one ranked list."""
+class Ranking(Protocol):
+    """Combines per-source candidates into one ranked list (``scorer.name``)."""
 
     name: str
 
     def rank(
         self,
         per_source: Sequence[tuple[str, float, dict[str, Candidate]]],
-        keep: Any,
+        keep: Callable[[str], bool],
         top_k: int,
     ) -> list[Scored]: ...
 
 
-SCORERS: Registry[Scorer] = Registry("scorer", "scorer.name")
+RANKINGS: Registry[Ranking] = Registry("scorer", "scorer.name")
 
 
-@SCORERS.register("blend")
-class BlendScorer:
+@RANKINGS.register("blend")
+class BlendRanking:
     """Weighted sum of per-source scores, each min-max normalised to [0, 1] per user.
 
     Normalising per user and source puts cosine similarities, co-click weights
     and popularity counts on one scale, so the YAML weights mean what they say.
+    It ranks the lists of the blend scorer and pre-ranks the learned ranker's
+    candidates.
     """
 
     name = "blend"
@@ -106,7 +118,7 @@ class BlendScorer:
     def rank(
         self,
         per_source: Sequence[tuple[str, float, dict[str, Candidate]]],
-        keep: Any,
+        keep: Callable[[str], bool],
         top_k: int,
     ) -> list[Scored]:
         totals: dict[str, float] = {}
@@ -120,27 +132,37 @@ class BlendScorer:
             for item, cand in candidates.items():
                 if not keep(item):
                     continue
-                norm = (cand.score - lo) / span if span > 0 else 1.0
-                contribution = weight * norm
+                contribution = weight * ((cand.score - lo) / span if span > 0 else 1.0)
                 totals[item] = totals.get(item, 0.0) + contribution
                 if item not in best or contribution > best[item][0]:
                     best[item] = (contribution, name, cand.because)
-        ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]
+        ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
+        if top_k:
+            ranked = ranked[:top_k]
         return [Scored(item, score, best[item][1], best[item][2]) for item, score in ranked]
 
 
-def explain(scored: Scored, request: ScoreRequest, items: dict[str, StoredVector]) -> str:
+@dataclass(slots=True)
+class ScoredList:
+    """One user's list, ready to publish: the record's bytes and what the loop needs."""
+
+    ctx: ScoreContext
+    items: list[str]
+    value: bytes
+    generated_at: float
+    hops: dict[str, float]
+
+
+def explain(scored: Scored, ctx: ScoreContext, items: dict[str, StoredVector]) -> str:
     """A human-readable reason: the profile interest it matches, the history item behind
     it, else the source's phrase."""
-    if scored.source == "profile" and request.profile_interests:
-        interest = matching_interest(request.profile_interests, items.get(scored.item_id))
+    if scored.source == "profile" and ctx.profile_interests:
+        interest = matching_interest(ctx.profile_interests, items.get(scored.item_id))
         if interest:
             return f"matches your interest in {interest}"
     because = scored.because
     if because is None and scored.source == "ann":
-        because = _most_similar_recent(
-            scored.item_id, request.recent_items[-EXPLAIN_RECENT:], items
-        )
+        because = _most_similar_recent(scored.item_id, ctx.history[-EXPLAIN_RECENT:], items)
     title = _title(items.get(because)) if because else ""
     if title:
         return f"because you watched {title}"
@@ -179,43 +201,68 @@ def _title(stored: StoredVector | None) -> str:
 
 
 class ScorerWorker:
-    """Turns score requests into published recommendations, a micro-batch at a time."""
+    """Turns users waiting for a list into ranked, filtered, explained lists."""
 
     def __init__(
-        self, streams: GenreStreams, model_version: str, ranker: RankerHandle | None = None
+        self,
+        config: GenreConfig,
+        views: ScorerViews,
+        model_version: str,
+        ranker: RankerHandle | None = None,
     ) -> None:
-        cfg = streams.config.scorer
-        self.streams = streams
+        cfg = config.scorer
+        self.views = views
+        self.config = config
+        self.features = FeatureSpec.from_streams(config.streams)
         self.ranker = ranker
-        self.graph_rules = graph_rules(streams)
         if ranker is not None and ranker.current is not None:
-            check_ranker_features(ranker.current, streams)
+            check_ranker_features(ranker.current, config)
         self.top_k = cfg.top_k
-        self.sources = build_sources(streams)
-        self.scorer = SCORERS.create(cfg.name)
+        self.rank_candidates = config.ranker.rank_candidates
+        self.sources = build_sources(config, views, self.features)
+        self.ranking = RANKINGS.create(cfg.name)
+        self.blend = BlendRanking()
         self.filters = [FILTERS.create(f.name, **f.params) for f in cfg.filters]
-        self.model_version = (
-            f"{cfg.name}+{'+'.join(s.name for s, _ in self.sources)}@{model_version}"
-        )
-        self.users_collection = streams.config.qdrant.users_collection
-        #: user_id -> (vector, payload) not yet written to Qdrant; a background task
-        #: flushes it, so vector-store writes never delay the next scoring batch.
-        self.pending_users: dict[str, tuple[list[float], dict[str, Any]]] = {}
-        self._warned_stateless = False
+        sources = "+".join(s.name for s, _ in self.sources)
+        self.model_version = f"{cfg.name}+{sources}@{model_version}"
         METRICS.model_info.labels("scorer", self.model_version).set(1)
 
-    async def handle(self, requests: list[ScoreRequest]) -> list[Recommendation]:
-        """Score a batch (latest request per user wins) and publish each list."""
-        latest: dict[str, ScoreRequest] = {}
-        for req in requests:
-            latest[req.user_id] = req
-            self.streams.observe_event_time(req.trigger_ts)
-        batch = [self._with_state(req) for req in latest.values()]
+    def prepare(self) -> None:
+        """Refresh the sources' shared state (on the event loop, before a batch)."""
+        for source, _ in self.sources:
+            source.prepare()
+
+    def score(self, batch: Sequence[ScoreContext]) -> list[ScoredList]:
+        """Rank, filter and explain one list per context (blocking: the scorer thread)."""
+        started = time.time()
+        per_source = self._candidates(batch)
+        keeps = [self._keep(ctx) for ctx in batch]
+        ranked: list[list[Scored]] | None = None
+        version = self.model_version
+        learned = self.ranker.current if self.ranker is not None else None
+        if learned is not None:
+            try:
+                ranked = self._rank_learned(learned, batch, per_source, keeps)
+                sources = "+".join(s.name for s, _ in self.sources)
+                version = f"ranker@{learned.version}+{sources}"
+            except Exception as exc:  # a model failure degrades to the blend, never stalls
+                log.warning("ranker %s failed (%s); blending instead", learned.version, exc)
+                METRICS.fallbacks.labels("ranker", type(exc).__name__).inc()
+        if ranked is None:
+            ranked = [
+                self.ranking.rank(
+                    [(name, w, cands[i]) for name, w, cands in per_source], keep, self.top_k
+                )
+                for i, keep in enumerate(keeps)
+            ]
+        return self._lists(batch, ranked, version, started)
+
+    def _candidates(self, batch: Sequence[ScoreContext]) -> list[SourceCandidates]:
         per_source = []
         for source, weight in self.sources:
             start = time.perf_counter()
             try:
-                candidates = await source.generate(batch)
+                candidates = source.generate(batch)
             except Exception as exc:  # an outage of one source must not stall the stream
                 log.warning("candidate source %s failed (%s); ranking without it", source.name, exc)
                 METRICS.fallbacks.labels(f"source:{source.name}", type(exc).__name__).inc()
@@ -225,95 +272,81 @@ class ScorerWorker:
             )
             count_candidates(source.name, candidates)
             per_source.append((source.name, weight, candidates))
-        keeps = [self._keep(req) for req in batch]
-        ranked: list[list[Scored]] | None = None
-        version = self.model_version
-        learned = self.ranker.current if self.ranker is not None else None
-        if learned is not None:
-            try:
-                ranked = await self._rank_learned(learned, batch, per_source, keeps)
-                version = f"ranker@{learned.version}+{'+'.join(s.name for s, _ in self.sources)}"
-            except Exception as exc:  # a model failure degrades to the blend, never stalls
-                log.warning("ranker %s failed (%s); blending instead", learned.version, exc)
-                METRICS.fallbacks.labels("ranker", type(exc).__name__).inc()
-        if ranked is None:
-            ranked = [
-                self.scorer.rank(
-                    [(name, w, cands[i]) for name, w, cands in per_source], keep, self.top_k
-                )
-                for i, keep in enumerate(keeps)
-            ]
-        needed: set[str] = set()
-        for req, scored in zip(batch, ranked, strict=True):
-            needed.update(s.item_id for s in scored)
-            needed.update(s.because for s in scored if s.because)
-            needed.update(req.recent_items[-EXPLAIN_RECENT:])
-        try:
-            items = await self.streams.items(needed)
-        except Exception as exc:  # titles only: explain from what is cached
-            log.warning("item lookup for explanations failed (%s); using the cache", exc)
-            METRICS.fallbacks.labels("explain", type(exc).__name__).inc()
-            items, _ = self.streams.catalog.cached(needed)
-        recs = []
-        now = time.time()
-        for req, scored in zip(batch, ranked, strict=True):
-            rec = Recommendation(
-                user_id=req.user_id,
-                items=[
-                    RecommendedItem(
-                        item_id=s.item_id,
-                        score=round(s.score, 6),
-                        source=s.source,
-                        reason=explain(s, req, items),
-                        title=_title(items.get(s.item_id)),
-                    )
-                    for s in scored
-                ],
-                model_version=version,
-                trigger_event_id=req.trigger_event_id,
-                generated_at=now,
-                latency_ms=round(max(0.0, (now - req.trigger_produced_at) * 1000.0), 3),
-            )
-            recs.append(rec)
-        await self._publish(batch, recs)
-        return recs
+        return per_source
 
-    def _keep(self, request: ScoreRequest) -> Callable[[str], bool]:
-        tests = [f.predicate(request) for f in self.filters]
+    def _keep(self, ctx: ScoreContext) -> Callable[[str], bool]:
+        tests = [f.predicate(ctx) for f in self.filters]
+        if len(tests) == 1:
+            return tests[0]
         return lambda item: all(test(item) for test in tests)
 
-    async def _rank_learned(
+    def _lists(
+        self,
+        batch: Sequence[ScoreContext],
+        ranked: list[list[Scored]],
+        version: str,
+        started: float,
+    ) -> list[ScoredList]:
+        needed: set[str] = set()
+        for ctx, scored in zip(batch, ranked, strict=True):
+            needed.update(s.item_id for s in scored)
+            needed.update(s.because for s in scored if s.because)
+            needed.update(ctx.history[-EXPLAIN_RECENT:])
+        items, _ = self.views.items.cached(needed)
+        now = time.time()
+        out = []
+        for ctx, scored in zip(batch, ranked, strict=True):
+            timings = hops(ctx, started, now)
+            record = {
+                "schema_version": SCHEMA_VERSION,
+                "user_id": ctx.user_id,
+                "items": [
+                    {
+                        "item_id": s.item_id,
+                        "score": round(s.score, 6),
+                        "source": s.source,
+                        "reason": explain(s, ctx, items),
+                        "title": _title(items.get(s.item_id)),
+                    }
+                    for s in scored
+                ],
+                "model_version": version,
+                "trigger_event_id": ctx.trigger_event_id,
+                "generated_at": now,
+                "latency_ms": round(max(0.0, (now - ctx.trigger_produced_at) * 1000.0), 3),
+                "hops": timings,
+            }
+            ids = [s.item_id for s in scored]
+            out.append(ScoredList(ctx, ids, orjson.dumps(record), now, timings))
+        return out
+
+    def _rank_learned(
         self,
         ranker: OnnxRanker,
-        batch: list[ScoreRequest],
-        per_source: Sequence[tuple[str, float, list[dict[str, Candidate]]]],
+        batch: Sequence[ScoreContext],
+        per_source: Sequence[SourceCandidates],
         keeps: list[Callable[[str], bool]],
     ) -> list[list[Scored]]:
-        """Re-rank the union of every source's candidates with the learned ranker."""
-        origins: list[dict[str, str]] = []  # per request: item -> the first source proposing it
+        """Re-rank the best of the blend (``ranker.rank_candidates``) with the learned ranker."""
+        origins: list[dict[str, Scored]] = []  # per user: candidate -> its pre-ranking
         for i, keep in enumerate(keeps):
-            origin: dict[str, str] = {}
-            for name, _, cands in per_source:
-                for item in cands[i]:
-                    if item not in origin and keep(item):
-                        origin[item] = name
-            origins.append(origin)
-        histories = [req.recent_items[-ranker.history_len :] for req in batch]
+            pre = self.blend.rank(
+                [(name, w, cands[i]) for name, w, cands in per_source], keep, self.rank_candidates
+            )
+            origins.append({s.item_id: s for s in pre})
+        histories = [list(ctx.history[-ranker.history_len :]) for ctx in batch]
         needed = {x for o in origins for x in o} | {x for h in histories for x in h}
         reps, missing = ranker.cached_reps(list(needed))
         if missing:
-            stored = await self.streams.items(missing)
+            stored, _ = self.views.items.cached(missing)
             have = [m for m in missing if m in stored]
             if have:
                 text = np.stack([stored[m].vector for m in have])
-                reps.update(await self.streams.in_model(ranker.encode_items, have, text))
+                reps.update(ranker.encode_items(have, text))
         histories = [[x for x in h if x in reps] for h in histories]
         candidates = [[x for x in o if x in reps] for o in origins]
-        text: dict[str, StoredVector] = {}
-        if "profile" in ranker.manifest.feature_names:
-            text = await self.streams.items({x for c in candidates for x in c})
-        features = self._features(ranker, batch, candidates, text)
-        out = await self.streams.in_model(ranker.score, histories, candidates, features, reps)
+        features = self._features(ranker, batch, candidates)
+        out = ranker.score(histories, candidates, features, reps)
         h_len = out.attention.shape[-1]
         ranked = []
         for i, (hist, cands) in enumerate(zip(histories, candidates, strict=True)):
@@ -325,7 +358,7 @@ class ScorerWorker:
                     Scored(
                         cands[j],
                         float(scores[j]),
-                        origins[i][cands[j]],
+                        origins[i][cands[j]].source,
                         hist[int(np.argmax(attention[j]))] if attention is not None else None,
                     )
                     for j in top
@@ -334,177 +367,79 @@ class ScorerWorker:
         return ranked
 
     def _features(
-        self,
-        ranker: OnnxRanker,
-        batch: list[ScoreRequest],
-        candidates: list[list[str]],
-        text: dict[str, StoredVector],
+        self, ranker: OnnxRanker, batch: Sequence[ScoreContext], candidates: list[list[str]]
     ) -> np.ndarray:
-        """Float32 [B, C, F]: the features the manifest names, in its order, computed
-        from the stream's state exactly as the training replay computed them (trending
-        and co-click decayed to the event time; profile: max(0, cos(profile, item)))."""
-        now = self.streams.event_now()
-        rules = self.graph_rules
-        names = list(ranker.manifest.feature_names)
-        recent = int(ranker.manifest.feature_spec.get("co_click_recent", 10))
+        """Float32 [B, C, F]: the features the manifest names, in its order, by the same
+        code the training replay used (``core.features.candidate_features``)."""
+        now = self.views.clock.now()
+        spec = ranker_spec(ranker, self.features)
+        rules = spec.graph_rules()
+        state_of = self.views.graph.state
         c_len = max(1, max(len(c) for c in candidates))
-        features = np.zeros((len(batch), c_len, len(names)), np.float32)
-        popularity: dict[str, float] = {}
-        graph = self.streams.graph
-        # The co_click source already computed these scores for this batch when its
-        # window and rules match the manifest's (decayed to the event time it saw,
-        # which later clicks may have moved on by at most this batch's duration).
-        reusable = None
+        features = np.zeros((len(batch), c_len, len(spec.feature_names)), np.float32)
+        # The co_click source computed these scores for this batch when its window and
+        # rules match the manifest's (decayed to the event time it saw, which later
+        # clicks may have moved on by at most this batch's duration).
+        reusable: dict[str, dict[str, tuple[float, str]]] = {}
         for source, _ in self.sources:
             if (
                 isinstance(source, CoClickSource)
-                and source.recent_items == recent
+                and source.recent_items == spec.co_click_recent
                 and source.rules == rules
             ):
                 reusable = source.last_scores
-        # Each column is filled from a list in one slice assignment: element-wise
-        # numpy writes cost ~0.1 us each, for ~300 candidates x features x users.
-        for i, (req, cands) in enumerate(zip(batch, candidates, strict=True)):
-            if "trending" in names:
-                pops = []
-                for item in cands:
-                    pop = popularity.get(item)
-                    if pop is None:
-                        state = table_get(graph, item)
-                        pop = popularity[item] = rules.popularity(state, now) if state else 0.0
-                    pops.append(pop)
-                features[i, : len(cands), names.index("trending")] = pops
-            if "co_click" in names:
-                co = reusable.get(req.user_id) if reusable is not None else None
-                if co is None:
-                    co = neighbour_scores(
-                        lambda key: table_get(graph, key), req.recent_items[-recent:], rules, now
-                    )
-                features[i, : len(cands), names.index("co_click")] = [
-                    co[item][0] if item in co else 0.0 for item in cands
-                ]
-            if "profile" in names and req.profile_vector is not None and cands:
-                col = names.index("profile")
-                profile = np.asarray(req.profile_vector, np.float32)
-                rows = [j for j, item in enumerate(cands) if item in text]
-                if rows:
-                    matrix = np.stack([text[cands[j]].vector for j in rows])
-                    features[i, rows, col] = np.maximum(matrix @ profile, 0.0)
+        popularity: dict[str, float] = {}
+        need_text = PROFILE_FEATURE in spec.feature_names
+        for i, (ctx, cands) in enumerate(zip(batch, candidates, strict=True)):
+            if not cands:
+                continue
+            vectors = None
+            if need_text:
+                stored, _ = self.views.items.cached(cands)
+                dim = self.config.encoder.dim
+                vectors = np.stack(
+                    [stored[c].vector if c in stored else np.zeros(dim, np.float32) for c in cands]
+                )
+            features[i, : len(cands)] = candidate_features(
+                spec,
+                rules,
+                state_of,
+                cands,
+                now,
+                history=ctx.history,
+                co_scores=reusable.get(ctx.user_id),
+                candidate_vectors=vectors,
+                profile=ctx.profile_vector,
+                popularity=popularity,
+            )
         return features
 
-    def _with_state(self, request: ScoreRequest) -> ScoreRequest:
-        """The request with the user's history, seen set, vector and profile.
 
-        A stream role in another process sends the state along (``clicks`` > 0).
-        Otherwise it comes from the user table: score requests and user clicks are
-        co-partitioned (same key, same partition count), so the worker scoring a
-        user also holds that user's state.
-        """
-        users = self.streams.users
-        if request.clicks:
-            vector = decode_vector(request.vector_b64) if request.vector_b64 else None
-            update: dict[str, Any] = {"vector": vector}
-        elif users is None:
-            # A scorer role, and the request came without the state: it was written by
-            # an all-in-one worker (mixed deployments) or before the split.
-            if not self._warned_stateless:
-                log.warning(
-                    "score requests arrive without the user's state, which a scorer role "
-                    "needs (it keeps no user table); run stream roles, not `--role all` "
-                    "workers, next to scorer roles. Ranking such users cold."
-                )
-                self._warned_stateless = True
-            METRICS.fallbacks.labels("scorer", "no_state_in_request").inc()
-            return request
-        else:
-            state = users.get(request.user_id)
-            if state is None:
-                log.warning("no state for user %s on this worker; ranking cold", request.user_id)
-                METRICS.fallbacks.labels("scorer", "no_user_state").inc()
-                return request
-            # Vectors stay float32 arrays (model_copy does not validate): as Python
-            # float lists they cost ~9 KB per pending user and a conversion each way.
-            update = {
-                "recent_items": state["history"],
-                "seen_items": state["seen"],
-                "vector": user_vector(state),
-                "clicks": state["clicks"],
-            }
-        profile = self.streams.profiles.get(request.user_id)
-        if profile:
-            update["profile_vector"] = user_vector(profile)
-            update["profile_interests"] = profile["interests"]
-        return request.model_copy(update=update)
-
-    async def _publish(self, batch: list[ScoreRequest], recs: list[Recommendation]) -> None:
-        topic = self.streams.topics.recommendations
-        for rec in recs:
-            await topic.send(key=rec.user_id.encode(), value=rec.to_bytes())
-            latest = self.streams.latest_lists
-            previous = table_get(latest, rec.user_id)
-            latest[rec.user_id] = latest_list_entry(rec, previous)
-            METRICS.click_to_recommendation_ms.observe(rec.latency_ms)
-        METRICS.recommendations.inc(len(recs))
-        METRICS.events_out.labels(topic.get_topic_name()).inc(len(recs))
-        for req, rec in zip(batch, recs, strict=True):
-            if req.vector is not None and len(req.vector):
-                self.pending_users[req.user_id] = (
-                    req.vector,
-                    {
-                        "items": [i.item_id for i in rec.items],
-                        "generated_at": rec.generated_at,
-                        "model_version": rec.model_version,
-                        "clicks": req.clicks,
-                    },
-                )
-
-    async def flush_users(self) -> int:
-        """Write pending user vectors and lists to Qdrant ``users`` (latest per user)."""
-        if not self.pending_users:
-            return 0
-        pending, self.pending_users = self.pending_users, {}
-        ids = list(pending)
-        try:
-            await self.streams.in_store(
-                self.streams.store.upsert,
-                self.users_collection,
-                ids,
-                np.asarray([pending[u][0] for u in ids], np.float32),
-                [pending[u][1] for u in ids],
-            )
-        except Exception as exc:  # vector store down: keep the writes for the next flush
-            log.warning("writing %d users to Qdrant failed (%s); will retry", len(ids), exc)
-            METRICS.fallbacks.labels("users-write", type(exc).__name__).inc()
-            self.pending_users = {**pending, **self.pending_users}  # newer entries win
-            return 0
-        return len(ids)
+def ranker_spec(ranker: OnnxRanker, serving: FeatureSpec) -> FeatureSpec:
+    """The serving spec with the feature names (and co-click window) the ranker was
+    trained with."""
+    trained = ranker.manifest.feature_spec
+    return FeatureSpec(
+        **{
+            **serving.__dict__,
+            "feature_names": tuple(ranker.manifest.feature_names),
+            "co_click_recent": int(trained.get("co_click_recent", serving.co_click_recent)),
+        }
+    )
 
 
-def latest_list_entry(rec: Recommendation, previous: Any) -> dict[str, Any]:
-    """The ``latest-lists`` value after publishing ``rec``: its items, when it was made,
-    and the list before it (what a click made before ``rec`` was published could hit)."""
+def hops(ctx: ScoreContext, started: float, done: float) -> dict[str, float]:
+    """Where a list's latency went (ms): see ``Recommendation.hops``."""
     return {
-        "items": [i.item_id for i in rec.items],
-        "at": rec.generated_at,
-        "prev": list_shown_at(previous, rec.generated_at),
+        "ingest": round(max(0.0, ctx.taken_at - ctx.trigger_produced_at) * 1000.0, 3),
+        "fold": round(max(0.0, ctx.folded_at - ctx.taken_at) * 1000.0, 3),
+        "handoff": round(max(0.0, ctx.received_at - ctx.folded_at) * 1000.0, 3),
+        "wait": round(max(0.0, started - ctx.received_at) * 1000.0, 3),
+        "score": round(max(0.0, done - started) * 1000.0, 3),
     }
 
 
-def list_shown_at(entry: Any, when: float) -> list[str]:
-    """The items of the user's list that was the latest at ``when`` (Unix seconds).
-
-    An online hit is a click on an item of the list the user had when clicking.
-    A lagging scorer may have published a newer list since: then the one before
-    it counts. Entries written before lists were dated are plain item lists.
-    """
-    if entry is None:
-        return []
-    if isinstance(entry, list):
-        return entry
-    return entry["items"] if entry["at"] <= when else entry["prev"]
-
-
-def check_ranker_features(ranker: OnnxRanker, streams: GenreStreams) -> None:
+def check_ranker_features(ranker: OnnxRanker, config: GenreConfig) -> None:
     """Refuse a ranker whose features this worker cannot compute; warn on drifted rules."""
     names = tuple(ranker.manifest.feature_names)
     unknown = [n for n in names if n not in RANKER_FEATURES]
@@ -513,14 +448,14 @@ def check_ranker_features(ranker: OnnxRanker, streams: GenreStreams) -> None:
             f"ranker {ranker.version} takes features {names}, this worker computes "
             f"{RANKER_FEATURES}; re-train and re-export it with this GENRE version"
         )
-    if "profile" in names and not streams.config.llm.profiles.enabled:
+    if PROFILE_FEATURE in names and not config.llm.profiles.enabled:
         log.warning(
             "ranker %s was trained with LLM profiles but llm.profiles.enabled is false; "
             "its profile feature will be 0 for every user (enable profiles or re-train)",
             ranker.version,
         )
     trained = ranker.manifest.training.get("llm") or {}
-    llm = streams.config.llm
+    llm = config.llm
     if "items" in trained and bool(trained["items"]) != llm.items.enabled:
         log.warning(
             "ranker %s was trained on %s item text but llm.items.enabled is %s; item vectors "
@@ -529,36 +464,184 @@ def check_ranker_features(ranker: OnnxRanker, streams: GenreStreams) -> None:
             "enriched" if trained["items"] else "raw",
             llm.items.enabled,
         )
-    spec, s = ranker.manifest.feature_spec, streams.config.streams
-    for key in ("trending_half_life_s", "edge_half_life_s", "co_click_window"):
-        if key in spec and float(spec[key]) != float(getattr(s, key)):
-            log.warning(
-                "ranker %s was trained with %s=%s but streams.%s is %s; its features will "
-                "drift from training (re-train with the current config)",
-                ranker.version,
-                key,
-                spec[key],
-                key,
-                getattr(s, key),
+    drift = FeatureSpec.from_streams(config.streams).drift(ranker.manifest.feature_spec)
+    for key, (was, now) in drift.items():
+        log.warning(
+            "ranker %s was trained with %s=%s but streams give %s; its features will drift "
+            "from training (re-train with the current config)",
+            ranker.version,
+            key,
+            was,
+            now,
+        )
+
+
+class UsersWriter:
+    """Writes user vectors and latest lists to Qdrant ``users``, off the hot path.
+
+    The latest entry per user waits here (at most ``max_pending``: past it the
+    oldest are dropped and counted); a task writes them every ``every_s`` on the
+    vector-store thread.
+    """
+
+    def __init__(self, streams: GenreStreams, every_s: float, max_pending: int) -> None:
+        self.streams = streams
+        self.every_s = every_s
+        self.max_pending = max_pending
+        self.collection = streams.config.qdrant.users_collection
+        self.pending: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
+
+    def add(self, scored: ScoredList, version: str) -> None:
+        """Remember a published list (latest per user)."""
+        ctx = scored.ctx
+        if ctx.vector is None or not len(ctx.vector):
+            return
+        self.pending.pop(ctx.user_id, None)
+        self.pending[ctx.user_id] = (
+            ctx.vector,
+            {
+                "items": scored.items,
+                "generated_at": scored.generated_at,
+                "model_version": version,
+                "clicks": ctx.clicks,
+            },
+        )
+        if len(self.pending) > self.max_pending:
+            del self.pending[next(iter(self.pending))]
+            METRICS.fallbacks.labels("users-write", "backlog").inc()
+
+    async def flush(self) -> int:
+        """Write what is pending; on failure keep it for the next flush (newer wins)."""
+        if not self.pending:
+            return 0
+        pending, self.pending = self.pending, {}
+        ids = list(pending)
+        try:
+            await self.streams.in_store(
+                self.streams.store.upsert,
+                self.collection,
+                ids,
+                np.stack([pending[u][0] for u in ids]).astype(np.float32),
+                [pending[u][1] for u in ids],
             )
+        except Exception as exc:  # vector store down: keep the writes for the next flush
+            log.warning("writing %d users to Qdrant failed (%s); will retry", len(ids), exc)
+            METRICS.fallbacks.labels("users-write", type(exc).__name__).inc()
+            self.pending = {**pending, **self.pending}
+            return 0
+        return len(ids)
 
 
-def register_scorer_agent(streams: GenreStreams, worker: ScorerWorker) -> None:
-    """Attach the scorer agent (consumes score requests in micro-batches)."""
+def latest_list_entry(scored: ScoredList, previous: Any) -> dict[str, Any]:
+    """The ``latest-lists`` value after publishing ``scored``: its items, when it was made,
+    and the list before it (what a click made before it was published could hit)."""
+    return {
+        "items": scored.items,
+        "at": scored.generated_at,
+        "prev": list_shown_at(previous, scored.generated_at),
+    }
+
+
+def list_shown_at(entry: Any, when: float) -> list[str]:
+    """The items of the user's list that was the latest at ``when`` (Unix seconds).
+
+    An online hit is a click on an item of the list the user had when clicking.
+    A lagging scorer may have published a newer list since: then the one before
+    it counts.
+    """
+    if entry is None:
+        return []
+    return entry["items"] if entry["at"] <= when else entry["prev"]
+
+
+def register_scorer(streams: GenreStreams, worker: ScorerWorker) -> None:
+    """Run ``worker`` in this process: the scoring task, the Qdrant ``users`` writer, the
+    ranker's hot reload, and (role ``scorer``) the score-requests agent."""
+    pending = streams.pending
+    if pending is None:
+        raise ValueError("register_scorer needs a process that runs the scorer part")
     cfg = streams.config.scorer
-    topic = streams.topics.score_requests
-    name = topic.get_topic_name()
-    within = cfg.batch_within_ms / 1000
+    topic = streams.topics.recommendations
+    latest = streams.latest_lists
+    writer = None
+    if cfg.users_write_s:
+        writer = UsersWriter(streams, cfg.users_write_s, cfg.users_max_pending)
+    profiles = streams.profiles
+
+    def attach_profiles(batch: list[ScoreContext]) -> None:
+        if profiles is None:
+            return
+        for ctx in batch:
+            entry = table_get(profiles, ctx.user_id)
+            if entry:
+                ctx.profile_vector = decode_vector(entry["vector"])
+                ctx.profile_interests = tuple(entry["interests"])
+
+    def count_hits(batch: list[ScoreContext]) -> None:
+        hits = 0
+        for ctx in batch:
+            if ctx.clicked_items:
+                shown = list_shown_at(table_get(latest, ctx.user_id), ctx.trigger_produced_at)
+                hits += sum(item in shown for item in ctx.clicked_items)
+        if hits:
+            METRICS.online_hits.inc(hits)
+
+    async def publish(lists: list[ScoredList], batches: list[SubmittedBatch]) -> None:
+        name = topic.get_topic_name()
+        for scored, batch in zip(lists, batches, strict=True):
+            user_id = scored.ctx.user_id
+            await topic.send(key=user_id.encode(), value=scored.value)
+            latest[user_id] = latest_list_entry(scored, table_get(latest, user_id))
+            published = time.time()
+            latency_ms = (published - scored.ctx.trigger_produced_at) * 1000.0
+            METRICS.click_to_recommendation_ms.observe(latency_ms)
+            METRICS.hop_ms.labels("publish").observe((published - scored.generated_at) * 1000.0)
+            if writer is not None:
+                writer.add(scored, worker.model_version)
+            await batch.settle()
+        METRICS.recommendations.inc(len(lists))
+        METRICS.events_out.labels(name).inc(len(lists))
 
     @streams.app.task
-    async def flush_users() -> None:
-        # Flush every USERS_FLUSH_S; the finally clause writes what is left at shutdown.
-        try:
-            while True:
-                await asyncio.sleep(USERS_FLUSH_S)
-                await worker.flush_users()
-        finally:
-            await worker.flush_users()
+    async def score_pending() -> None:
+        """Take waiting users, score them on the scorer thread, publish from the loop."""
+        await streams.items_read()
+        while True:
+            taken = await pending.take(cfg.batch_size)
+            METRICS.pending_users.set(len(pending))
+            batch = [ctx for ctx, _ in taken]
+            batches = [b for _, b in taken]
+            count_hits(batch)
+            attach_profiles(batch)
+            worker.prepare()
+            start = time.perf_counter()
+            try:
+                lists = await streams.in_model(worker.score, batch)
+            except Exception:  # never stall the stream: the users are scored on their next click
+                log.exception("scoring %d users failed; skipping them", len(batch))
+                METRICS.fallbacks.labels("scorer", "error").inc()
+                for b in batches:
+                    await b.settle()
+                continue
+            METRICS.agent_batch_seconds.labels("scorer").observe(time.perf_counter() - start)
+            METRICS.batch_size.labels("scorer").observe(len(batch))
+            for scored in lists:
+                for hop, ms in scored.hops.items():
+                    METRICS.hop_ms.labels(hop).observe(ms)
+            await publish(lists, batches)
+            await streams.producer_ebb()
+
+    if writer is not None:
+
+        @streams.app.task
+        async def write_users() -> None:
+            # Every users_write_s; the finally clause writes what is left at shutdown.
+            try:
+                while True:
+                    await asyncio.sleep(writer.every_s)
+                    await writer.flush()
+            finally:
+                await writer.flush()
 
     if worker.ranker is not None:
         handle = worker.ranker
@@ -566,39 +649,35 @@ def register_scorer_agent(streams: GenreStreams, worker: ScorerWorker) -> None:
         @streams.app.timer(streams.config.ranker.reload_s)
         async def reload_ranker() -> None:
             if await streams.in_model(handle.maybe_reload) and handle.current is not None:
-                check_ranker_features(handle.current, streams)
+                check_ranker_features(handle.current, streams.config)
 
-    @streams.app.agent(topic, name="genre.scorer")
-    async def scorer(stream: Any) -> None:
-        async for events in stream.take_events(CHUNKS_PER_BATCH, within=within):
+    if not streams.runs("stream"):
+        register_score_requests_agent(streams)
+
+
+def register_score_requests_agent(streams: GenreStreams) -> None:
+    """Role ``scorer``: take stream roles' score requests into ``PendingScores``; each
+    chunk is acknowledged once its users' lists are published."""
+    pending = streams.pending
+    assert pending is not None
+    topic = streams.topics.score_requests
+    name = topic.get_topic_name()
+
+    @streams.app.agent(topic, name="genre.score-requests")
+    async def score_requests(stream: Any) -> None:
+        async for events in take_ready(stream, 64):
             await streams.items_read()
-            records = chunk_records(events)
-            # Latest request per user across the whole batch: a user's older requests
-            # ask for a list that the newer one replaces anyway. Under a backlog a
-            # batch holds several requests per active user, and scoring each user
-            # once is what keeps the scorer from falling further behind.
-            latest: dict[str, ScoreRequest] = {}
-            n_requests = 0
-            hits = 0
-            for rec in records:
+            received = time.time()
+            contexts = []
+            for rec in chunk_records(events):
                 for req in ScoreRequests.from_bytes(rec.value).requests:
-                    latest.pop(req.user_id, None)  # re-insert: order by latest request
-                    latest[req.user_id] = req
-                    n_requests += 1
-                    if req.clicked_items:
-                        entry = table_get(streams.latest_lists, req.user_id)
-                        shown = list_shown_at(entry, req.trigger_produced_at)
-                        hits += sum(item in shown for item in req.clicked_items)
-            METRICS.online_hits.inc(hits)
-            if n_requests > len(latest):
-                superseded = n_requests - len(latest)
-                METRICS.superseded_requests.inc(superseded)
-                # consumed too: measured_batch below counts only the requests scored
-                METRICS.events_in.labels(name).inc(superseded)
-            requests = list(latest.values())
-            # Score at most scorer.batch_size users at a time: bounded model batches.
-            for start in range(0, len(requests), cfg.batch_size):
-                part = requests[start : start + cfg.batch_size]
-                with measured_batch("scorer", name, len(part)):
-                    await worker.handle(part)
-                await streams.producer_ebb()
+                    contexts.append(from_request(req, received))
+            METRICS.events_in.labels(name).inc(len(contexts))
+            for ctx in contexts:
+                streams.observe_event_time(ctx.trigger_ts)
+
+            async def acknowledge(events: list[Any] = events) -> None:
+                await ack_events(stream, events)
+
+            pending.submit(contexts, acknowledge)
+            METRICS.pending_users.set(len(pending))

@@ -166,7 +166,7 @@ class Pipeline:
         topic = f"{self.config.app_id}-user-state-changelog"
         latest = None
         for msg in read_topic(self.config, topic, idle_s=2.0):
-            if msg.key() is not None and orjson.loads(msg.key()) == user_id:
+            if msg.key() == user_id.encode():
                 latest = orjson.loads(msg.value())
         return latest
 
@@ -183,7 +183,6 @@ def write_config(tmp: Path, bootstrap: str, encoder_dir: Path, **overrides: Any)
         spec["name"] = f"t{run}.{spec['name']}"
         spec["partitions"] = min(spec["partitions"], 2)
     data["streams"]["web_port"] = free_port()
-    data["streams"]["batch_within_ms"] = 10.0
     data["encoder"]["dir"] = str(encoder_dir)
     for section, values in overrides.items():
         data[section].update(values)

@@ -12,10 +12,10 @@ import jsonschema
 import orjson
 import pytest
 
+from genre.core.features import decode_vector
 from genre.core.vectorstore import QdrantStore
-from genre.schemas import DeadLetter, Recommendation, ScoreRequests, UserClicks
+from genre.schemas import DeadLetter, Recommendation, UserClicks
 from genre.schemas.jsonschema import SCHEMA_DIR
-from genre.streams.state import user_vector
 
 from .conftest import Pipeline, click, read_topic
 
@@ -126,12 +126,15 @@ def test_bad_events_go_to_dlq_with_reasons_while_good_ones_flow(pipeline: Pipeli
     assert "no-such-item" in unknown_letter.raw_payload
     huge = next(d for d in mine if d.reason == "payload_too_large")
     assert len(huge.raw_payload) < 5000, "dead letters carry a truncated payload"
-    # The books balance: everything consumed from clicks was forwarded or dead-lettered.
+    # The books balance: every click consumed was folded where it landed, re-keyed, or
+    # dead-lettered; these were all keyed by user, so none was re-keyed.
     w = pipeline.worker
     consumed = w.metric("genre_events_in_total", topic=pipeline.topics.clicks.name)
-    forwarded = w.metric("genre_events_out_total", topic=pipeline.topics.user_clicks.name)
+    in_place = w.metric("genre_clicks_routed_total", route="in_place")
+    rekeyed = w.metric("genre_clicks_routed_total", route="rekeyed")
     ingest_rejects = sum(w.metric("genre_dlq_records_total", reason=r) for r in set(bad.values()))
-    assert consumed == forwarded + ingest_rejects
+    assert consumed == in_place + rekeyed + ingest_rejects
+    assert in_place >= len(good) + 1
 
 
 def test_resent_events_count_once(pipeline: Pipeline) -> None:
@@ -259,36 +262,47 @@ def test_state_changelog_is_json(pipeline: Pipeline) -> None:
     state = pipeline.user_state("js-user")
     assert state is not None
     assert orjson.loads(orjson.dumps(state)) == state
-    assert len(user_vector(state)) == pipeline.config.encoder.dim
+    assert len(decode_vector(state["vector"])) == pipeline.config.encoder.dim
 
 
-def test_user_topics_and_state_changelog_are_co_partitioned(pipeline: Pipeline) -> None:
+def test_clicks_keyed_by_user_are_folded_where_they_land(pipeline: Pipeline) -> None:
+    """A click keyed by its user id (murmur2, as ClickProducer sends it) is in the partition
+    of the user's state and is folded there; one keyed otherwise is re-keyed once."""
     users = [f"cp-user-{i}" for i in range(12)]
     pipeline.send_clicks([click(f"cp-{u}", u, "animation-4") for u in users])
-    pipeline.recommendations(until_triggers={f"cp-{u}" for u in users})
+    misplaced = click("cp-other-key", "cp-user-x", "animation-4")
+    with pipeline.producer() as producer:
+        producer.send_raw(pipeline.topics.clicks.name, misplaced.to_bytes(), b"not-the-user")
+    pipeline.recommendations(until_triggers={f"cp-{u}" for u in users} | {"cp-other-key"})
 
     def partitions(topic: str, users_in: Callable[[Any], list[str]]) -> dict[str, set[int]]:
         out: dict[str, set[int]] = {}
         for msg in read_topic(pipeline.config, topic, idle_s=2.0):
             for user in users_in(msg):
-                if user in users:
-                    out.setdefault(user, set()).add(msg.partition())
+                out.setdefault(user, set()).add(msg.partition())
         return out
 
-    # Internal topics carry one micro-batch per partition; the changelog one key per user.
-    clicks = partitions(
+    def click_user(m: Any) -> list[str]:  # other tests left invalid records on the topic
+        try:
+            return [orjson.loads(m.value())["user_id"]]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return []
+
+    clicks = partitions(pipeline.topics.clicks.name, click_user)
+    rekeyed = partitions(
         pipeline.topics.user_clicks.name,
         lambda m: [c.event.user_id for c in UserClicks.from_bytes(m.value()).clicks],
     )
-    requests = partitions(
-        pipeline.topics.score_requests.name,
-        lambda m: [r.user_id for r in ScoreRequests.from_bytes(m.value()).requests],
-    )
     state = partitions(
-        f"{pipeline.config.app_id}-user-state-changelog", lambda m: [orjson.loads(m.key())]
+        f"{pipeline.config.app_id}-user-state-changelog", lambda m: [m.key().decode()]
     )
-    assert set(clicks) == set(requests) == set(state) == set(users)
+    assert set(users) <= set(state)
     for user in users:
         assert len(clicks[user]) == 1
-        assert clicks[user] == requests[user] == state[user], user
-    assert len({p for ps in clicks.values() for p in ps}) > 1  # really spread out
+        assert clicks[user] == state[user], user
+    assert len({p for u in users for p in clicks[u]}) > 1  # really spread out
+    # Only the click keyed otherwise took the extra hop, to its user's state partition.
+    assert set(rekeyed) == {"cp-user-x"}
+    assert rekeyed["cp-user-x"] == state["cp-user-x"]
+    # In one process no score request crosses a topic.
+    assert not list(read_topic(pipeline.config, pipeline.topics.score_requests.name, idle_s=1.0))

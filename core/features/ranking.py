@@ -1,0 +1,87 @@
+"""The ranker's per-candidate features, computed one way for serving, training and evaluation.
+
+``candidate_features`` is what the scorer worker feeds the ONNX ranker and what
+the training replay and the evaluation compute for every sampled or ranked
+item: the trending score, the co-click score from the user's recent history,
+and the match of the user's LLM profile with the item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from genre.core.features.graph import GraphRules, ItemState
+from genre.core.features.spec import PROFILE_FEATURE, FeatureSpec
+
+#: item -> (co-click score, the recent item that contributed most)
+CoClickScores = Mapping[str, tuple[float, str]]
+
+
+def profile_match(candidate_vectors: np.ndarray, profile: np.ndarray | None) -> np.ndarray:
+    """max(0, cos(profile, item)) per row of unit ``candidate_vectors`` [C, D]; zeros
+    without a profile."""
+    if profile is None or not len(candidate_vectors):
+        return np.zeros(len(candidate_vectors), np.float32)
+    return np.maximum(candidate_vectors @ np.asarray(profile, np.float32), 0.0).astype(np.float32)
+
+
+def co_click_scores(
+    spec: FeatureSpec,
+    rules: GraphRules,
+    state_of: Callable[[str], ItemState | None],
+    history: Sequence[str],
+    now: float,
+) -> dict[str, tuple[float, str]]:
+    """Co-click scores from the last ``spec.co_click_recent`` history items."""
+    return rules.neighbour_scores(state_of, history[-spec.co_click_recent :], now)
+
+
+def candidate_features(
+    spec: FeatureSpec,
+    rules: GraphRules,
+    state_of: Callable[[str], ItemState | None],
+    candidates: Sequence[str],
+    now: float,
+    *,
+    history: Sequence[str] = (),
+    co_scores: CoClickScores | None = None,
+    candidate_vectors: np.ndarray | None = None,
+    profile: np.ndarray | None = None,
+    popularity: dict[str, float] | None = None,
+) -> np.ndarray:
+    """Float32 [len(candidates), F]: ``spec.feature_names`` in order, raw values.
+
+    ``co_scores`` may be passed when already computed for this user and ``now``
+    (``co_click_scores``), else they are computed from ``history``.
+    ``candidate_vectors`` (unit text vectors, one row per candidate) are needed
+    for the profile feature only. ``popularity`` is an optional cache shared by
+    the users of a batch (item -> trending score at ``now``).
+    """
+    columns: list[np.ndarray] = []
+    for name in spec.feature_names:
+        if name == "trending":
+            cache = {} if popularity is None else popularity
+            values = []
+            for item in candidates:
+                pop = cache.get(item)
+                if pop is None:
+                    pop = cache[item] = rules.popularity(state_of(item), now)
+                values.append(pop)
+            columns.append(np.asarray(values, np.float32))
+        elif name == "co_click":
+            if co_scores is None:
+                co_scores = co_click_scores(spec, rules, state_of, history, now)
+            columns.append(
+                np.asarray(
+                    [co_scores[c][0] if c in co_scores else 0.0 for c in candidates], np.float32
+                )
+            )
+        elif name == PROFILE_FEATURE:
+            if candidate_vectors is None:
+                raise ValueError("the profile feature needs the candidates' text vectors")
+            columns.append(profile_match(candidate_vectors, profile))
+    if not columns:
+        return np.zeros((len(candidates), 0), np.float32)
+    return np.stack(columns, axis=-1)

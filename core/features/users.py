@@ -1,0 +1,201 @@
+"""A user's state and the rules that fold a click into it.
+
+The stream's user-state agent, the training replay and the evaluation all
+fold clicks with ``UserStateRules.apply``: one implementation, so a model is
+trained on exactly the inputs it is served.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+
+from genre.core.features.codec import decode_vector, encode_vector
+from genre.core.features.decay import decay
+from genre.core.registry import Registry
+
+
+@dataclass(slots=True)
+class UserState:
+    """What the stream remembers of one user.
+
+    ``history`` holds the last items, oldest first, each once (a re-click moves
+    the item to the end); ``seen`` and ``recent_events`` are insertion-ordered
+    sets (dicts with None values) trimmed from the oldest end.
+    """
+
+    history: list[str] = field(default_factory=list)
+    seen: dict[str, None] = field(default_factory=dict)
+    recent_events: dict[str, None] = field(default_factory=dict)
+    clicks: int = 0
+    vector: np.ndarray | None = None
+    vector_ts: float | None = None
+    last_ts: float | None = None
+    profiled_clicks: int = 0
+
+    def to_bytes(self) -> bytes:
+        """The state as JSON bytes (its changelog form; the vector as base64 float32)."""
+        return orjson.dumps(
+            {
+                "history": self.history,
+                "seen": list(self.seen),
+                "recent_events": list(self.recent_events),
+                "clicks": self.clicks,
+                "vector": None if self.vector is None else encode_vector(self.vector),
+                "vector_ts": self.vector_ts,
+                "last_ts": self.last_ts,
+                "profiled_clicks": self.profiled_clicks,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> UserState:
+        """Parse ``to_bytes`` output; ValueError for anything else."""
+        raw = orjson.loads(payload)
+        try:
+            vector = raw.get("vector")
+            return cls(
+                history=[sys.intern(i) for i in raw["history"]],
+                seen=dict.fromkeys(sys.intern(i) for i in raw["seen"]),
+                recent_events=dict.fromkeys(raw["recent_events"]),
+                clicks=int(raw["clicks"]),
+                vector=None if vector is None else decode_vector(vector),
+                vector_ts=raw.get("vector_ts"),
+                last_ts=raw.get("last_ts"),
+                profiled_clicks=int(raw.get("profiled_clicks", 0)),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a user state: {exc!r} in {payload[:200]!r}") from exc
+
+
+class UserVectorUpdater(Protocol):
+    """Folds one clicked item's vector into the user's vector."""
+
+    def update(
+        self,
+        vector: np.ndarray | None,
+        vector_ts: float | None,
+        item: np.ndarray,
+        weight: float,
+        ts: float,
+    ) -> np.ndarray: ...
+
+
+USER_VECTOR_UPDATERS: Registry[UserVectorUpdater] = Registry(
+    "user-vector updater", "streams.user_vector.name"
+)
+
+
+@USER_VECTOR_UPDATERS.register("decayed_mean")
+@dataclass(frozen=True)
+class DecayedMean:
+    """Time-decayed weighted mean of clicked item vectors, re-normalised (cosine space).
+
+    The old vector's weight halves every ``half_life_s`` of event time, so the
+    vector follows a user's current taste without forgetting it at once.
+    """
+
+    half_life_s: float = 86400.0
+
+    def update(
+        self,
+        vector: np.ndarray | None,
+        vector_ts: float | None,
+        item: np.ndarray,
+        weight: float,
+        ts: float,
+    ) -> np.ndarray:
+        if vector is None or vector_ts is None:
+            out = item * weight
+        else:
+            out = vector * decay(ts - vector_ts, self.half_life_s) + item * weight
+        norm = float(np.linalg.norm(out))
+        return (out / norm if norm > 0 else out).astype(np.float32)
+
+
+@USER_VECTOR_UPDATERS.register("last_item")
+@dataclass(frozen=True)
+class LastItem:
+    """The user's vector is the last clicked item's vector (no memory)."""
+
+    def update(
+        self,
+        vector: np.ndarray | None,
+        vector_ts: float | None,
+        item: np.ndarray,
+        weight: float,
+        ts: float,
+    ) -> np.ndarray:
+        return np.asarray(item, np.float32)
+
+
+@dataclass(frozen=True)
+class UserStateRules:
+    """How clicks change a user's state (``streams`` config, through ``FeatureSpec``)."""
+
+    history_size: int
+    max_seen: int
+    dedup_window: int
+    co_click_window: int
+    click_weights: dict[str, float]
+    updater: UserVectorUpdater
+
+    def is_duplicate(self, state: UserState, event_id: str) -> bool:
+        """True when ``event_id`` is among the user's last ``dedup_window`` events."""
+        return event_id in state.recent_events
+
+    def apply(
+        self,
+        state: UserState,
+        *,
+        item_id: str,
+        event_id: str,
+        kind: str,
+        ts: float,
+        item_vector: np.ndarray | None,
+    ) -> list[str]:
+        """Fold one click into ``state`` in place; returns the items it co-clicks with
+        (the last ``co_click_window`` history items before it, most recent first).
+
+        Without ``item_vector`` (the vector store was unreachable) history, seen set
+        and counts still change; the vector catches up with the next click.
+        """
+        # Interned: every user's history and seen set then point at one string per
+        # item instead of a copy per click (bench/bench_state.py measures the heap).
+        item_id = sys.intern(item_id)
+        history = state.history
+        window = history[-self.co_click_window :] if self.co_click_window > 0 else []
+        neighbours = [i for i in reversed(window) if i != item_id]
+        if item_id in history:
+            history.remove(item_id)
+        history.append(item_id)
+        if len(history) > self.history_size:
+            del history[: len(history) - self.history_size]
+        if self.max_seen and item_id not in state.seen:
+            state.seen[item_id] = None
+            _trim(state.seen, self.max_seen)
+        state.recent_events[event_id] = None
+        _trim(state.recent_events, self.dedup_window)
+        state.clicks += 1
+        state.last_ts = ts
+        if item_vector is not None:
+            weight = self.click_weights.get(kind, 1.0)
+            state.vector = self.updater.update(
+                state.vector, state.vector_ts, item_vector, weight, ts
+            )
+            state.vector_ts = ts
+        return neighbours
+
+    def profile_due(self, state: UserState, every_k_clicks: int) -> bool:
+        """Whether the user clicked ``every_k_clicks`` times since their last LLM profile."""
+        return every_k_clicks > 0 and state.clicks - state.profiled_clicks >= every_k_clicks
+
+
+def _trim(ordered: dict[str, Any], size: int) -> None:
+    """Drop the oldest keys of an insertion-ordered dict until it holds ``size``."""
+    while len(ordered) > size:
+        del ordered[next(iter(ordered))]
