@@ -224,17 +224,10 @@ def train_config(cfg: GenreConfig, **overrides: Any) -> Any:
 
 
 def feature_spec(cfg: GenreConfig) -> Any:
-    """FeatureSpec from the stream's own rules in ``streams`` (training must match serving)."""
-    from genre.model_export.replay import FeatureSpec
+    """The stream's own rules (``streams``) as the feature spec: training must match serving."""
+    from genre.core.features import FeatureSpec
 
-    s = cfg.streams
-    return FeatureSpec(
-        trending_half_life_s=s.trending_half_life_s,
-        edge_half_life_s=s.edge_half_life_s,
-        co_click_window=s.co_click_window,
-        user_vector_half_life_s=float(s.user_vector.params.get("half_life_s", 86400.0)),
-        history_len=s.history_size,
-    )
+    return FeatureSpec.from_streams(cfg.streams)
 
 
 def run_evaluate(

@@ -218,7 +218,9 @@ def _replay_train_valid(
     task = progress.add_task("replaying train + valid clicks", total=end_valid)
     n_valid = 0
     for e in replay.run(end_valid):
-        if data.split[e] == TRAIN:
+        if not data.is_query(e):
+            pass  # a re-click or a re-send: folded into the state, never predicted
+        elif data.split[e] == TRAIN:
             if sampler is not None:
                 sampler.observe(replay, e)
         else:
@@ -252,7 +254,7 @@ def _replay_test(
 
     task = progress.add_task("replaying and ranking test clicks", total=len(data))
     for e in replay.run():
-        if data.split[e] == TEST:
+        if data.split[e] == TEST and data.is_query(e):
             buffer.append(snapshot(replay, [e]))
             if len(buffer) >= chunk:
                 flush()

@@ -6,25 +6,40 @@ then (the user's history, time-decayed popularity, co-click edges). Learned
 weights are frozen after training; the *state* keeps moving through validation
 and test, as it does in production.
 
-The replayed features follow the stream's own rules (``streams.state``): the same
-half-lives, co-click window and recency weights, so a model trained here sees
-the same inputs as the scorer worker. They are re-implemented on dense arrays
-because model_export may not import the stream package (DESIGN.md import rule)
-and because full ranking needs them for every item at once.
+The replay folds each click with the stream's own code (``genre.core.features``:
+the same ``UserStateRules``, ``GraphRules``, co-click evidence and ranker
+features the stream agents and the scorer use), so a model is trained on
+exactly the inputs it is served: pruning, click weights, de-duplication and
+all. Only full ranking (every item at once, for evaluation) reads trending and
+co-click scores into dense arrays, through the same decay and neighbour rules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from genre.core.features import (
+    PROFILE_FEATURE,
+    FeatureSpec,
+    ItemState,
+    UserState,
+    accumulate,
+    apply_evidence,
+    candidate_features,
+    click_evidence,
+    co_click_scores,
+    decayed,
+    profile_match,
+)
 from genre.schemas import ClickEvent, ItemUpsert
 
 TRAIN, VALID, TEST = 0, 1, 2
 SPLIT_NAMES = {TRAIN: "train", VALID: "valid", TEST: "test"}
-LN2 = float(np.log(2.0))
+
+__all__ = ["PROFILE_FEATURE", "FeatureSpec"]  # re-exported for model_export's callers
 
 
 class ReplayError(ValueError):
@@ -36,7 +51,9 @@ class Interactions:
     """A time-ordered click log over a fixed catalogue, integer-coded.
 
     ``items`` index ``item_ids`` (the whole catalogue, clicked or not);
-    ``split`` is TRAIN/VALID/TEST per event.
+    ``split`` is TRAIN/VALID/TEST per event. Every click is kept, re-clicks and
+    re-sent events included, because the stream folds them too; ``query`` marks
+    the clicks a model is asked to predict (a user's first click on an item).
     """
 
     users: np.ndarray  # int32 [N]
@@ -46,6 +63,11 @@ class Interactions:
     user_ids: list[str]
     item_ids: list[str]
     titles: list[str]
+    #: Per event: its event id and its kind (``ClickEvent.type``); None: "e<index>", click.
+    event_ids: list[str] | None = None
+    kinds: list[str] | None = None
+    #: Bool [N]: True for the clicks models predict; None: every click.
+    query: np.ndarray | None = None
 
     @property
     def n_items(self) -> int:
@@ -63,6 +85,18 @@ class Interactions:
     def indices(self, split: int) -> np.ndarray:
         """Event indices in one split, in time order."""
         return np.flatnonzero(self.split == split)
+
+    def is_query(self, e: int) -> bool:
+        """Whether event ``e`` is one a model predicts (not a re-click or a re-send)."""
+        return True if self.query is None else bool(self.query[e])
+
+    def event_id(self, e: int) -> str:
+        """Event ``e``'s id."""
+        return f"e{e}" if self.event_ids is None else self.event_ids[e]
+
+    def kind(self, e: int) -> str:
+        """Event ``e``'s kind (click, view, rate, purchase)."""
+        return "click" if self.kinds is None else self.kinds[e]
 
     def train_items(self) -> np.ndarray:
         """Bool mask of items clicked at least once in the training split."""
@@ -92,8 +126,9 @@ def build_interactions(
     """Code clicks against a catalogue, order them by time (stable) and split them.
 
     Clicks on items outside the catalogue are an error (the stream dead-letters
-    them; a training log should not contain them). Repeated (user, item) clicks
-    after the first are dropped: ranking excludes items a user already had.
+    them; a training log should not contain them). Every click is kept for the
+    replay; only a user's first click on an item that is not a re-sent event is
+    a query (ranking excludes items a user already had).
     """
     if not items:
         raise ReplayError("the catalogue is empty; load items (ItemUpsert) before clicks")
@@ -108,52 +143,36 @@ def build_interactions(
         )
     order = sorted(range(len(clicks)), key=lambda i: clicks[i].ts)
     user_index: dict[str, int] = {}
-    seen: set[tuple[int, int]] = set()
-    users, its, ts = [], [], []
+    pairs: set[tuple[int, int]] = set()
+    event_ids: set[str] = set()
+    users, its, ts, ids, kinds, query = [], [], [], [], [], []
     for i in order:
         c = clicks[i]
         u = user_index.setdefault(c.user_id, len(user_index))
         it = item_index[c.item_id]
-        if (u, it) in seen:
-            continue
-        seen.add((u, it))
+        query.append((u, it) not in pairs and c.event_id not in event_ids)
+        pairs.add((u, it))
+        event_ids.add(c.event_id)
         users.append(u)
         its.append(it)
         ts.append(c.ts)
-    n = len(users)
+        ids.append(c.event_id)
+        kinds.append(str(c.type))
+    n = int(sum(query))
     if n < 10:
         raise ReplayError(f"only {n} distinct (user, item) clicks; need at least 10 to split")
     return Interactions(
         users=np.asarray(users, np.int32),
         items=np.asarray(its, np.int32),
         ts=np.asarray(ts, np.float64),
-        split=temporal_split(n, fractions),
+        split=temporal_split(len(users), fractions),
         user_ids=list(user_index),
         item_ids=[it.item_id for it in items],
         titles=[it.title for it in items],
+        event_ids=ids,
+        kinds=kinds,
+        query=np.asarray(query, bool),
     )
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """The stream rules the replayed features follow (defaults = genre.yaml's ``streams``)."""
-
-    trending_half_life_s: float = 86400.0
-    edge_half_life_s: float = 7 * 86400.0
-    co_click_window: int = 5
-    co_click_recent: int = 10
-    user_vector_half_life_s: float = 86400.0
-    history_len: int = 50
-    #: Extra popularity half-lives replayed for the popularity baseline's tuning
-    #: (seconds; ``inf`` = all-time counts).
-    popularity_half_lives: tuple[float, ...] = (3600.0, 86400.0, 7 * 86400.0, 30 * 86400.0)
-
-    #: Names of the per-candidate features the GENRE scorer takes, in order.
-    feature_names: tuple[str, ...] = ("trending", "co_click")
-
-
-#: The per-candidate feature the ranker gets when it is trained with LLM profiles.
-PROFILE_FEATURE = "profile"
 
 
 @dataclass(frozen=True)
@@ -180,50 +199,31 @@ def profile_schedule(
 ) -> list[tuple[int, tuple[int, ...]]]:
     """When the stream asks for each profile, and from which items: (event, item indices).
 
-    The user-state agent's rule: a profile falls due once a user has clicked
-    ``every_k_clicks`` times since the last one, written from the last ``recent``
-    items of the history (re-clicked items move to the end, ``history_len`` kept).
+    The fold's own rule (``UserStateRules.take_profile``) on user states folded
+    with the stream's rules (``history_len`` history items kept).
     """
-    histories: list[list[int]] = [[] for _ in range(data.n_users)]
-    clicks = np.zeros(data.n_users, np.int64)
-    profiled = np.zeros(data.n_users, np.int64)
+    rules = FeatureSpec(history_size=history_len).user_rules()
+    states = [UserState() for _ in range(data.n_users)]
+    index = {item: i for i, item in enumerate(data.item_ids)}
     out = []
     for e in range(len(data)):
-        u, item = int(data.users[e]), int(data.items[e])
-        history = [i for i in histories[u] if i != item]
-        history.append(item)
-        histories[u] = history[-history_len:]
-        clicks[u] += 1
-        if clicks[u] - profiled[u] >= every_k_clicks:
-            profiled[u] = clicks[u]
-            out.append((e, tuple(histories[u][-recent:])))
+        state = states[int(data.users[e])]
+        event_id = data.event_id(e)
+        if rules.is_duplicate(state, event_id):
+            continue
+        item = data.item_ids[int(data.items[e])]
+        rules.apply(
+            state,
+            item_id=item,
+            event_id=event_id,
+            kind=data.kind(e),
+            ts=float(data.ts[e]),
+            item_vector=None,
+        )
+        due = rules.take_profile(state, every_k_clicks, recent)
+        if due is not None:
+            out.append((e, tuple(index[i] for i in due)))
     return out
-
-
-@dataclass
-class _Decayed:
-    """Per-slot exponentially decayed sums, decayed lazily on read (as the stream does)."""
-
-    half_life_s: float
-    value: np.ndarray
-    last: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.last = np.zeros_like(self.value)
-
-    def add(self, index: int | np.ndarray | tuple, ts: float, weight: float = 1.0) -> None:
-        if np.isinf(self.half_life_s):
-            self.value[index] += weight
-            return
-        age = np.maximum(ts - self.last[index], 0.0)
-        self.value[index] = self.value[index] * np.exp(-LN2 * age / self.half_life_s) + weight
-        self.last[index] = np.maximum(self.last[index], ts)
-
-    def read(self, index: int | np.ndarray | tuple | slice, now: float) -> np.ndarray:
-        if np.isinf(self.half_life_s):
-            return self.value[index].astype(np.float32)
-        age = np.maximum(now - self.last[index], 0.0)
-        return (self.value[index] * np.exp(-LN2 * age / self.half_life_s)).astype(np.float32)
 
 
 class StreamReplay:
@@ -249,22 +249,27 @@ class StreamReplay:
             )
         self.data = data
         self.spec = spec
+        self.rules = spec.user_rules()
+        self.graph_rules = spec.graph_rules()
         self.profiles = profiles
         self.user_profile = np.full(data.n_users, -1, np.int64)
         n = data.n_items
         self.text_vectors = text_vectors
-        self.trending = _Decayed(spec.trending_half_life_s, np.zeros(n))
+        self.item_index = {item: i for i, item in enumerate(data.item_ids)}
+        #: The stream's state: one UserState per user, one ItemState per graph item.
+        self.users = [UserState() for _ in range(data.n_users)]
+        self.graph: dict[str, ItemState] = {}
+        # Dense copies of each item's trending sum (pop, pop_ts), for full ranking.
+        self.pop = np.zeros(n)
+        self.pop_ts = np.zeros(n)
+        # Baseline-only state (not stream rules): popularity at other half-lives, and
+        # item-kNN co-occurrence over each user's whole click history.
         self.popularity = {
-            hl: _Decayed(hl, np.zeros(n)) for hl in (*spec.popularity_half_lives, np.inf)
+            hl: (np.zeros(n), np.zeros(n)) for hl in (*spec.popularity_half_lives, np.inf)
         }
-        self.edges = _Decayed(spec.edge_half_life_s, np.zeros((n, n)))
         self.co_counts = np.zeros((n, n), np.float32)  # users who clicked both (item-kNN)
         self.item_counts = np.zeros(n, np.float32)
-        self.histories: list[list[int]] = [[] for _ in range(data.n_users)]
-        self.seen: list[set[int]] = [set() for _ in range(data.n_users)]
-        dim = 0 if text_vectors is None else text_vectors.shape[1]
-        self.user_vectors = np.zeros((data.n_users, dim), np.float32)
-        self.user_vector_ts = np.full(data.n_users, np.nan)
+        self.clicked: list[list[int]] = [[] for _ in range(data.n_users)]
 
     def run(self, stop: int | None = None) -> Iterator[int]:
         """Yield event indices in time order (up to ``stop``), applying each after the yield."""
@@ -274,101 +279,117 @@ class StreamReplay:
             self.apply(e)
 
     def apply(self, e: int) -> None:
-        """Fold event ``e`` into the state (stream rules: streams.state)."""
-        u, item, ts = int(self.data.users[e]), int(self.data.items[e]), float(self.data.ts[e])
-        history = self.histories[u]
-        window = history[-self.spec.co_click_window :] if self.spec.co_click_window else []
-        neighbours = np.asarray(sorted(set(window) - {item}), np.int64)
-        self.trending.add(item, ts)
-        for pop in self.popularity.values():
-            pop.add(item, ts)
-        if neighbours.size:
-            self.edges.add((item, neighbours), ts)
-            self.edges.add((neighbours, item), ts)
-        if history:
-            past = np.asarray(history, np.int64)
-            self.co_counts[item, past] += 1.0
-            self.co_counts[past, item] += 1.0
+        """Fold event ``e`` into the state with the stream's rules."""
+        data = self.data
+        u, item, ts = int(data.users[e]), int(data.items[e]), float(data.ts[e])
+        state = self.users[u]
+        event_id = data.event_id(e)
+        if self.rules.is_duplicate(state, event_id):
+            return  # a re-sent event: the stream skips it too
+        item_id = data.item_ids[item]
+        neighbours = self.rules.apply(
+            state,
+            item_id=item_id,
+            event_id=event_id,
+            kind=data.kind(e),
+            ts=ts,
+            item_vector=None if self.text_vectors is None else self.text_vectors[item],
+        )
+        evidence = click_evidence(item_id, neighbours, ts)
+        self.graph.update(apply_evidence(self.graph_rules, evidence, self.graph.get))
+        clicked = self.graph[item_id]
+        self.pop[item], self.pop_ts[item] = clicked.pop, clicked.pop_ts or 0.0
+        for hl, (value, last) in self.popularity.items():
+            value[item], last[item] = accumulate(value[item], last[item], ts, 1.0, hl)
+        past = self.clicked[u]
+        if past:
+            rows = np.asarray(past, np.int64)
+            self.co_counts[item, rows] += 1.0
+            self.co_counts[rows, item] += 1.0
         self.item_counts[item] += 1.0
-        history.append(item)
-        self.seen[u].add(item)
-        if self.text_vectors is not None:
-            self._update_user_vector(u, item, ts)
+        past.append(item)
         if self.profiles is not None and self.profiles.after_event[e] >= 0:
             self.user_profile[u] = self.profiles.after_event[e]
-
-    def _update_user_vector(self, u: int, item: int, ts: float) -> None:
-        vec = self.text_vectors[item]  # type: ignore[index]
-        last = self.user_vector_ts[u]
-        if not np.isnan(last):
-            factor = np.exp(-LN2 * max(ts - last, 0.0) / self.spec.user_vector_half_life_s)
-            vec = self.user_vectors[u] * factor + vec
-        norm = float(np.linalg.norm(vec))
-        self.user_vectors[u] = vec / norm if norm > 0 else vec
-        self.user_vector_ts[u] = ts
 
     # -- queries: the state just before the event currently yielded ---------------
 
     def history(self, user: int) -> np.ndarray:
         """The user's last ``history_len`` items, oldest first, left-padded with -1."""
         out = np.full(self.spec.history_len, -1, np.int32)
-        recent = self.histories[user][-self.spec.history_len :]
+        recent = self.users[user].history[-self.spec.history_len :]
         if recent:
-            out[-len(recent) :] = recent
+            out[-len(recent) :] = [self.item_index[i] for i in recent]
         return out
 
+    def has_seen(self, user: int, item: int) -> bool:
+        """Whether the user already interacted with ``item`` (the scorer's seen filter)."""
+        state = self.users[user]
+        item_id = self.data.item_ids[item]
+        return item_id in state.seen or item_id in state.history
+
     def seen_mask(self, user: int) -> np.ndarray:
-        """Bool [n_items]: items the user already interacted with."""
+        """Bool [n_items]: items the user already interacted with (never ranked)."""
+        state = self.users[user]
         mask = np.zeros(self.data.n_items, bool)
-        if self.seen[user]:
-            mask[list(self.seen[user])] = True
+        seen = [self.item_index[i] for i in (*state.seen, *state.history)]
+        if seen:
+            mask[seen] = True
         return mask
 
+    def profile_vector(self, user: int) -> np.ndarray | None:
+        """The user's current LLM profile vector, None before the first."""
+        row = self.user_profile[user]
+        return None if self.profiles is None or row < 0 else self.profiles.vectors[row]
+
     def features(self, user: int, items: np.ndarray | slice, now: float) -> np.ndarray:
-        """Float32 [len(items), F]: the scorer's raw features, ``spec.feature_names``
-        in order (trending, co_click, and profile when trained with profiles)."""
+        """Float32 [len(items), F]: the scorer's raw features, ``spec.feature_names`` in
+        order. For candidate items, the scorer's own code (``candidate_features``); for
+        every item (``slice(None)``), the same rules over dense arrays."""
+        if not isinstance(items, slice):
+            ids = [self.data.item_ids[int(i)] for i in items]
+            vectors = None if self.text_vectors is None else self.text_vectors[items]
+            return candidate_features(
+                self.spec,
+                self.graph_rules,
+                self.graph.get,
+                ids,
+                now,
+                history=self.users[user].history,
+                candidate_vectors=vectors,
+                profile=self.profile_vector(user),
+            )
         columns = []
         for name in self.spec.feature_names:
             if name == "trending":
-                columns.append(self.trending.read(items, now))
+                hl = self.spec.trending_half_life_s
+                columns.append(decayed(self.pop, self.pop_ts, now, hl).astype(np.float32))
             elif name == "co_click":
-                columns.append(self.co_click(user, items, now))
+                columns.append(self.co_click(user, now))
             elif name == PROFILE_FEATURE:
-                columns.append(self.profile_match(user, items))
-            else:
-                raise ReplayError(f"unknown feature {name!r} in FeatureSpec.feature_names")
+                assert self.text_vectors is not None
+                columns.append(profile_match(self.text_vectors, self.profile_vector(user)))
         return np.stack(columns, axis=-1)
 
-    def profile_match(self, user: int, items: np.ndarray | slice) -> np.ndarray:
-        """max(0, cos(the user's current profile, each item's text vector)); 0 without one."""
-        assert self.text_vectors is not None and self.profiles is not None
-        block = self.text_vectors[items]
-        row = self.user_profile[user]
-        if row < 0:
-            return np.zeros(len(block), np.float32)
-        return np.maximum(block @ self.profiles.vectors[row], 0.0).astype(np.float32)
-
-    def co_click(self, user: int, items: np.ndarray | slice, now: float) -> np.ndarray:
-        """Co-click score of ``items`` from the user's recent items (weights 1, 1/2, 1/3...)."""
-        recent = self.histories[user][-self.spec.co_click_recent :]
-        if not recent:
-            size = self.data.n_items if isinstance(items, slice) else len(items)
-            return np.zeros(size, np.float32)
-        rows = np.asarray(recent[::-1], np.int64)  # most recent first
-        weights = 1.0 / np.arange(1, rows.size + 1)
-        if isinstance(items, slice):
-            block = self.edges.read(rows, now)[:, items]
-        else:
-            block = self.edges.read(np.ix_(rows, np.asarray(items, np.int64)), now)
-        return (weights[:, None] * block).sum(axis=0).astype(np.float32)
+    def co_click(self, user: int, now: float) -> np.ndarray:
+        """Float32 [n_items]: co-click scores from the user's recent items (the scorer's
+        ``co_click_scores``), 0 for items without one."""
+        out = np.zeros(self.data.n_items, np.float32)
+        scores = co_click_scores(
+            self.spec, self.graph_rules, self.graph.get, self.users[user].history, now
+        )
+        if scores:
+            index = self.item_index
+            out[[index[i] for i in scores]] = [s for s, _ in scores.values()]
+        return out
 
     def popularity_at(self, half_life_s: float, now: float) -> np.ndarray:
         """Float32 [n_items]: decayed click counts at one of the replayed half-lives."""
-        return self.popularity[half_life_s].read(slice(None), now)
+        value, last = self.popularity[half_life_s]
+        return decayed(value, last, now, half_life_s).astype(np.float32)
 
     def item_knn(self, user: int, recent: int = 20) -> np.ndarray:
-        """Float32 [n_items]: cosine item-kNN scores from the user's last ``recent`` items."""
-        rows = self.histories[user][-recent:]
+        """Float32 [n_items]: cosine item-kNN scores from the user's last ``recent`` clicks."""
+        rows = self.clicked[user][-recent:]
         if not rows:
             return np.zeros(self.data.n_items, np.float32)
         counts = np.maximum(self.item_counts, 1.0)
@@ -378,7 +399,11 @@ class StreamReplay:
 
     def user_vector(self, user: int) -> np.ndarray:
         """The user's decayed-mean text vector (zeros before the first click)."""
-        return self.user_vectors[user]
+        vector = self.users[user].vector
+        if vector is None:
+            dim = 0 if self.text_vectors is None else self.text_vectors.shape[1]
+            return np.zeros(dim, np.float32)
+        return vector
 
 
 @dataclass

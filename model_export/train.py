@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,10 +89,8 @@ class TrainingSampler:
         u, target, now = int(data.users[e]), int(data.items[e]), float(data.ts[e])
         negs = self.rng.integers(0, self.n_items, self.negatives, dtype=np.int32)
         cands = np.concatenate([[target], negs]).astype(np.int32)
-        seen = replay.seen[u]
-        valid = np.fromiter(
-            (i == 0 or (c != target and c not in seen) for i, c in enumerate(cands)), bool
-        )
+        fresh = [c != target and not replay.has_seen(u, int(c)) for c in cands.tolist()]
+        valid = np.asarray([True, *fresh[1:]], bool)
         self.rows.append((replay.history(u), cands, valid, replay.features(u, cands, now)))
 
     def build(self) -> TrainingSet:
@@ -251,7 +249,7 @@ def save_checkpoint(
             "state_dict": result.model.state_dict(),
             "config": result.model.cfg.to_dict(),
             "id_vocab": vocab,  # row i + 1 of the id embedding is vocab[i]
-            "feature_spec": asdict(spec),
+            "feature_spec": spec.as_manifest(),
             "history": result.history,
             "best_epoch": result.best_epoch,
             **extra,

@@ -115,13 +115,10 @@ class Fold:
             out.states[user_id] = state
             last[user_id] = click
             clicked.setdefault(user_id, []).append(ev.item_id)
-            if rules.profile_due(state, self.profile_every):
-                state.profiled_clicks = state.clicks
+            recent = rules.take_profile(state, self.profile_every, self.profile_titles)
+            if recent is not None:
                 due[user_id] = ProfileRequest.model_construct(
-                    user_id=user_id,
-                    recent_items=state.history[-self.profile_titles :],
-                    clicks=state.clicks,
-                    trigger_ts=ev.ts,
+                    user_id=user_id, recent_items=recent, clicks=state.clicks, trigger_ts=ev.ts
                 )
             out.evidence.extend(click_evidence(ev.item_id, neighbours, ev.ts))
         folded_at = folded_at or time.time()

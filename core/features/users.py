@@ -194,6 +194,14 @@ class UserStateRules:
         """Whether the user clicked ``every_k_clicks`` times since their last LLM profile."""
         return every_k_clicks > 0 and state.clicks - state.profiled_clicks >= every_k_clicks
 
+    def take_profile(self, state: UserState, every_k_clicks: int, recent: int) -> list[str] | None:
+        """When a profile is due (``profile_due``), mark it written and return the items it
+        is written from (the last ``recent`` of the history); else None."""
+        if not self.profile_due(state, every_k_clicks):
+            return None
+        state.profiled_clicks = state.clicks
+        return state.history[-recent:]
+
 
 def _trim(ordered: dict[str, Any], size: int) -> None:
     """Drop the oldest keys of an insertion-ordered dict until it holds ``size``."""

@@ -26,8 +26,7 @@ from genre.model_export.replay import (
     profile_schedule,
 )
 from genre.schemas import ClickEvent, ItemUpsert
-from genre.streams.agents import profile_due
-from genre.streams.state import DecayedMean, UserStateRules, new_user_state
+from genre.streams.fold import Click, Fold
 from genre.workers.scorer import matching_interest
 
 from ..llm_server import LLMTestServer
@@ -53,21 +52,19 @@ def _log(seed: int = 0, n_users: int = 6, n_items: int = 20, clicks: int = 40):
 
 
 def test_profile_schedule_follows_the_user_state_agent() -> None:
-    """Offline training must ask for profiles exactly when the stream does."""
+    """Offline training must ask for profiles exactly when the stream's fold does."""
     items, events = _log()
     data = build_interactions(items, events)
-    every, recent, history = 4, 3, 50
-    rules = UserStateRules(history, 1000, 16, 5, {"click": 1.0}, DecayedMean())
-    states: dict[str, dict] = {}
+    every, recent, history = 5, 3, 8
+    fold = Fold(FeatureSpec(history_size=history), profile_every=every, profile_titles=recent)
+    users: dict = {}
     expected = []
-    for e in range(len(data)):
-        user = data.user_ids[int(data.users[e])]
-        item = data.item_ids[int(data.items[e])]
-        state = states.setdefault(user, new_user_state())
-        rules.apply(state, ClickEvent(event_id=f"x{e}", user_id=user, item_id=item, ts=T0), None)
-        if profile_due(state, every):
-            state["profiled_clicks"] = state["clicks"]
-            expected.append((e, tuple(data.item_ids.index(i) for i in state["history"][-recent:])))
+    ordered = sorted(events, key=lambda ev: ev.ts)
+    index = {item: i for i, item in enumerate(data.item_ids)}
+    for e, event in enumerate(ordered):  # one click per batch: each request maps to its event
+        result = fold([Click(event, event.ts, "clicks", 0, e)], users, {}, strict_items=False)
+        users.update(result.states)
+        expected += [(e, tuple(index[i] for i in r.recent_items)) for r in result.profiles_due]
     got = profile_schedule(data, every, recent, history)
     assert got == expected
     assert len(got) >= len(data) // every - data.n_users

@@ -29,14 +29,6 @@ from genre.model_export.train import (
     train_ranker,
 )
 from genre.schemas import ClickEvent, ItemUpsert
-from genre.streams.state import (
-    DecayedMean,
-    GraphRules,
-    UserStateRules,
-    neighbour_scores,
-    new_item_state,
-    new_user_state,
-)
 
 T0 = 1_700_000_000.0
 
@@ -71,7 +63,7 @@ def test_temporal_split_fractions() -> None:
         temporal_split(10, (0.9, 0.8))
 
 
-def test_build_interactions_rejects_unknown_items_and_drops_repeats() -> None:
+def test_build_interactions_rejects_unknown_items_and_marks_repeats() -> None:
     items = [ItemUpsert(item_id=f"m{i}", title=f"m{i}") for i in range(3)]
     clicks = [ClickEvent(event_id=f"e{i}", user_id="u", item_id="m9", ts=T0 + i) for i in range(12)]
     with pytest.raises(ReplayError, match="not in the catalogue"):
@@ -81,54 +73,14 @@ def test_build_interactions_rejects_unknown_items_and_drops_repeats() -> None:
         for i in range(40)
     ]
     data = build_interactions(items, clicks)
-    assert len(data) == 15  # 5 users x 3 distinct items; repeats dropped
+    # Every click is replayed (the stream folds re-clicks too); only first clicks are queries.
+    assert len(data) == 40
+    assert int(data.query.sum()) == 15  # 5 users x 3 distinct items
     assert (np.diff(data.ts) >= 0).all()
-
-
-def test_replayed_features_equal_the_stream_rules() -> None:
-    """The training replay must see exactly what the scorer worker computes from its tables."""
-    items, events = _log(n_users=12, n_items=30, clicks=15, seed=3, hours=7.0)
-    data = build_interactions(items, events)
-    spec = FeatureSpec()
-    replay = StreamReplay(data, spec)
-    # The stream side, driven by the real rules (no pruning: the dense replay keeps every edge).
-    user_rules = UserStateRules(
-        history_size=spec.history_len,
-        max_seen=1000,
-        dedup_window=16,
-        co_click_window=spec.co_click_window,
-        click_weights={"click": 1.0},
-        updater=DecayedMean(),
-    )
-    graph_rules = GraphRules(spec.edge_half_life_s, spec.trending_half_life_s, 10_000)
-    users: dict[str, dict] = {}
-    graph: dict[str, dict] = {}
-    checked = 0
-    for e in replay.run():
-        u, now = int(data.users[e]), float(data.ts[e])
-        state = users.setdefault(data.user_ids[u], new_user_state())
-        if e % 7 == 0:
-            cands = np.arange(data.n_items)
-            got = replay.features(u, cands, now)
-            co = neighbour_scores(
-                graph.get, state["history"][-spec.co_click_recent :], graph_rules, now
-            )
-            for i in cands:
-                item = data.item_ids[i]
-                pop = graph_rules.popularity(graph[item], now) if item in graph else 0.0
-                assert got[i, 0] == pytest.approx(pop, rel=1e-5, abs=1e-6)
-                assert got[i, 1] == pytest.approx(co.get(item, (0.0,))[0], rel=1e-5, abs=1e-6)
-            checked += 1
-        item = data.item_ids[int(data.items[e])]
-        event = ClickEvent(event_id=f"x{e}", user_id=data.user_ids[u], item_id=item, ts=now)
-        neighbours = user_rules.apply(state, event, None)
-        mine = graph.setdefault(item, new_item_state())
-        graph_rules.add_neighbours(mine, neighbours, now)
-        graph_rules.add_click(mine, now)
-        for nbr in neighbours:
-            graph_rules.add_neighbours(graph.setdefault(nbr, new_item_state()), [item], now)
-    assert checked > 20
-    assert replay.history(0)[-1] == replay.histories[0][-1]
+    # A re-sent event (same id) is never a query, even on a new item.
+    resent = clicks[0].model_copy(update={"item_id": "m2", "ts": T0 + 99})
+    again = build_interactions(items, [*clicks, resent])
+    assert not again.is_query(len(again) - 1)
 
 
 def _batch(scores_shape, targets, exclude_rows=()):
