@@ -1,23 +1,54 @@
-"""workers/scorer.py: the blend scorer, the seen filter and explanations (no broker)."""
+"""workers/scorer.py and workers/candidates.py: the blend ranking, the seen filter,
+explanations, candidate sources and a whole ``ScorerWorker.score`` over in-memory views
+(no broker, no Faust)."""
 
 from __future__ import annotations
 
 import numpy as np
+import orjson
 import pytest
 
+from genre.core.config import GenreConfig
+from genre.core.exact_index import ExactIndex
+from genre.core.features import FeatureSpec, ItemState
 from genre.core.registry import UnknownComponentError
+from genre.core.telemetry import METRICS
 from genre.core.vectorstore import StoredVector
-from genre.schemas import ScoreRequest
-from genre.workers.candidates import Candidate
+from genre.schemas import Recommendation
+from genre.streams.score_context import ScoreContext
+from genre.streams.views import (
+    CatalogSearch,
+    FixedClock,
+    MemoryGraph,
+    MemoryProfiles,
+    ScorerViews,
+    memory_items,
+)
+from genre.workers.candidates import (
+    CANDIDATE_SOURCES,
+    AnnSource,
+    Candidate,
+    CoClickSource,
+    ProfileSource,
+    TrendingSource,
+)
 from genre.workers.scorer import (
     FILTERS,
-    SCORERS,
+    RANKINGS,
     SOURCE_REASONS,
-    BlendScorer,
+    BlendRanking,
     Scored,
+    ScoredList,
+    ScorerWorker,
     SeenFilter,
     explain,
+    hops,
+    latest_list_entry,
+    list_shown_at,
+    matching_interest,
 )
+
+NOW = 1_700_000_000.0
 
 
 def _cands(**scores: float) -> dict[str, Candidate]:
@@ -32,15 +63,27 @@ def _ids(scored: list[Scored]) -> list[str]:
     return [s.item_id for s in scored]
 
 
-def _request(recent: list[str] | None = None, seen: list[str] | None = None) -> ScoreRequest:
-    return ScoreRequest(
-        user_id="u",
-        trigger_event_id="e",
-        trigger_produced_at=1_700_000_000.0,
-        trigger_ts=1_700_000_000.0,
-        recent_items=recent or [],
-        seen_items=seen or [],
-    )
+def _ctx(
+    recent: list[str] | None = None,
+    seen: list[str] | None = None,
+    *,
+    user: str = "u",
+    vector: np.ndarray | None = None,
+    **over: object,
+) -> ScoreContext:
+    history = tuple(recent or ())
+    fields: dict = {
+        "user_id": user,
+        "trigger_event_id": f"e-{user}",
+        "trigger_produced_at": NOW,
+        "trigger_ts": NOW,
+        "history": history,
+        "seen": dict.fromkeys([*(seen or ()), *history]),
+        "clicks": len(history),
+        "vector": vector,
+    }
+    fields.update(over)
+    return ScoreContext(**fields)
 
 
 def _sv(item: str, vector: list[float], title: str | None = None) -> StoredVector:
@@ -49,7 +92,7 @@ def _sv(item: str, vector: list[float], title: str | None = None) -> StoredVecto
 
 
 # ---------------------------------------------------------------------------
-# BlendScorer
+# BlendRanking
 # ---------------------------------------------------------------------------
 
 
@@ -59,7 +102,7 @@ def test_blend_normalises_per_source() -> None:
         ("big", 1.0, _cands(p=1000.0, q=900.0)),
         ("small", 1.0, _cands(r=0.9, s=0.1)),
     ]
-    ranked = BlendScorer().rank(per_source, _keep_all, 10)
+    ranked = BlendRanking().rank(per_source, _keep_all, 10)
     assert _ids(ranked) == ["p", "r", "q", "s"]
     scores = {s.item_id: s.score for s in ranked}
     assert scores["p"] == pytest.approx(1.0)
@@ -69,7 +112,7 @@ def test_blend_normalises_per_source() -> None:
 
 
 def test_blend_normalises_negative_and_mid_scores() -> None:
-    ranked = BlendScorer().rank([("a", 2.0, _cands(x=-1.0, y=0.0, z=3.0))], _keep_all, 10)
+    ranked = BlendRanking().rank([("a", 2.0, _cands(x=-1.0, y=0.0, z=3.0))], _keep_all, 10)
     assert [(s.item_id, round(s.score, 6)) for s in ranked] == [
         ("z", 2.0),
         ("y", 0.5),
@@ -79,8 +122,8 @@ def test_blend_normalises_negative_and_mid_scores() -> None:
 
 def test_blend_weights_change_order() -> None:
     a, b = _cands(p=1.0, q=0.0), _cands(r=1.0, s=0.0)
-    assert _ids(BlendScorer().rank([("a", 1.0, a), ("b", 2.0, b)], _keep_all, 2)) == ["r", "p"]
-    assert _ids(BlendScorer().rank([("a", 2.0, a), ("b", 1.0, b)], _keep_all, 2)) == ["p", "r"]
+    assert _ids(BlendRanking().rank([("a", 1.0, a), ("b", 2.0, b)], _keep_all, 2)) == ["r", "p"]
+    assert _ids(BlendRanking().rank([("a", 2.0, a), ("b", 1.0, b)], _keep_all, 2)) == ["p", "r"]
 
 
 def test_blend_sums_sources_for_shared_items() -> None:
@@ -88,31 +131,31 @@ def test_blend_sums_sources_for_shared_items() -> None:
         ("a", 1.0, _cands(both=5.0, only_a=10.0, lo=0.0)),
         ("b", 1.0, _cands(both=1.0, lo2=0.0)),
     ]
-    ranked = BlendScorer().rank(per_source, _keep_all, 10)
+    ranked = BlendRanking().rank(per_source, _keep_all, 10)
     assert ranked[0].item_id == "both"
     assert ranked[0].score == pytest.approx(1.5)
 
 
 def test_blend_zero_weight_and_empty_sources_are_skipped() -> None:
     per_source = [("off", 0.0, _cands(x=100.0)), ("none", 1.0, {}), ("on", 1.0, _cands(y=1.0))]
-    ranked = BlendScorer().rank(per_source, _keep_all, 10)
+    ranked = BlendRanking().rank(per_source, _keep_all, 10)
     assert _ids(ranked) == ["y"]
-    assert BlendScorer().rank([], _keep_all, 10) == []
+    assert BlendRanking().rank([], _keep_all, 10) == []
 
 
 def test_blend_keep_filter_removes_items() -> None:
-    request = _request(recent=["a"], seen=["b"])
-    seen = SeenFilter()
+    ctx = _ctx(recent=["a"], seen=["b"])
     per_source = [("s", 1.0, _cands(a=5.0, b=4.0, c=3.0, d=2.0))]
-    ranked = BlendScorer().rank(per_source, seen.predicate(request), 10)
+    ranked = BlendRanking().rank(per_source, SeenFilter().predicate(ctx), 10)
     assert _ids(ranked) == ["c", "d"]
 
 
 def test_blend_ties_broken_by_item_id_and_top_k() -> None:
     per_source = [("s", 1.0, _cands(c=5.0, a=5.0, d=5.0, b=5.0))]
-    ranked = BlendScorer().rank(per_source, _keep_all, 3)
+    ranked = BlendRanking().rank(per_source, _keep_all, 3)
     assert _ids(ranked) == ["a", "b", "c"]  # equal scores (zero span -> all 1.0)
     assert all(s.score == pytest.approx(1.0) for s in ranked)
+    assert len(BlendRanking().rank(per_source, _keep_all, 0)) == 4  # 0: no cut (pre-ranking)
 
 
 def test_blend_winning_source_has_largest_weighted_contribution() -> None:
@@ -120,7 +163,7 @@ def test_blend_winning_source_has_largest_weighted_contribution() -> None:
         ("a", 1.0, {"x": Candidate(6.0, "from-a"), "lo": Candidate(0.0), "hi": Candidate(10.0)}),
         ("b", 0.5, {"x": Candidate(1.0, "from-b"), "lo2": Candidate(0.0)}),
     ]
-    scored = {s.item_id: s for s in BlendScorer().rank(per_source, _keep_all, 10)}
+    scored = {s.item_id: s for s in BlendRanking().rank(per_source, _keep_all, 10)}
     x = scored["x"]
     # a contributes 1.0 * 0.6 = 0.6, b contributes 0.5 * 1.0 = 0.5
     assert x.score == pytest.approx(1.1)
@@ -128,24 +171,32 @@ def test_blend_winning_source_has_largest_weighted_contribution() -> None:
     assert x.because == "from-a"
     # raise b's weight: b now contributes more and wins, with its evidence item
     per_source[1] = ("b", 0.7, per_source[1][2])
-    x = {s.item_id: s for s in BlendScorer().rank(per_source, _keep_all, 10)}["x"]
+    x = {s.item_id: s for s in BlendRanking().rank(per_source, _keep_all, 10)}["x"]
     assert x.source == "b"
     assert x.because == "from-b"
 
 
 def test_registries() -> None:
-    assert isinstance(SCORERS.create("blend"), BlendScorer)
+    assert isinstance(RANKINGS.create("blend"), BlendRanking)
     assert isinstance(FILTERS.create("seen"), SeenFilter)
     with pytest.raises(UnknownComponentError, match=r"scorer\.filters"):
         FILTERS.create("nsfw")
+    with pytest.raises(UnknownComponentError, match=r"scorer\.name"):
+        RANKINGS.create("lambdamart")
+    assert {"ann", "profile", "co_click", "trending"} <= set(CANDIDATE_SOURCES.names())
 
 
 def test_seen_filter() -> None:
-    request = _request(recent=["r"], seen=["s"])
-    keep = SeenFilter().predicate(request)
+    ctx = _ctx(recent=["r"], seen=["s"])
+    keep = SeenFilter().predicate(ctx)
     assert not keep("r")
     assert not keep("s")
     assert keep("new")
+    # the history alone is enough (a context whose seen set is off: max_seen 0)
+    no_seen = _ctx(recent=["r"])
+    no_seen.seen = frozenset()
+    keep = SeenFilter().predicate(no_seen)
+    assert not keep("r") and keep("s")
 
 
 # ---------------------------------------------------------------------------
@@ -155,19 +206,19 @@ def test_seen_filter() -> None:
 
 def test_explain_because_with_known_title() -> None:
     items = {"h1": _sv("h1", [1.0, 0.0], "Toy Story")}
-    reason = explain(Scored("x", 1.0, "co_click", "h1"), _request(["h1"]), items)
+    reason = explain(Scored("x", 1.0, "co_click", "h1"), _ctx(["h1"]), items)
     assert reason == "because you watched Toy Story"
 
 
 def test_explain_falls_back_to_source_phrase() -> None:
-    req = _request(["h1"])
-    assert explain(Scored("x", 1.0, "trending", None), req, {}) == "trending now"
+    ctx = _ctx(["h1"])
+    assert explain(Scored("x", 1.0, "trending", None), ctx, {}) == "trending now"
     assert SOURCE_REASONS["trending"] == "trending now"
     # because set but its title unknown -> the source's phrase
-    assert explain(Scored("x", 1.0, "co_click", "h1"), req, {}) == SOURCE_REASONS["co_click"]
+    assert explain(Scored("x", 1.0, "co_click", "h1"), ctx, {}) == SOURCE_REASONS["co_click"]
     untitled = {"h1": _sv("h1", [1.0, 0.0])}
-    assert explain(Scored("x", 1.0, "trending", "h1"), req, untitled) == "trending now"
-    assert explain(Scored("x", 1.0, "mystery", None), req, {}) == "from mystery"
+    assert explain(Scored("x", 1.0, "trending", "h1"), ctx, untitled) == "trending now"
+    assert explain(Scored("x", 1.0, "mystery", None), ctx, {}) == "from mystery"
 
 
 def test_explain_ann_picks_most_similar_recent_item() -> None:
@@ -177,69 +228,377 @@ def test_explain_ann_picks_most_similar_recent_item() -> None:
         "x": _sv("x", [0.1, 0.9], "Toy Story 2"),
         "y": _sv("y", [0.95, 0.05], "Ronin"),
     }
-    req = _request(["h1", "h2"])
-    assert explain(Scored("x", 1.0, "ann", None), req, items) == "because you watched Toy Story"
-    assert explain(Scored("y", 1.0, "ann", None), req, items) == "because you watched Heat"
+    ctx = _ctx(["h1", "h2"])
+    assert explain(Scored("x", 1.0, "ann", None), ctx, items) == "because you watched Toy Story"
+    assert explain(Scored("y", 1.0, "ann", None), ctx, items) == "because you watched Heat"
 
 
 def test_explain_ann_without_vectors_uses_phrase() -> None:
-    req = _request(["h1"])
+    ctx = _ctx(["h1"])
     only_target = {"x": _sv("x", [1.0, 0.0], "X")}
-    assert explain(Scored("x", 1.0, "ann", None), req, only_target) == "matches your taste"
+    assert explain(Scored("x", 1.0, "ann", None), ctx, only_target) == "matches your taste"
     only_history = {"h1": _sv("h1", [1.0, 0.0], "Heat")}
-    assert explain(Scored("x", 1.0, "ann", None), req, only_history) == "matches your taste"
+    assert explain(Scored("x", 1.0, "ann", None), ctx, only_history) == "matches your taste"
+
+
+def test_explain_profile_names_the_matching_interest() -> None:
+    item = StoredVector(
+        "x",
+        np.ones(2, np.float32),
+        {"title": "Alien", "tags": ["space"], "enrichment": {"keywords": ["horror"]}},
+    )
+    ctx = _ctx(["h1"], profile_interests=("romantic comedy", "Space opera", "horror"))
+    reason = explain(Scored("x", 1.0, "profile", None), ctx, {"x": item})
+    assert reason == "matches your interest in Space opera"  # the first that shares a word
+    assert matching_interest(("cooking",), item) is None
+    assert matching_interest(("space",), None) is None
+    # no shared word: the source's phrase, never a wrong interest
+    unrelated = _ctx(["h1"], profile_interests=("cooking",))
+    assert (
+        explain(Scored("x", 1.0, "profile", None), unrelated, {"x": item})
+        == (SOURCE_REASONS["profile"])
+    )
+
+
+# ---------------------------------------------------------------------------
+# Candidate sources over in-memory views
+# ---------------------------------------------------------------------------
+
+#: Unit vectors in 3-d; c is close to the user's vector, f far from it.
+VECTORS = {
+    "a": [1.0, 0.0, 0.0],
+    "b": [0.0, 1.0, 0.0],
+    "c": [0.8, 0.6, 0.0],
+    "d": [0.0, 0.6, 0.8],
+    "e": [0.0, 0.0, 1.0],
+    "f": [-1.0, 0.0, 0.0],
+}
+TITLES = {k: f"Title {k.upper()}" for k in VECTORS}
+
+
+def _views(graph: MemoryGraph | None = None, now: float = NOW) -> ScorerViews:
+    ids = list(VECTORS)
+    matrix = np.asarray([VECTORS[i] for i in ids], np.float32)
+    index = ExactIndex(3)
+    index.upsert(ids, matrix)
+    return ScorerViews(
+        graph=MemoryGraph() if graph is None else graph,
+        items=memory_items(ids, matrix, [{"title": TITLES[i]} for i in ids]),
+        search=CatalogSearch(index),
+        profiles=MemoryProfiles(),
+        clock=FixedClock(now),
+    )
+
+
+def _graph() -> MemoryGraph:
+    """b -> d strong, b -> c weak, a -> c; e the most clicked, then d."""
+    return MemoryGraph(
+        a=ItemState(edges={"c": [1.0, NOW], "b": [1.0, NOW]}, pop=1.0, pop_ts=NOW),
+        b=ItemState(edges={"d": [4.0, NOW], "c": [0.5, NOW], "a": [1.0, NOW]}),
+        d=ItemState(pop=2.0, pop_ts=NOW),
+        e=ItemState(pop=5.0, pop_ts=NOW),
+        f=ItemState(pop=0.5, pop_ts=NOW),
+    )
+
+
+def test_ann_source_searches_with_the_user_vector_and_overfetches_for_seen() -> None:
+    views = _views()
+    source = AnnSource(views, FeatureSpec(), limit=2, max_overfetch=1)
+    user = _ctx(["a", "b"], vector=np.array([0.8, 0.6, 0.0], np.float32))
+    cold = _ctx(user="cold")
+    source.prepare()
+    out = source.generate([cold, user])
+    assert out[0] == {}  # no vector yet: no candidates, no search for it
+    # limit 2 plus one extra (seen 2, capped at max_overfetch 1)
+    assert list(out[1]) == ["c", "a", "b"]
+    assert out[1]["c"].score == pytest.approx(1.0) and out[1]["c"].because is None
+    assert source.generate([cold]) == [{}]
+
+
+def test_profile_source_searches_with_the_profile_vector() -> None:
+    source = ProfileSource(_views(), FeatureSpec(), limit=1)
+    with_profile = _ctx(["a"], profile_vector=np.array([0.0, 0.0, 1.0], np.float32))
+    out = source.generate([_ctx(["a"], vector=np.ones(3, np.float32)), with_profile])
+    assert out[0] == {}  # a user vector is not a profile
+    assert list(out[1]) == ["e", "d"]  # limit 1 + one for the seen item
+
+
+def test_co_click_source_filters_seen_keeps_scores_and_limits() -> None:
+    views = _views(_graph())
+    source = CoClickSource(views, FeatureSpec(), limit=1)
+    assert source.recent_items == FeatureSpec().co_click_recent
+    ctx = _ctx(["a", "b"])
+    (out,) = source.generate([ctx])
+    # b (most recent) -> d 4.0 beats c (0.5 + 1.0 / 2 from a); a is seen
+    assert out == {"d": Candidate(pytest.approx(4.0), "b")}
+    # the full scores (before seen filter and limit) are kept for the ranker's feature
+    full = source.last_scores["u"]
+    assert set(full) == {"a", "b", "c", "d"} and full["c"] == (pytest.approx(1.0), "b")
+    assert source.last_now == NOW
+    limited = CoClickSource(views, FeatureSpec(), limit=5, recent_items=1)
+    assert set(limited.generate([ctx])[0]) == {"d", "c"}  # b only
+
+
+def test_trending_source_filters_seen_per_user() -> None:
+    source = TrendingSource(_views(_graph()), FeatureSpec(), limit=2, refresh_s=3600.0)
+    source.prepare()
+    out = source.generate([_ctx(["e"]), _ctx([])])
+    assert list(out[0]) == ["d", "a"]
+    assert list(out[1]) == ["e", "d"]
+    assert out[1]["e"].score == pytest.approx(5.0)
 
 
 def test_trending_list_of_a_young_graph_catches_up_at_once() -> None:
     """A fresh deployment: the first list was made from an empty graph; the next user
     must not wait ``refresh_s`` for trending items that the graph already holds."""
-    from types import SimpleNamespace
+    graph = MemoryGraph()
+    views = _views(graph)
+    rules = FeatureSpec().graph_rules()
 
-    from genre.core.config import GenreConfig
-    from genre.streams.agents import graph_rules
-    from genre.streams.state import new_item_state
-    from genre.workers.candidates import TrendingSource
+    def top(source: TrendingSource) -> list[str]:
+        source.prepare()
+        return list(source.generate([_ctx()])[0])
 
-    graph: dict[str, dict] = {}
-    streams = SimpleNamespace(config=GenreConfig(), graph=graph, event_now=lambda: 1.7e9)
-    source = TrendingSource(streams, limit=2, refresh_s=3600.0)
-    assert source.top() == []
-    rules = graph_rules(streams)
+    source = TrendingSource(views, FeatureSpec(), limit=2, refresh_s=3600.0)
+    assert top(source) == []
     for item, clicks in (("a", 1), ("b", 3)):
-        graph[item] = new_item_state()
+        graph[item] = ItemState()
         for _ in range(clicks):
-            rules.add_click(graph[item], 1.7e9)
-    assert [item for item, _ in source.top()] == ["b", "a"]
+            rules.add_click(graph[item], NOW)
+    assert top(source) == ["b", "a"]
     # A full list (4 x limit items) waits for its refresh, however the graph changes.
     for item in ("c", "d"):
-        graph[item] = new_item_state()
-        rules.add_click(graph[item], 1.7e9, weight=0.5)
-    source = TrendingSource(streams, limit=1, refresh_s=3600.0)
-    assert [item for item, _ in source.top()] == ["b", "a", "c", "d"]
-    graph["e"] = new_item_state()
-    rules.add_click(graph["e"], 1.7e9, weight=10)
-    assert [item for item, _ in source.top()] == ["b", "a", "c", "d"]
+        graph[item] = ItemState()
+        rules.add_click(graph[item], NOW, weight=0.5)
+    source = TrendingSource(views, FeatureSpec(), limit=1, refresh_s=3600.0)
+    assert top(source) == ["b"]
+    assert [item for item, _ in source._ranked] == ["b", "a", "c", "d"]
+    graph["e"] = ItemState()
+    rules.add_click(graph["e"], NOW, weight=10)
+    assert top(source) == ["b"]  # e waits for the refresh
+    refreshing = TrendingSource(views, FeatureSpec(), limit=1, refresh_s=0.0)
+    assert top(refreshing) == ["e"]
+
+
+# ---------------------------------------------------------------------------
+# ScorerWorker.score
+# ---------------------------------------------------------------------------
+
+
+def _config(**scorer: object) -> GenreConfig:
+    return GenreConfig(encoder={"dim": 3}, scorer={"top_k": 4, **scorer})
+
+
+def test_score_ranks_filters_and_explains_a_batch() -> None:
+    worker = ScorerWorker(_config(), _views(_graph()), "v1")
+    assert worker.model_version == "blend+co_click+ann+trending+profile@v1"
+    worker.prepare()
+    user = _ctx(
+        ["a", "b"],
+        user="u1",
+        vector=np.array([0.8, 0.6, 0.0], np.float32),
+        trigger_produced_at=NOW - 0.5,
+        taken_at=NOW - 0.4,
+        folded_at=NOW - 0.3,
+        received_at=NOW - 0.2,
+    )
+    cold = _ctx(user="u2")
+    lists = worker.score([user, cold])
+    assert [s.ctx for s in lists] == [user, cold]
+    first, second = lists
+    assert isinstance(first, ScoredList)
+    assert first.items and not {"a", "b"} & set(first.items)  # seen items never listed
+    assert len(first.items) <= 4
+    assert first.items[0] == "d"  # co-clicked with b and second in trending
+    rec = Recommendation.from_bytes(first.value)
+    assert rec.user_id == "u1" and rec.trigger_event_id == "e-u1"
+    assert rec.model_version == worker.model_version
+    assert [i.item_id for i in rec.items] == first.items
+    by_id = {i.item_id: i for i in rec.items}
+    assert by_id["d"].reason == "because you watched Title B"
+    assert by_id["d"].title == "Title D"
+    assert by_id["c"].source in ("co_click", "ann")
+    assert rec.generated_at == first.generated_at
+    assert rec.latency_ms == pytest.approx((first.generated_at - user.trigger_produced_at) * 1e3)
+    assert rec.hops == first.hops
+    assert set(first.hops) == {"ingest", "fold", "handoff", "wait", "score"}
+    assert first.hops["ingest"] == pytest.approx(100.0, abs=0.01)
+    assert first.hops["fold"] == pytest.approx(100.0, abs=0.01)
+    assert first.hops["handoff"] == pytest.approx(100.0, abs=0.01)
+    # A user without history or vector still gets the trending items.
+    assert second.items == ["e", "d", "a", "f"]
+    assert {i["reason"] for i in orjson.loads(second.value)["items"]} == {"trending now"}
+
+
+def test_a_failing_source_degrades_to_the_others() -> None:
+    worker = ScorerWorker(_config(), _views(_graph()), "v1")
+
+    def broken(batch: object) -> list:
+        raise ConnectionError("qdrant down")
+
+    ann = next(s for s, _ in worker.sources if s.name == "ann")
+    ann.generate = broken  # type: ignore[method-assign]
+    before = METRICS.fallbacks.labels("source:ann", "ConnectionError")._value.get()
+    worker.prepare()
+    (scored,) = worker.score([_ctx(["a", "b"], vector=np.ones(3, np.float32))])
+    assert scored.items[0] == "d"
+    assert {i["source"] for i in orjson.loads(scored.value)["items"]} <= {"co_click", "trending"}
+    after = METRICS.fallbacks.labels("source:ann", "ConnectionError")._value.get()
+    assert after == before + 1
+
+
+def test_score_of_an_empty_graph_and_catalogue_gives_empty_lists() -> None:
+    views = ScorerViews(
+        graph=MemoryGraph(),
+        items=memory_items([], np.zeros((0, 3), np.float32), []),
+        search=CatalogSearch(ExactIndex(3)),
+        profiles=MemoryProfiles(),
+        clock=FixedClock(NOW),
+    )
+    worker = ScorerWorker(_config(), views, "v0")
+    worker.prepare()
+    (scored,) = worker.score([_ctx(["a"], vector=np.ones(3, np.float32))])
+    assert scored.items == [] and orjson.loads(scored.value)["items"] == []
+
+
+def test_hops_are_milliseconds_between_the_contexts_times_never_negative() -> None:
+    ctx = _ctx(trigger_produced_at=100.0, taken_at=100.010, folded_at=100.015, received_at=100.015)
+    assert hops(ctx, 100.020, 100.050) == {
+        "ingest": pytest.approx(10.0),
+        "fold": pytest.approx(5.0),
+        "handoff": 0.0,
+        "wait": pytest.approx(5.0),
+        "score": pytest.approx(30.0),
+    }
+    skewed = _ctx(trigger_produced_at=200.0, taken_at=199.0, folded_at=199.5, received_at=199.5)
+    assert hops(skewed, 199.6, 199.7)["ingest"] == 0.0  # producer clock ahead
+
+
+# ---------------------------------------------------------------------------
+# Latest lists and online hits
+# ---------------------------------------------------------------------------
 
 
 def test_online_hits_count_against_the_list_shown_when_the_user_clicked() -> None:
-    from genre.schemas import Recommendation, RecommendedItem
-    from genre.workers.scorer import latest_list_entry, list_shown_at
-
-    def rec(items: list[str], at: float) -> Recommendation:
-        return Recommendation(
-            user_id="u",
-            items=[RecommendedItem(item_id=i, score=1.0, source="ann", reason="r") for i in items],
-            model_version="m",
-            trigger_event_id="e",
-            generated_at=at,
-            latency_ms=1.0,
-        )
+    def scored(items: list[str], at: float) -> ScoredList:
+        return ScoredList(_ctx(), items, b"{}", at, {})
 
     assert list_shown_at(None, 100.0) == []
-    assert list_shown_at(["a"], 100.0) == ["a"]  # entries from before lists were dated
-    first = latest_list_entry(rec(["a", "b"], 100.0), None)
-    second = latest_list_entry(rec(["c"], 200.0), first)
+    first = latest_list_entry(scored(["a", "b"], 100.0), None)
+    assert first == {"items": ["a", "b"], "at": 100.0, "prev": []}
+    second = latest_list_entry(scored(["c"], 200.0), first)
     assert list_shown_at(second, 250.0) == ["c"]
+    assert list_shown_at(second, 200.0) == ["c"]
     # Clicked at 150, scored after the 200 list went out: the 100 list was on screen.
     assert list_shown_at(second, 150.0) == ["a", "b"]
     assert list_shown_at(second, 50.0) == ["a", "b"]  # the oldest we keep
+    third = latest_list_entry(scored(["d"], 300.0), second)
+    assert third["prev"] == ["c"]  # only one list back is kept
+
+
+# ---------------------------------------------------------------------------
+# The learned ranker's path (a stand-in ranker: the scorer's side of the contract)
+# ---------------------------------------------------------------------------
+
+
+class _FakeRanker:
+    """Scores a candidate by its trending feature; attends to the oldest history item."""
+
+    version = "r1/fp32"
+    history_len = 4
+
+    def __init__(self, feature_names: tuple[str, ...] = ("trending", "co_click")) -> None:
+        from types import SimpleNamespace
+
+        self.manifest = SimpleNamespace(
+            feature_names=list(feature_names),
+            feature_spec=FeatureSpec().as_manifest(),
+            training={},
+        )
+        self.reps = {"a": np.ones(2, np.float32)}  # cached already
+        self.encoded: list[str] = []
+        self.calls: list[tuple] = []
+        self.fail = False
+
+    def cached_reps(self, ids: list[str]) -> tuple[dict[str, np.ndarray], list[str]]:
+        return {i: self.reps[i] for i in ids if i in self.reps}, [
+            i for i in ids if i not in self.reps
+        ]
+
+    def encode_items(self, ids: list[str], text: np.ndarray) -> dict[str, np.ndarray]:
+        assert text.shape == (len(ids), 3)
+        self.encoded.extend(ids)
+        out = {i: np.full(2, 0.5, np.float32) for i in ids}
+        self.reps.update(out)
+        return out
+
+    def score(self, histories, candidates, features, reps):
+        from genre.workers.ranker import RankerOutput
+
+        if self.fail:
+            raise RuntimeError("onnxruntime: bad input")
+        self.calls.append((histories, candidates, features.copy()))
+        b, c = len(histories), features.shape[1]
+        h = max(1, max(len(x) for x in histories))
+        attention = np.zeros((b, c, h), np.float32)
+        for i, hist in enumerate(histories):
+            if hist:
+                attention[i, :, h - len(hist)] = 1.0  # the oldest item of the history
+        return RankerOutput(features[..., 0].astype(np.float32), attention)
+
+
+def _ranked_worker(ranker: _FakeRanker, **scorer: object) -> ScorerWorker:
+    from types import SimpleNamespace
+
+    config = GenreConfig(
+        encoder={"dim": 3}, scorer={"top_k": 2, **scorer}, ranker={"rank_candidates": 3}
+    )
+    worker = ScorerWorker(config, _views(_graph()), "v1", SimpleNamespace(current=ranker))  # type: ignore[arg-type]
+    worker.prepare()
+    return worker
+
+
+def test_the_learned_ranker_reranks_the_best_of_the_blend() -> None:
+    ranker = _FakeRanker()
+    worker = _ranked_worker(ranker)
+    ctx = _ctx(["a", "b"], vector=np.array([0.8, 0.6, 0.0], np.float32))
+    (scored,) = worker.score([ctx])
+    ((histories, candidates, features),) = ranker.calls
+    assert histories == [["a", "b"]]
+    (cands,) = candidates
+    # rank_candidates (3) of the blend, never a seen item; missing reps encoded once
+    assert len(cands) == 3 and not {"a", "b"} & set(cands)
+    assert set(ranker.encoded) == {"b", *cands}
+    # features: the manifest's names in order, by the shared code (trending, co_click)
+    popularity = {"c": 0.0, "d": 2.0, "e": 5.0, "f": 0.5}
+    co_click = {"c": 1.0, "d": 4.0}
+    expected = [[popularity[c], co_click.get(c, 0.0)] for c in cands]
+    np.testing.assert_allclose(features[0, : len(cands)], expected, rtol=1e-6)
+    # top_k by the ranker's scores (trending here), explained by its attention
+    by_trending = sorted(cands, key=lambda c: -popularity[c])[:2]
+    assert scored.items == by_trending
+    rec = orjson.loads(scored.value)
+    assert rec["model_version"] == "ranker@r1/fp32+co_click+ann+trending+profile"
+    assert {i["reason"] for i in rec["items"]} == {"because you watched Title A"}
+
+
+def test_a_failing_ranker_falls_back_to_the_blend() -> None:
+    ranker = _FakeRanker()
+    ranker.fail = True
+    worker = _ranked_worker(ranker)
+    before = METRICS.fallbacks.labels("ranker", "RuntimeError")._value.get()
+    (scored,) = worker.score([_ctx(["a", "b"], vector=np.array([0.8, 0.6, 0.0], np.float32))])
+    assert METRICS.fallbacks.labels("ranker", "RuntimeError")._value.get() == before + 1
+    assert orjson.loads(scored.value)["model_version"] == worker.model_version
+    assert scored.items[0] == "d"  # the blend's first
+
+
+def test_a_ranker_with_features_this_worker_lacks_is_refused() -> None:
+    from genre.schemas.manifest import ManifestError
+    from genre.workers.scorer import check_ranker_features
+
+    ranker = _FakeRanker()
+    ranker.manifest.feature_names = ["trending", "dwell_time"]
+    with pytest.raises(ManifestError, match="dwell_time"):
+        _ranked_worker(ranker)
+    check_ranker_features(_FakeRanker(), GenreConfig())  # type: ignore[arg-type]
