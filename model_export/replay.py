@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from genre.core.features import (
+    ITEM_IDS,
     PROFILE_FEATURE,
     FeatureSpec,
     ItemState,
@@ -256,6 +257,7 @@ class StreamReplay:
         n = data.n_items
         self.text_vectors = text_vectors
         self.item_index = {item: i for i, item in enumerate(data.item_ids)}
+        self.rows = ITEM_IDS.rows(data.item_ids)  # catalogue index -> ITEM_IDS row
         #: The stream's state: one UserState per user, one ItemState per graph item.
         self.users = [UserState() for _ in range(data.n_users)]
         self.graph: dict[str, ItemState] = {}
@@ -373,14 +375,10 @@ class StreamReplay:
     def co_click(self, user: int, now: float) -> np.ndarray:
         """Float32 [n_items]: co-click scores from the user's recent items (the scorer's
         ``co_click_scores``), 0 for items without one."""
-        out = np.zeros(self.data.n_items, np.float32)
         scores = co_click_scores(
             self.spec, self.graph_rules, self.graph.get, self.users[user].history, now
         )
-        if scores:
-            index = self.item_index
-            out[[index[i] for i in scores]] = [s for s, _ in scores.values()]
-        return out
+        return scores.lookup(self.rows).astype(np.float32)
 
     def popularity_at(self, half_life_s: float, now: float) -> np.ndarray:
         """Float32 [n_items]: decayed click counts at one of the replayed half-lives."""

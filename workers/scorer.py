@@ -24,7 +24,13 @@ import numpy as np
 import orjson
 
 from genre.core.config import GenreConfig
-from genre.core.features import FeatureSpec, candidate_features, decode_vector
+from genre.core.features import (
+    ITEM_IDS,
+    FeatureSpec,
+    NeighbourScores,
+    candidate_features,
+    decode_vector,
+)
 from genre.core.features.spec import PROFILE_FEATURE, RANKER_FEATURES
 from genre.core.registry import Registry
 from genre.core.telemetry import METRICS
@@ -36,7 +42,7 @@ from genre.streams.app import GenreStreams, chunk_records, table_get
 from genre.streams.batching import ack_events, take_ready
 from genre.streams.score_context import ScoreContext, SubmittedBatch, from_request
 from genre.streams.views import ScorerViews
-from genre.workers.candidates import Candidate, CoClickSource, build_sources, count_candidates
+from genre.workers.candidates import Candidates, CoClickSource, build_sources, count_candidates
 from genre.workers.ranker import OnnxRanker, RankerHandle
 
 log = logging.getLogger("genre.scorer")
@@ -54,7 +60,7 @@ SOURCE_REASONS = {
 _WORD = re.compile(r"[a-z0-9]+")
 
 #: Per source: (name, blend weight, candidates per user of the batch).
-SourceCandidates = tuple[str, float, list[dict[str, Candidate]]]
+SourceCandidates = tuple[str, float, list[Candidates]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +76,8 @@ class Scored:
 class Filter(Protocol):
     """Removes candidates a user must not see."""
 
-    def predicate(self, ctx: ScoreContext) -> Callable[[str], bool]:
-        """A test ``item_id -> keep?`` for one user, built once per list."""
+    def keep(self, ctx: ScoreContext, item_ids: Sequence[str]) -> list[bool]:
+        """Per item id: may this user be shown it?"""
         ...
 
 
@@ -82,9 +88,9 @@ FILTERS: Registry[Filter] = Registry("filter", "scorer.filters[].name")
 class SeenFilter:
     """Drops items the user has already interacted with (history and seen set)."""
 
-    def predicate(self, ctx: ScoreContext) -> Callable[[str], bool]:
-        seen, history = ctx.seen, ctx.history
-        return lambda item_id: item_id not in seen and item_id not in history
+    def keep(self, ctx: ScoreContext, item_ids: Sequence[str]) -> list[bool]:
+        seen, history = ctx.seen, frozenset(ctx.history)
+        return [i not in seen and i not in history for i in item_ids]
 
 
 class Ranking(Protocol):
@@ -94,8 +100,8 @@ class Ranking(Protocol):
 
     def rank(
         self,
-        per_source: Sequence[tuple[str, float, dict[str, Candidate]]],
-        keep: Callable[[str], bool],
+        per_source: Sequence[tuple[str, float, Candidates]],
+        keep: Callable[[Sequence[str]], list[bool]],
         top_k: int,
     ) -> list[Scored]: ...
 
@@ -110,36 +116,55 @@ class BlendRanking:
     Normalising per user and source puts cosine similarities, co-click weights
     and popularity counts on one scale, so the YAML weights mean what they say.
     It ranks the lists of the blend scorer and pre-ranks the learned ranker's
-    candidates.
+    candidates. Column-wise: one concatenation, one ``bincount`` per user.
     """
 
     name = "blend"
 
     def rank(
         self,
-        per_source: Sequence[tuple[str, float, dict[str, Candidate]]],
-        keep: Callable[[str], bool],
+        per_source: Sequence[tuple[str, float, Candidates]],
+        keep: Callable[[Sequence[str]], list[bool]],
         top_k: int,
     ) -> list[Scored]:
-        totals: dict[str, float] = {}
-        best: dict[str, tuple[float, str, str | None]] = {}
-        for name, weight, candidates in per_source:
-            if not candidates or weight <= 0:
+        rows, contributions, sources, because = [], [], [], []
+        names: list[str] = []
+        for name, weight, cands in per_source:
+            if not len(cands) or weight <= 0:
                 continue
-            raw = np.fromiter((c.score for c in candidates.values()), np.float64)
-            lo, hi = float(raw.min()), float(raw.max())
+            lo, hi = float(cands.scores.min()), float(cands.scores.max())
             span = hi - lo
-            for item, cand in candidates.items():
-                if not keep(item):
-                    continue
-                contribution = weight * ((cand.score - lo) / span if span > 0 else 1.0)
-                totals[item] = totals.get(item, 0.0) + contribution
-                if item not in best or contribution > best[item][0]:
-                    best[item] = (contribution, name, cand.because)
-        ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
+            norm = (cands.scores - lo) / span if span > 0 else np.ones(len(cands))
+            rows.append(cands.rows)
+            contributions.append(weight * norm)
+            sources.append(np.full(len(cands), len(names), np.int64))
+            because.append(cands.because if cands.because is not None else np.full(len(cands), -1))
+            names.append(name)
+        if not rows:
+            return []
+        all_rows, all_c = np.concatenate(rows), np.concatenate(contributions)
+        unique, inverse = np.unique(all_rows, return_inverse=True)
+        totals = np.bincount(inverse, weights=all_c, minlength=len(unique))
+        # Each item's strongest source (the first on ties) explains it.
+        order = np.lexsort((np.arange(len(all_c)), -all_c, inverse))
+        first = order[np.flatnonzero(np.r_[True, inverse[order][1:] != inverse[order][:-1]])]
+        best_source = np.concatenate(sources)[first]
+        best_because = np.concatenate(because)[first]
+        ids = ITEM_IDS.names
+        unique_ids = [ids[r] for r in unique.tolist()]
+        candidates = np.flatnonzero(np.asarray(keep(unique_ids), bool))
+        ranked = candidates[np.argsort(-totals[candidates], kind="stable")]
         if top_k:
             ranked = ranked[:top_k]
-        return [Scored(item, score, best[item][1], best[item][2]) for item, score in ranked]
+        return [
+            Scored(
+                unique_ids[k],
+                float(totals[k]),
+                names[int(best_source[k])],
+                ids[int(best_because[k])] if best_because[k] >= 0 else None,
+            )
+            for k in ranked.tolist()
+        ]
 
 
 @dataclass(slots=True)
@@ -274,11 +299,20 @@ class ScorerWorker:
             per_source.append((source.name, weight, candidates))
         return per_source
 
-    def _keep(self, ctx: ScoreContext) -> Callable[[str], bool]:
-        tests = [f.predicate(ctx) for f in self.filters]
-        if len(tests) == 1:
-            return tests[0]
-        return lambda item: all(test(item) for test in tests)
+    def _keep(self, ctx: ScoreContext) -> Callable[[Sequence[str]], list[bool]]:
+        """This user's filters as one test over a list of item ids."""
+        filters = self.filters
+
+        def keep(item_ids: Sequence[str]) -> list[bool]:
+            verdict = [True] * len(item_ids)
+            for f in filters:
+                verdict = [a and b for a, b in zip(verdict, f.keep(ctx, item_ids), strict=True)]
+            return verdict
+
+        if len(filters) == 1:
+            only = filters[0]
+            return lambda item_ids: only.keep(ctx, item_ids)
+        return keep
 
     def _lists(
         self,
@@ -325,7 +359,7 @@ class ScorerWorker:
         ranker: OnnxRanker,
         batch: Sequence[ScoreContext],
         per_source: Sequence[SourceCandidates],
-        keeps: list[Callable[[str], bool]],
+        keeps: list[Callable[[Sequence[str]], list[bool]]],
     ) -> list[list[Scored]]:
         """Re-rank the best of the blend (``ranker.rank_candidates``) with the learned ranker."""
         origins: list[dict[str, Scored]] = []  # per user: candidate -> its pre-ranking
@@ -380,7 +414,7 @@ class ScorerWorker:
         # The co_click source computed these scores for this batch when its window and
         # rules match the manifest's (decayed to the event time it saw, which later
         # clicks may have moved on by at most this batch's duration).
-        reusable: dict[str, dict[str, tuple[float, str]]] = {}
+        reusable: dict[str, NeighbourScores] = {}
         for source, _ in self.sources:
             if (
                 isinstance(source, CoClickSource)

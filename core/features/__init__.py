@@ -7,9 +7,11 @@ from genre.core.features.graph import (
     CoClickEvidence,
     GraphRules,
     ItemState,
+    NeighbourScores,
     apply_evidence,
     click_evidence,
 )
+from genre.core.features.ids import ITEM_IDS, ItemIds
 from genre.core.features.ranking import candidate_features, co_click_scores, profile_match
 from genre.core.features.spec import PROFILE_FEATURE, RANKER_FEATURES, FeatureSpec
 from genre.core.features.users import (
@@ -20,13 +22,16 @@ from genre.core.features.users import (
 )
 
 __all__ = [
+    "ITEM_IDS",
     "PROFILE_FEATURE",
     "RANKER_FEATURES",
     "USER_VECTOR_UPDATERS",
     "CoClickEvidence",
     "FeatureSpec",
     "GraphRules",
+    "ItemIds",
     "ItemState",
+    "NeighbourScores",
     "UserState",
     "UserStateRules",
     "UserVectorUpdater",

@@ -8,15 +8,13 @@ and the match of the user's LLM profile with the item.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from genre.core.features.graph import GraphRules, ItemState
+from genre.core.features.graph import GraphRules, ItemState, NeighbourScores
+from genre.core.features.ids import ITEM_IDS
 from genre.core.features.spec import PROFILE_FEATURE, FeatureSpec
-
-#: item -> (co-click score, the recent item that contributed most)
-CoClickScores = Mapping[str, tuple[float, str]]
 
 
 def profile_match(candidate_vectors: np.ndarray, profile: np.ndarray | None) -> np.ndarray:
@@ -33,7 +31,7 @@ def co_click_scores(
     state_of: Callable[[str], ItemState | None],
     history: Sequence[str],
     now: float,
-) -> dict[str, tuple[float, str]]:
+) -> NeighbourScores:
     """Co-click scores from the last ``spec.co_click_recent`` history items."""
     return rules.neighbour_scores(state_of, history[-spec.co_click_recent :], now)
 
@@ -46,7 +44,7 @@ def candidate_features(
     now: float,
     *,
     history: Sequence[str] = (),
-    co_scores: CoClickScores | None = None,
+    co_scores: NeighbourScores | None = None,
     candidate_vectors: np.ndarray | None = None,
     profile: np.ndarray | None = None,
     popularity: dict[str, float] | None = None,
@@ -73,11 +71,7 @@ def candidate_features(
         elif name == "co_click":
             if co_scores is None:
                 co_scores = co_click_scores(spec, rules, state_of, history, now)
-            columns.append(
-                np.asarray(
-                    [co_scores[c][0] if c in co_scores else 0.0 for c in candidates], np.float32
-                )
-            )
+            columns.append(co_scores.lookup(ITEM_IDS.rows(candidates)).astype(np.float32))
         elif name == PROFILE_FEATURE:
             if candidate_vectors is None:
                 raise ValueError("the profile feature needs the candidates' text vectors")
