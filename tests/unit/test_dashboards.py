@@ -666,6 +666,67 @@ def test_every_exported_metric_family_is_on_a_dashboard() -> None:
     assert families - charted == set()
 
 
+#: Where the code names the agents it times (``genre_agent_batch_seconds{agent}``) and
+#: the stages of ``genre_batch_size{stage}``: literal label values in these calls.
+AGENT_LABEL = re.compile(
+    r"(?:agent_batch_seconds\.labels|batch_size\.labels|measured_batch)\(\s*\"([\w-]+)\""
+)
+
+
+def agents_in_code() -> set[str]:
+    found: set[str] = set()
+    for folder in ("streams", "workers"):
+        for path in (REPO / folder).glob("*.py"):
+            found.update(AGENT_LABEL.findall(path.read_text()))
+    return found
+
+
+def test_batch_panels_name_the_agents_the_code_reports() -> None:
+    """Panels that list the agents or stages by name list the ones the code reports now
+    (the rebuild merged ingest and user-state into one fold agent)."""
+    agents = agents_in_code()
+    assert {"fold", "graph", "scorer", "item-encoder"} <= agents
+    listed = 0
+    for path in DASHBOARD_FILES:
+        for panel in panels(load(path)):
+            exprs = " ".join(t.get("expr", "") for t in panel.get("targets", []))
+            if "genre_agent_batch_seconds" not in exprs and "genre_batch_size" not in exprs:
+                continue
+            named = re.search(r"\((?:[\w-]+, )+[\w-]+\)", panel.get("description", ""))
+            if named is None:
+                continue
+            listed += 1
+            names = set(named.group(0).strip("()").split(", "))
+            assert names == agents, f"{path.name}: {panel['title']}: {sorted(names)}"
+    assert listed >= 2
+
+
+def test_hop_panel_names_every_hop() -> None:
+    """The hop panel explains every hop a list's latency is split into."""
+    from genre.streams.score_context import ScoreContext
+    from genre.workers.scorer import hops
+
+    ctx = ScoreContext("u", "e", 0.0, 0.0, (), (), 0, None)
+    reported = {*hops(ctx, 0.0, 0.0), "publish"}  # publish: timed when the list is sent
+    pipeline = load(DASHBOARDS_DIR / "genre-pipeline.json")
+    (panel,) = [
+        p
+        for p in panels(pipeline)
+        if any("genre_hop_ms" in t.get("expr", "") for t in p.get("targets", []))
+    ]
+    for hop in reported:
+        assert re.search(rf"\b{hop}\b", panel["description"]), hop
+    assert "by (le, hop)" in panel["targets"][0]["expr"]
+
+
+def test_readme_lists_every_panel() -> None:
+    readme = (DASHBOARDS_DIR / "README.md").read_text()
+    for path in DASHBOARD_FILES:
+        section = readme.split(f"`{path.name}`", 1)[1].split("\n## ", 1)[0]
+        for panel in panels(load(path)):
+            assert f"| {panel['title']} |" in section, f"{path.name}: {panel['title']}"
+
+
 def test_llm_dashboard_charts_every_llm_metric() -> None:
     """Every exported LLM / enrichment / profile family is on GENRE / LLM enrichment."""
     llm = load(DASHBOARDS_DIR / "genre-llm.json")
