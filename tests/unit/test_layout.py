@@ -201,8 +201,8 @@ def test_installed_namespace(tmp_path: Path) -> None:
     code = (
         "import importlib.util as u, json\n"
         "bare = ['schemas', 'workers', 'streams', 'core', 'model_export']\n"
-        "ns = ['genre', 'genre.schemas', 'genre.core', 'genre.streams', 'genre.workers',"
-        " 'genre.model_export', 'genre.cli']\n"
+        "ns = ['genre', 'genre.schemas', 'genre.core', 'genre.core.features', 'genre.streams',"
+        " 'genre.workers', 'genre.model_export', 'genre.cli']\n"
         "print(json.dumps({'bare': {n: u.find_spec(n) is not None for n in bare},"
         " 'ns': {n: u.find_spec(n) is not None for n in ns}}))\n"
     )
@@ -219,3 +219,45 @@ def test_installed_namespace(tmp_path: Path) -> None:
     found = json.loads(proc.stdout)
     assert not any(found["bare"].values()), f"generic top-level modules importable: {found}"
     assert all(found["ns"].values()), f"genre.* packages missing: {found}"
+
+
+def test_every_subpackage_is_packaged() -> None:
+    """A folder with an ``__init__.py`` (like core/features) is in pyproject's package list
+    and package-dir: an editable install finds it either way, a wheel only when listed."""
+    import tomllib
+
+    setup = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages, dirs = set(setup["packages"]), setup["package-dir"]
+    for folder in FOLDERS:
+        for init in sorted((REPO_ROOT / folder).rglob("__init__.py")):
+            name = _module_name(init)
+            assert name in packages, f"{name} is not in [tool.setuptools] packages"
+            assert dirs.get(name) == init.parent.relative_to(REPO_ROOT).as_posix() or (
+                name == "genre"
+            ), f"{name} has no package-dir entry for {init.parent.relative_to(REPO_ROOT)}"
+
+
+#: What the shared feature layer may import: it is the stream's, the training replay's
+#: and the evaluation's, so no Kafka, Faust, model runtime or vector store.
+FEATURES_ALLOWED = ("genre.core.features", "genre.core.registry")
+FEATURES_FORBIDDEN = (
+    "faust",
+    "aiokafka",
+    "confluent_kafka",
+    "onnxruntime",
+    "qdrant_client",
+    *TRAINING_ONLY,
+)
+
+
+def test_the_feature_layer_is_numpy_only() -> None:
+    files = _files("core/features")
+    assert files
+    bad = [
+        f"{path.relative_to(REPO_ROOT)}:{line} imports {name}"
+        for path in files
+        for name, line in _imports(path)
+        if _within(name, FEATURES_FORBIDDEN)
+        or (_is_project(name) and _real_module(name) and not _within(name, FEATURES_ALLOWED))
+    ]
+    assert not bad, "\n".join(bad)
