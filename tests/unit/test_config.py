@@ -229,6 +229,38 @@ def test_empty_candidate_list_rejected(tmp_path: Path) -> None:
         load_config(path, environ={})
 
 
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("streams", "batch_size"), ("streams", "batch_within_ms"), ("scorer", "batch_within_ms")],
+)
+def test_keys_removed_by_the_hot_path_rebuild_are_refused(
+    tmp_path: Path, section: str, key: str
+) -> None:
+    """Batches now start when data arrives: an old genre.yaml that still tunes the batch
+    timers is refused with the key named, not silently ignored."""
+    path = _write(tmp_path / "genre.yaml", {section: {key: 10.0}})
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert f"{section}.{key}" in str(info.value)
+
+
+def test_users_writes_and_ranker_candidates(tmp_path: Path) -> None:
+    defaults = GenreConfig()
+    assert defaults.scorer.users_write_s == 1.0
+    assert defaults.scorer.users_max_pending == 20_000
+    assert defaults.ranker.rank_candidates == 100
+    off = GenreConfig(scorer={"users_write_s": 0}, ranker={"rank_candidates": 0})
+    assert off.scorer.users_write_s == 0  # 0: no Qdrant users writes
+    assert off.ranker.rank_candidates == 0  # 0: the ranker ranks every candidate
+    for data, key in (
+        ({"scorer": {"users_write_s": -1}}, r"scorer\.users_write_s"),
+        ({"scorer": {"users_max_pending": 0}}, r"scorer\.users_max_pending"),
+        ({"ranker": {"rank_candidates": -5}}, r"ranker\.rank_candidates"),
+    ):
+        with pytest.raises(ConfigError, match=key):
+            load_config(_write(tmp_path / "genre.yaml", data), environ={})
+
+
 def test_missing_explicit_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
     with pytest.raises(ConfigError) as info:

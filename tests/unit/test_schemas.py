@@ -117,6 +117,15 @@ def test_recommendation_schema_matches_model_output() -> None:
     broken = dict(as_json, items=[{"item_id": "i-2"}])  # item without score/source/reason
     assert list(v.iter_errors(broken))
 
+    # Where the latency went, per hop (ms): optional, so older lists still validate.
+    assert as_json.get("hops") is None
+    hops = {"ingest": 1.5, "fold": 0.25, "handoff": 0.0, "wait": 3.0, "score": 7.75}
+    timed = Recommendation.from_bytes(rec.model_copy(update={"hops": hops}).to_bytes())
+    assert timed.hops == hops
+    assert not list(v.iter_errors(json.loads(timed.to_bytes())))
+    assert list(v.iter_errors(dict(as_json, hops={"fold": "fast"})))
+    assert list(v.iter_errors(dict(as_json, hops=[1.0])))
+
 
 def test_every_public_schema_checks_itself() -> None:
     for name in PUBLIC_RECORDS:
