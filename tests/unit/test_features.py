@@ -11,11 +11,14 @@ import pytest
 
 from genre.core.config import GenreConfig
 from genre.core.features import (
+    ITEM_IDS,
     USER_VECTOR_UPDATERS,
     CoClickEvidence,
     FeatureSpec,
     GraphRules,
+    ItemIds,
     ItemState,
+    NeighbourScores,
     UserState,
     UserStateRules,
     apply_evidence,
@@ -447,7 +450,8 @@ def _states(**edges: dict[str, list[float]]) -> dict[str, ItemState]:
 
 def test_neighbour_scores_prefers_recent_items() -> None:
     states = _states(a={"x": [1.0, T0], "y": [1.0, T0]}, b={"y": [1.0, T0], "z": [1.0, T0]})
-    out = _graph().neighbour_scores(states.get, ["missing", "a", "b"], T0)  # b most recent
+    out = _graph().neighbour_scores(states.get, ["missing", "a", "b"], T0).as_dict()
+    # b is the most recent
     assert set(out) == {"x", "y", "z"}
     assert out["z"] == (pytest.approx(1.0), "b")
     assert out["x"] == (pytest.approx(0.5), "a")  # second most recent: 1/2
@@ -456,16 +460,16 @@ def test_neighbour_scores_prefers_recent_items() -> None:
 
 def test_neighbour_scores_uses_decayed_edges() -> None:
     states = _states(a={"x": [1.0, T0], "y": [4.0, T0 - 200.0], "late": [1.0, T0 + 50.0]})
-    out = _graph().neighbour_scores(states.get, ["a"], T0)
+    out = _graph().neighbour_scores(states.get, ["a"], T0).as_dict()
     assert out["x"][0] == pytest.approx(1.0)
     assert out["y"][0] == pytest.approx(1.0)  # 4 * 0.25
     assert out["late"][0] == pytest.approx(1.0)  # an edge newer than now never amplifies
-    assert _graph().neighbour_scores(states.get, [], T0) == {}
+    assert len(_graph().neighbour_scores(states.get, [], T0)) == 0
 
 
 def test_neighbour_scores_third_rank_weight() -> None:
     states = _states(a={"x": [3.0, T0]}, b={}, c={})
-    out = _graph().neighbour_scores(states.get, ["a", "b", "c"], T0)
+    out = _graph().neighbour_scores(states.get, ["a", "b", "c"], T0).as_dict()
     assert out["x"] == (pytest.approx(1.0), "a")  # 3 * 1/3
 
 
@@ -473,9 +477,73 @@ def test_neighbour_scores_because_is_largest_contributor() -> None:
     # contributions to x: from c (rank 1) 0.3, from b (rank 2) 0.4/2 = 0.2,
     # from a (rank 3) 1.35/3 = 0.45 -> a contributed most.
     states = _states(a={"x": [1.35, T0]}, b={"x": [0.4, T0]}, c={"x": [0.3, T0]})
-    score, because = _graph().neighbour_scores(states.get, ["a", "b", "c"], T0)["x"]
+    scores = _graph().neighbour_scores(states.get, ["a", "b", "c"], T0)
+    score, because = scores.as_dict()["x"]
     assert score == pytest.approx(0.95)
     assert because == "a"
+
+
+def test_neighbour_scores_on_ties_name_the_most_recent_item() -> None:
+    states = _states(a={"x": [1.0, T0]}, b={"x": [0.5, T0]})  # a: 1/2, b: 0.5 -> tie
+    assert _graph().neighbour_scores(states.get, ["a", "b"], T0).as_dict()["x"][1] == "b"
+
+
+def test_neighbour_scores_match_the_per_edge_loop() -> None:
+    """The column-wise sum equals the plain loop over recent items and edges it replaced
+    (the reference below), on a random graph, edges of several ages included."""
+    rng = np.random.default_rng(7)
+    items = [f"n{i}" for i in range(40)]
+    states = {
+        item: ItemState(
+            edges={
+                str(nbr): [float(rng.gamma(1.0, 2.0)), T0 - float(rng.integers(0, 400))]
+                for nbr in rng.choice(items, size=int(rng.integers(0, 12)), replace=False)
+            }
+        )
+        for item in items
+    }
+    g = _graph()
+    recent = [str(i) for i in rng.choice(items, size=10, replace=False)]
+
+    totals: dict[str, float] = {}
+    best: dict[str, tuple[float, str]] = {}
+    for rank, item in enumerate(reversed(recent)):
+        for nbr, (w, last) in states[item].edges.items():
+            c = w * decay(T0 - last, g.edge_half_life_s) / (rank + 1)
+            totals[nbr] = totals.get(nbr, 0.0) + c
+            if nbr not in best or c > best[nbr][0]:
+                best[nbr] = (c, item)
+    got = g.neighbour_scores(states.get, recent, T0)
+    assert got.as_dict() == {
+        nbr: (pytest.approx(total, rel=1e-12), best[nbr][1]) for nbr, total in totals.items()
+    }
+    rows = ITEM_IDS.rows([*totals, "never-a-neighbour"])
+    np.testing.assert_allclose(got.lookup(rows), [*totals.values(), 0.0], rtol=1e-12)
+    assert len(NeighbourScores.empty().lookup(rows)) == len(rows)
+
+
+def test_edge_arrays_follow_the_edges() -> None:
+    """A state caches its edges as arrays on first read; an update starts afresh."""
+    g, state = _graph(), ItemState()
+    g.add_neighbours(state, ["p", "q"], T0)
+    rows, weights, last = state.edge_arrays()
+    assert [ITEM_IDS.names[r] for r in rows] == ["p", "q"]
+    assert weights.tolist() == [1.0, 1.0] and last.tolist() == [T0, T0]
+    assert state.edge_arrays() is state.edge_arrays()  # cached
+    g.add_neighbours(state, ["q", "r"], T0)
+    rows, weights, _ = state.edge_arrays()
+    assert [ITEM_IDS.names[r] for r in rows] == ["p", "q", "r"]
+    assert weights.tolist() == [1.0, 2.0, 1.0]
+    assert state.copy().arrays is None  # a copy to update never shares them
+    assert ItemState.from_bytes(state.to_bytes()) == state  # not part of the state
+
+
+def test_item_ids_are_stable_rows() -> None:
+    ids = ItemIds()
+    assert ids.row("a") == 0 and ids.row("b") == 1 and ids.row("a") == 0
+    assert ids.rows(["b", "c", "a"]).tolist() == [1, 2, 0]
+    assert ids.rows([]).dtype == np.int64
+    assert ids.names == ["a", "b", "c"] and len(ids) == 3
 
 
 def test_half_life_constant() -> None:
@@ -592,7 +660,13 @@ def test_candidate_features_in_spec_order() -> None:
     assert cache == {"x": pytest.approx(3.0), "y": 0.0, "unknown": 0.0}
     # precomputed co-click scores are used as given
     given = candidate_features(
-        spec, g, graph.get, ["x"], T0, co_scores={"x": (7.0, "h1")}, candidate_vectors=vectors[:1]
+        spec,
+        g,
+        graph.get,
+        ["x"],
+        T0,
+        co_scores=NeighbourScores(ITEM_IDS.rows(["x"]), np.array([7.0]), ITEM_IDS.rows(["h1"])),
+        candidate_vectors=vectors[:1],
     )
     assert given[0, 0] == 7.0 and given[0, 2] == 0.0  # no profile: 0
 
