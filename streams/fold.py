@@ -20,6 +20,7 @@ from genre.core.features import (
     UserStateRules,
     click_evidence,
 )
+from genre.core.features.users import VectorUpdate
 from genre.schemas import ClickEvent, ProfileRequest
 from genre.streams.score_context import ScoreContext, context_of
 
@@ -89,6 +90,7 @@ class Fold:
         last: dict[str, Click] = {}
         clicked: dict[str, list[str]] = {}
         due: dict[str, ProfileRequest] = {}
+        vector_updates: list[VectorUpdate] = []
         for click in clicks:
             ev = click.event
             user_id = ev.user_id
@@ -103,14 +105,9 @@ class Fold:
             if vector is None and strict_items:
                 out.unknown_items.append(click)
                 continue
-            neighbours = rules.apply(
-                state,
-                item_id=ev.item_id,
-                event_id=ev.event_id,
-                kind=str(ev.type),
-                ts=ev.ts,
-                item_vector=vector,
-            )
+            neighbours = rules.fold_click(state, item_id=ev.item_id, event_id=ev.event_id, ts=ev.ts)
+            if vector is not None:
+                vector_updates.append((state, vector, str(ev.type), ev.ts))
             out.applied += 1
             out.states[user_id] = state
             last[user_id] = click
@@ -121,6 +118,7 @@ class Fold:
                     user_id=user_id, recent_items=recent, clicks=state.clicks, trigger_ts=ev.ts
                 )
             out.evidence.extend(click_evidence(ev.item_id, neighbours, ev.ts))
+        rules.update_vectors(vector_updates)  # every user's vector, column-wise
         folded_at = folded_at or time.time()
         out.contexts = [
             context_of(

@@ -8,6 +8,7 @@ trained on exactly the inputs it is served.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -73,15 +74,21 @@ class UserState:
 
 
 class UserVectorUpdater(Protocol):
-    """Folds one clicked item's vector into the user's vector."""
+    """Folds clicked items' vectors into users' vectors, one click per user per call.
+
+    Arrays are row-aligned: ``vectors`` [B, D] float32 (zeros where ``known`` is
+    False: no vector yet), ``vector_ts`` [B], ``items`` [B, D], ``weights`` [B],
+    ``ts`` [B]. Returns the new vectors [B, D] float32.
+    """
 
     def update(
         self,
-        vector: np.ndarray | None,
-        vector_ts: float | None,
-        item: np.ndarray,
-        weight: float,
-        ts: float,
+        vectors: np.ndarray,
+        known: np.ndarray,
+        vector_ts: np.ndarray,
+        items: np.ndarray,
+        weights: np.ndarray,
+        ts: np.ndarray,
     ) -> np.ndarray: ...
 
 
@@ -103,18 +110,18 @@ class DecayedMean:
 
     def update(
         self,
-        vector: np.ndarray | None,
-        vector_ts: float | None,
-        item: np.ndarray,
-        weight: float,
-        ts: float,
+        vectors: np.ndarray,
+        known: np.ndarray,
+        vector_ts: np.ndarray,
+        items: np.ndarray,
+        weights: np.ndarray,
+        ts: np.ndarray,
     ) -> np.ndarray:
-        if vector is None or vector_ts is None:
-            out = item * weight
-        else:
-            out = vector * decay(ts - vector_ts, self.half_life_s) + item * weight
-        norm = float(np.linalg.norm(out))
-        return (out / norm if norm > 0 else out).astype(np.float32)
+        factor = np.where(known, decay(ts - vector_ts, self.half_life_s), 0.0)
+        out = vectors * factor.astype(np.float32)[:, None]
+        out += items * weights.astype(np.float32)[:, None]
+        norms = np.sqrt(np.einsum("ij,ij->i", out, out))
+        return out / np.where(norms > 0, norms, 1.0).astype(np.float32)[:, None]
 
 
 @USER_VECTOR_UPDATERS.register("last_item")
@@ -124,13 +131,18 @@ class LastItem:
 
     def update(
         self,
-        vector: np.ndarray | None,
-        vector_ts: float | None,
-        item: np.ndarray,
-        weight: float,
-        ts: float,
+        vectors: np.ndarray,
+        known: np.ndarray,
+        vector_ts: np.ndarray,
+        items: np.ndarray,
+        weights: np.ndarray,
+        ts: np.ndarray,
     ) -> np.ndarray:
-        return np.asarray(item, np.float32)
+        return np.asarray(items, np.float32)
+
+
+#: A pending vector update: the user's state, the clicked item's vector, kind, time.
+VectorUpdate = tuple["UserState", np.ndarray, str, float]
 
 
 @dataclass(frozen=True)
@@ -164,6 +176,13 @@ class UserStateRules:
         Without ``item_vector`` (the vector store was unreachable) history, seen set
         and counts still change; the vector catches up with the next click.
         """
+        neighbours = self.fold_click(state, item_id=item_id, event_id=event_id, ts=ts)
+        if item_vector is not None:
+            self.update_vectors([(state, item_vector, kind, ts)])
+        return neighbours
+
+    def fold_click(self, state: UserState, *, item_id: str, event_id: str, ts: float) -> list[str]:
+        """``apply`` without the vector: history, seen set, event ids, counts."""
         # Interned: every user's history and seen set then point at one string per
         # item instead of a copy per click (bench/bench_state.py measures the heap).
         item_id = sys.intern(item_id)
@@ -182,13 +201,37 @@ class UserStateRules:
         _trim(state.recent_events, self.dedup_window)
         state.clicks += 1
         state.last_ts = ts
-        if item_vector is not None:
-            weight = self.click_weights.get(kind, 1.0)
-            state.vector = self.updater.update(
-                state.vector, state.vector_ts, item_vector, weight, ts
-            )
-            state.vector_ts = ts
         return neighbours
+
+    def update_vectors(self, updates: Sequence[VectorUpdate]) -> None:
+        """Fold clicked items' vectors into their users' vectors, in the given order.
+
+        Column-wise: the first pending click of every user in one array operation,
+        then every user's second, and so on.
+        """
+        rounds: list[list[VectorUpdate]] = []
+        depth: dict[int, int] = {}
+        for update in updates:
+            key = id(update[0])
+            k = depth.get(key, 0)
+            depth[key] = k + 1
+            if k == len(rounds):
+                rounds.append([])
+            rounds[k].append(update)
+        for batch in rounds:
+            states = [u[0] for u in batch]
+            items = np.stack([u[1] for u in batch]).astype(np.float32, copy=False)
+            known = np.asarray([s.vector is not None for s in states])
+            vectors = np.stack(
+                [s.vector if s.vector is not None else np.zeros_like(items[0]) for s in states]
+            )
+            vector_ts = np.asarray([s.vector_ts or 0.0 for s in states], np.float64)
+            weights = np.asarray([self.click_weights.get(u[2], 1.0) for u in batch], np.float64)
+            ts = np.asarray([u[3] for u in batch], np.float64)
+            new = self.updater.update(vectors, known, vector_ts, items, weights, ts)
+            for state, row, t in zip(states, new, ts.tolist(), strict=True):
+                state.vector = row
+                state.vector_ts = t
 
     def profile_due(self, state: UserState, every_k_clicks: int) -> bool:
         """Whether the user clicked ``every_k_clicks`` times since their last LLM profile."""
