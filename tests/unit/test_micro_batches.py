@@ -17,6 +17,16 @@ def test_partition_for_matches_the_producers_default_partitioner() -> None:
             assert partition_for(key, n) == partitioner(table_key(key), parts, parts)
 
 
+def test_producers_key_clicks_the_way_the_fold_reads_them() -> None:
+    """GENRE's producers hash keys with Kafka's murmur2 (librdkafka's own default is
+    CRC32), so a click keyed by its user id lands in the partition ``partition_for`` names,
+    the one that holds the user's state, and the fold reads it without re-keying."""
+    from genre.core.kafka_client import PRODUCER_DEFAULTS
+
+    assert PRODUCER_DEFAULTS["partitioner"] == "murmur2_random"
+    assert table_key("user-ü") == "user-ü".encode()  # table keys: raw UTF-8, no JSON quotes
+
+
 def test_oversized_batches_are_split_and_nothing_is_lost(monkeypatch) -> None:
     monkeypatch.setattr(stream_app, "MAX_BATCH_BYTES", 2000)
     records = [CoClick(item_id=f"item-{i}", neighbours=["n"] * 5, ts=1.7e9) for i in range(100)]
