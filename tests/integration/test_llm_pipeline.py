@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 import pytest
 
+from genre.core.features import decode_vector
 from genre.core.llm import item_label
 from genre.core.llm_backends import OfflineBackend
-from genre.streams.state import user_vector
 
 from ..llm_server import LLMTestServer
 from .conftest import GENRES, Pipeline, catalog, click, read_topic, running_pipeline
@@ -27,8 +27,8 @@ def table(pipeline: Pipeline, name: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     topic = f"{pipeline.config.app_id}-{name}-changelog"
     for msg in read_topic(pipeline.config, topic, idle_s=2.0):
-        if msg.key() is not None:
-            out[orjson.loads(msg.key())] = orjson.loads(msg.value())
+        if msg.key() is not None:  # tables are keyed by the raw UTF-8 id
+            out[msg.key().decode()] = orjson.loads(msg.value())
     return out
 
 
@@ -36,16 +36,13 @@ def wait_for_profile(pipeline: Pipeline, user: str, clicks: int) -> dict[str, An
     """The user's profile once one written at ``clicks`` clicks or later is in the changelog."""
     topic = f"{pipeline.config.app_id}-user-profiles-changelog"
 
+    key = user.encode()  # tables are keyed by the raw UTF-8 id
+
     def written(msgs: list[Any]) -> bool:
-        return any(
-            m.key() is not None
-            and orjson.loads(m.key()) == user
-            and orjson.loads(m.value())["clicks"] >= clicks
-            for m in msgs
-        )
+        return any(m.key() == key and orjson.loads(m.value())["clicks"] >= clicks for m in msgs)
 
     msgs = read_topic(pipeline.config, topic, until=written, timeout_s=60)
-    return [orjson.loads(m.value()) for m in msgs if m.key() and orjson.loads(m.key()) == user][-1]
+    return [orjson.loads(m.value()) for m in msgs if m.key() == key][-1]
 
 
 def endpoint_llm(server: LLMTestServer, **settings: Any) -> dict[str, Any]:
@@ -87,7 +84,9 @@ def test_profiles_are_generated_encoded_and_drive_candidates(profile_pipeline: P
     assert profile["interests"] == expected.interests
     assert profile["profile"] == expected.profile
     assert profile["source"] == "offline" and profile["backend"] == "offline"
-    assert user_vector(profile).shape == (p.config.encoder.dim,)
+    vector = decode_vector(profile["vector"])
+    assert vector.shape == (p.config.encoder.dim,)
+    assert abs(float((vector**2).sum()) - 1.0) < 1e-4  # a unit text vector
     assert p.worker.metric("genre_profiles_generated_total", source="offline") >= 1
 
     # The next click is scored with the profile: the profile source finds the rest
