@@ -104,11 +104,15 @@ def test_each_role_is_its_own_consumer_group(split: SplitPipeline) -> None:
         }
         for role, w in split.workers.items()
     }
+    # Clicks keyed by their user are folded where they land: user-clicks stays unread.
     assert consumed == {
         "encoder": {t.items.name},
-        "stream": {t.clicks.name, t.user_clicks.name},
+        "stream": {t.clicks.name},
         "scorer": {t.score_requests.name},
     }
+    stream = split.workers["stream"]
+    assert stream.metric("genre_clicks_routed_total", route="in_place") >= 1
+    assert stream.metric("genre_clicks_routed_total", route="rekeyed") == 0
 
 
 def test_split_roles_recommend_with_state_carried_in_requests(split: SplitPipeline) -> None:
@@ -123,14 +127,26 @@ def test_split_roles_recommend_with_state_carried_in_requests(split: SplitPipeli
     # The user vector reached it too: the nearest items are the rest of the genre.
     assert ids[0].startswith("space-"), ids
     assert all(i.title for i in latest.items)  # payloads came through the topic
+    # Where its latency went: the hand-off is a topic between two processes here.
+    assert latest.hops is not None
+    assert set(latest.hops) == {"ingest", "fold", "handoff", "wait", "score"}
+    assert latest.hops["handoff"] > 0
+    assert sum(latest.hops.values()) <= latest.latency_ms + 1.0
     scorer = split.workers["scorer"]
     assert scorer.metric("genre_fallbacks_total", stage="scorer") == 0
     assert scorer.metric("genre_recommendations_total") >= 1
     assert scorer.metric("genre_click_to_recommendation_ms_count") >= 1
     assert scorer.metric("genre_candidates_total", source="ann") > 0
+    assert scorer.metric("genre_hop_ms_count", hop="handoff") >= 1
     stream = split.workers["stream"]
     assert stream.metric("genre_online_clicks_total") >= len(history)
     assert stream.metric("genre_recommendations_total") == 0
+    # The stream role hands users over as score requests, never to a scorer of its own.
+    assert stream.metric("genre_pending_users") == 0
+    assert (
+        stream.metric("genre_events_out_total", topic=split.config.kafka.topics.score_requests.name)
+        >= 1
+    )
     encoder = split.workers["encoder"]
     assert encoder.metric("genre_inference_seconds_count", model="text_encoder") >= 1
 
@@ -173,8 +189,8 @@ def test_a_bad_item_vector_is_dead_lettered_and_the_followers_keep_going(
 ) -> None:
     import numpy as np
 
+    from genre.core.features import encode_vector
     from genre.schemas import ItemVector
-    from genre.streams.state import encode_vector
 
     topic = split.config.kafka.topics.item_vectors.name
     short = ItemVector(item_id="bad-dim", vector=encode_vector(np.ones(3, np.float32)))
