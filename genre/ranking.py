@@ -223,6 +223,14 @@ def train_config(cfg: GenreConfig, **overrides: Any) -> Any:
     return TrainConfig(**values)
 
 
+def candidate_plan(cfg: GenreConfig) -> Any:
+    """The scorer's candidate sources and pre-ranking, for the evaluation to replay."""
+    from genre.core.features.candidates import source_specs
+    from genre.model_export.replay import CandidatePlan
+
+    return CandidatePlan(source_specs(cfg.scorer), cfg.ranker.rank_candidates)
+
+
 def feature_spec(cfg: GenreConfig) -> Any:
     """The stream's own rules (``streams``) as the feature spec: training must match serving."""
     from genre.core.features import FeatureSpec
@@ -276,6 +284,7 @@ def run_evaluate(
             include_genre=include_genre,
             console=console,
             profiles=llm.profiles,
+            plan=candidate_plan(cfg),
         )
     report.extra["llm"] = llm.info
     console.print(results_table(report))

@@ -32,6 +32,7 @@ from genre.model_export.replay import (
     TEST,
     TRAIN,
     VALID,
+    CandidatePlan,
     FeatureSpec,
     Interactions,
     ProfileTrack,
@@ -50,6 +51,11 @@ from genre.model_export.train import (
 )
 
 GENRE = "genre"
+#: The serving scorer's blend over its candidate sources, without the learned ranker.
+BLEND = "blend"
+#: The score of an item outside a candidate set: below any real score, and finite so
+#: the ranking metrics do not take it for an excluded (already seen) item.
+NOT_A_CANDIDATE = -1e30
 REPORTED = ("hr@10", "ndcg@10", "mrr", "coverage@10")
 
 
@@ -156,10 +162,15 @@ def evaluate_models(
     chunk: int = 256,
     console: Console | None = None,
     profiles: ProfileTrack | None = None,
+    plan: CandidatePlan | None = None,
 ) -> EvalReport:
     """Fit every model on the same split and measure them on the same test clicks.
 
     ``profiles``: LLM user profiles along the log; GENRE then gets the profile feature.
+    ``plan``: the serving scorer's candidate sources and pre-ranking; the report then
+    adds the blend itself (``blend``), GENRE re-ranking only the blend's best
+    ``rank_candidates`` (``genre@blend<N>``, what the worker serves) and the share of
+    test clicks whose item the candidates hold (``extra["candidate_recall"]``).
     """
     spec = spec or FeatureSpec()
     if profiles is not None and PROFILE_FEATURE not in spec.feature_names:
@@ -189,7 +200,9 @@ def evaluate_models(
             model.fit(data, valid, text_vectors, seed=train.seed, progress=progress)
             fit_seconds[model.name] = round(time.perf_counter() - t0, 1)
         del valid
-        results = _replay_test(data, text_vectors, spec, models, chunk, progress, profiles)
+        results, recall = _replay_test(
+            data, text_vectors, spec, models, chunk, progress, profiles, plan
+        )
     return EvalReport(
         dataset=dataset,
         split=split,
@@ -199,6 +212,7 @@ def evaluate_models(
         seconds=time.perf_counter() - start,
         seed=train.seed,
         genre=genre,
+        extra={"candidate_recall": recall} if recall else {},
     )
 
 
@@ -241,21 +255,38 @@ def _replay_test(
     chunk: int,
     progress: Progress,
     profiles: ProfileTrack | None,
-) -> dict[str, dict[str, float]]:
+    plan: CandidatePlan | None = None,
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     replay = StreamReplay(data, spec, text_vectors, profiles)
     metrics = {m.name: RankingMetrics(data.n_items) for m in models}
+    served = f"{GENRE}@blend{plan.rank_candidates}" if plan is not None else ""
+    if plan is not None:
+        metrics[BLEND] = RankingMetrics(data.n_items)
+        if GENRE in metrics:
+            metrics[served] = RankingMetrics(data.n_items)
+    hits = {"union": 0, "prerank": 0, "queries": 0}
     buffer: list[QueryBatch] = []
 
     def flush() -> None:
         batch = stack_queries(buffer)
         buffer.clear()
         for model in models:
-            metrics[model.name].add(model.score(batch), batch)
+            scores = model.score(batch)
+            metrics[model.name].add(scores, batch)
+            if model.name == GENRE and batch.prerank is not None:
+                metrics[served].add(np.where(batch.prerank, scores, NOT_A_CANDIDATE), batch)
+        if batch.blend is not None and batch.prerank is not None:
+            blended = np.where(np.isnan(batch.blend), NOT_A_CANDIDATE, batch.blend)
+            metrics[BLEND].add(blended, batch)
+            rows = np.arange(len(batch))
+            hits["union"] += int((~np.isnan(batch.blend[rows, batch.targets])).sum())
+            hits["prerank"] += int(batch.prerank[rows, batch.targets].sum())
+            hits["queries"] += len(batch)
 
     task = progress.add_task("replaying and ranking test clicks", total=len(data))
     for e in replay.run():
         if data.split[e] == TEST and data.is_query(e):
-            buffer.append(snapshot(replay, [e]))
+            buffer.append(snapshot(replay, [e], plan))
             if len(buffer) >= chunk:
                 flush()
         if e % 1000 == 0:
@@ -263,7 +294,14 @@ def _replay_test(
     if buffer:
         flush()
     progress.update(task, completed=len(data))
-    return {name: m.result() for name, m in metrics.items()}
+    recall = {}
+    if hits["queries"]:
+        n = hits["queries"]
+        recall = {
+            "candidates": round(hits["union"] / n, 4),
+            f"blend_top{plan.rank_candidates if plan else 0}": round(hits["prerank"] / n, 4),
+        }
+    return {name: m.result() for name, m in metrics.items()}, recall
 
 
 def results_table(report: EvalReport) -> Table:

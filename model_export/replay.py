@@ -35,6 +35,15 @@ from genre.core.features import (
     decayed,
     profile_match,
 )
+from genre.core.features.candidates import (
+    NO_CANDIDATES,
+    Candidates,
+    SourceSpec,
+    best_unseen,
+    blend,
+    first_unseen,
+    ranked,
+)
 from genre.schemas import ClickEvent, ItemUpsert
 
 TRAIN, VALID, TEST = 0, 1, 2
@@ -258,6 +267,8 @@ class StreamReplay:
         self.text_vectors = text_vectors
         self.item_index = {item: i for i, item in enumerate(data.item_ids)}
         self.rows = ITEM_IDS.rows(data.item_ids)  # catalogue index -> ITEM_IDS row
+        self.index_of_row = {row: i for i, row in enumerate(self.rows.tolist())}
+        self._in_graph = np.zeros(n, bool)  # items the graph holds (trending's universe)
         #: The stream's state: one UserState per user, one ItemState per graph item.
         self.users = [UserState() for _ in range(data.n_users)]
         self.graph: dict[str, ItemState] = {}
@@ -299,6 +310,9 @@ class StreamReplay:
         )
         evidence = click_evidence(item_id, neighbours, ts)
         self.graph.update(apply_evidence(self.graph_rules, evidence, self.graph.get))
+        self._in_graph[item] = True
+        for nbr in neighbours:
+            self._in_graph[self.item_index[nbr]] = True
         clicked = self.graph[item_id]
         self.pop[item], self.pop_ts[item] = clicked.pop, clicked.pop_ts or 0.0
         for hl, (value, last) in self.popularity.items():
@@ -395,6 +409,61 @@ class StreamReplay:
         norm = np.sqrt(counts[np.asarray(rows, np.int64)])[:, None] * np.sqrt(counts)[None, :]
         return (block / norm).sum(axis=0).astype(np.float32)
 
+    def prerank(self, user: int, now: float, plan: CandidatePlan) -> tuple[np.ndarray, np.ndarray]:
+        """The serving scorer's candidates for this user, as its sources and blend gather
+        them (``core.features.candidates``): the blend score of every proposed item
+        (float32 [n_items], NaN elsewhere) and the ``rank_candidates`` best unseen ones
+        the learned ranker would re-rank (bool [n_items])."""
+        state = self.users[user]
+        per_source = [(s.weight, self._source(s, user, now)) for s in plan.sources]
+        blended = blend(per_source)
+        index = self.index_of_row
+        positions = np.asarray([index.get(r, -1) for r in blended.rows.tolist()], np.int64)
+        seen = state.seen
+        history = frozenset(state.history)
+        names = ITEM_IDS.names
+        keep = np.asarray(
+            [
+                p >= 0 and names[r] not in seen and names[r] not in history
+                for p, r in zip(positions.tolist(), blended.rows.tolist(), strict=True)
+            ],
+            bool,
+        )
+        scores = np.full(self.data.n_items, np.nan, np.float32)
+        scores[positions[positions >= 0]] = blended.scores[positions >= 0]
+        chosen = np.zeros(self.data.n_items, bool)
+        chosen[positions[ranked(blended, keep, plan.rank_candidates)]] = True
+        return scores, chosen
+
+    def _source(self, source: SourceSpec, user: int, now: float) -> Candidates:
+        """One source's candidates, as the serving source computes them."""
+        state = self.users[user]
+        if source.name == "co_click":
+            recent = int(source.params.get("recent_items", self.spec.co_click_recent))
+            scores = self.graph_rules.neighbour_scores(self.graph.get, state.history[-recent:], now)
+            cands = Candidates(scores.rows, scores.scores, scores.because)
+            return best_unseen(cands, state.seen, source.limit)
+        if source.name in ("ann", "profile"):
+            query = state.vector if source.name == "ann" else self.profile_vector(user)
+            if query is None or self.text_vectors is None or not len(query):
+                return NO_CANDIDATES
+            extra = min(len(state.seen), int(source.params.get("max_overfetch", 100)))
+            sims = self.text_vectors @ query
+            top = np.argsort(-sims, kind="stable")[: source.limit + extra]
+            return Candidates(self.rows[top], sims[top].astype(np.float64))
+        if source.name == "trending":
+            in_graph = np.flatnonzero(self._in_graph)
+            pops = decayed(
+                self.pop[in_graph], self.pop_ts[in_graph], now, self.spec.trending_half_life_s
+            )
+            order = in_graph[np.argsort(-pops, kind="stable")[: source.limit * 4]]
+            top = Candidates(
+                self.rows[order],
+                decayed(self.pop[order], self.pop_ts[order], now, self.spec.trending_half_life_s),
+            )
+            return top.take(first_unseen(top.rows, state.seen, source.limit))
+        raise ReplayError(f"the evaluation cannot replay candidate source {source.name!r}")
+
     def user_vector(self, user: int) -> np.ndarray:
         """The user's decayed-mean text vector (zeros before the first click)."""
         vector = self.users[user].vector
@@ -421,12 +490,28 @@ class QueryBatch:
     popularity: dict[float, np.ndarray]  # half-life -> float32 [B, n_items]
     item_knn: np.ndarray  # float32 [B, n_items]
     user_vectors: np.ndarray  # float32 [B, D] decayed-mean text vectors
+    #: With a ``CandidatePlan``: the serving blend's score of every candidate of the
+    #: configured sources (NaN for items no source proposed), and which of them the
+    #: learned ranker would re-rank (the best ``rank_candidates`` of the blend).
+    blend: np.ndarray | None = None  # float32 [B, n_items]
+    prerank: np.ndarray | None = None  # bool [B, n_items]
 
     def __len__(self) -> int:
         return int(self.events.shape[0])
 
 
-def snapshot(replay: StreamReplay, events: Sequence[int]) -> QueryBatch:
+@dataclass(frozen=True)
+class CandidatePlan:
+    """How the scorer gathers and pre-ranks candidates (``scorer.candidates`` and
+    ``ranker.rank_candidates``), for the evaluation to replay."""
+
+    sources: tuple[SourceSpec, ...]
+    rank_candidates: int
+
+
+def snapshot(
+    replay: StreamReplay, events: Sequence[int], plan: CandidatePlan | None = None
+) -> QueryBatch:
     """Build a ``QueryBatch`` for events whose state is the replay's current state.
 
     Call it while ``run()`` is paused on the *last* of ``events`` only when the
@@ -445,6 +530,11 @@ def snapshot(replay: StreamReplay, events: Sequence[int]) -> QueryBatch:
                 "popularity": {hl: replay.popularity_at(hl, now) for hl in replay.popularity},
                 "item_knn": replay.item_knn(u),
                 "user_vectors": replay.user_vector(u).copy(),
+                **(
+                    {}
+                    if plan is None
+                    else dict(zip(("blend", "prerank"), replay.prerank(u, now, plan), strict=True))
+                ),
             }
         )
     idx = np.asarray(events, np.int64)
@@ -459,6 +549,8 @@ def snapshot(replay: StreamReplay, events: Sequence[int]) -> QueryBatch:
         popularity={hl: np.stack([r["popularity"][hl] for r in rows]) for hl in replay.popularity},
         item_knn=np.stack([r["item_knn"] for r in rows]),
         user_vectors=np.stack([r["user_vectors"] for r in rows]),
+        blend=None if plan is None else np.stack([r["blend"] for r in rows]),
+        prerank=None if plan is None else np.stack([r["prerank"] for r in rows]),
     )
 
 
@@ -478,4 +570,6 @@ def stack_queries(batches: Sequence[QueryBatch]) -> QueryBatch:
         },
         item_knn=np.concatenate([b.item_knn for b in batches]),
         user_vectors=np.concatenate([b.user_vectors for b in batches]),
+        blend=None if first.blend is None else np.concatenate([b.blend for b in batches]),  # type: ignore[misc]
+        prerank=None if first.prerank is None else np.concatenate([b.prerank for b in batches]),  # type: ignore[misc]
     )

@@ -11,58 +11,22 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Container, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
-from genre.core.features import ITEM_IDS, FeatureSpec, NeighbourScores
+from genre.core.features import FeatureSpec, NeighbourScores
+from genre.core.features.candidates import (
+    NO_CANDIDATES,
+    Candidates,
+    best_unseen,
+    first_unseen,
+)
 from genre.core.registry import Registry
 from genre.core.telemetry import METRICS
 from genre.streams.score_context import ScoreContext
 from genre.streams.views import ScorerViews
-
-
-@dataclass(frozen=True, slots=True)
-class Candidates:
-    """One source's candidates for one user, as arrays: item rows (``ITEM_IDS``), raw
-    scores on the source's own scale, and per item the row of the history item that
-    explains it (-1: none). Arrays, not an object per item: sources make hundreds per
-    user per list."""
-
-    rows: np.ndarray  # int64 [K]
-    scores: np.ndarray  # float64 [K]
-    because: np.ndarray | None = None  # int64 [K]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @classmethod
-    def of(cls, item_ids: Sequence[str], scores: Sequence[float]) -> Candidates:
-        """Candidates from item ids and scores."""
-        return cls(ITEM_IDS.rows(item_ids), np.asarray(scores, np.float64))
-
-    def item_ids(self) -> list[str]:
-        """The candidates' item ids, in order."""
-        names = ITEM_IDS.names
-        return [names[r] for r in self.rows.tolist()]
-
-
-NONE = Candidates(np.zeros(0, np.int64), np.zeros(0, np.float64))
-
-
-def first_unseen(rows: np.ndarray, seen: Container[str], limit: int) -> np.ndarray:
-    """Positions of the first ``limit`` entries (in the given order) whose item is not in
-    ``seen``: a walk that stops as soon as it has enough."""
-    names = ITEM_IDS.names
-    kept: list[int] = []
-    for pos, row in enumerate(rows.tolist()):
-        if names[row] not in seen:
-            kept.append(pos)
-            if len(kept) == limit:
-                break
-    return np.asarray(kept, np.int64)
 
 
 class CandidateSource(Protocol):
@@ -106,7 +70,7 @@ class AnnSource:
     def generate(self, batch: Sequence[ScoreContext]) -> list[Candidates]:
         queries = [self.query_vector(c) for c in batch]
         with_vec = [i for i, q in enumerate(queries) if q is not None and len(q)]
-        out: list[Candidates] = [NONE] * len(batch)
+        out: list[Candidates] = [NO_CANDIDATES] * len(batch)
         if not with_vec:
             return out
         # Over-fetch so that filtering seen items still leaves candidates; capped
@@ -162,9 +126,8 @@ class CoClickSource:
         for ctx in batch:
             scores = self.rules.neighbour_scores(state_of, ctx.history[-self.recent_items :], now)
             scores_by_user[ctx.user_id] = scores
-            order = np.argsort(-scores.scores, kind="stable")
-            keep = order[first_unseen(scores.rows[order], ctx.seen, self.limit)]
-            out.append(Candidates(scores.rows[keep], scores.scores[keep], scores.because[keep]))
+            cands = Candidates(scores.rows, scores.scores, scores.because)
+            out.append(best_unseen(cands, ctx.seen, self.limit))
         self.last_scores = scores_by_user
         return out
 
@@ -182,7 +145,7 @@ class TrendingSource:
         self.limit = limit
         self.refresh_s = refresh_s
         self.rules = features.graph_rules()
-        self._ranked = NONE
+        self._ranked = NO_CANDIDATES
         self._refreshed = 0.0
         self._graph_size = 0
 
@@ -210,8 +173,7 @@ class TrendingSource:
         ranked = self._ranked
         out = []
         for ctx in batch:
-            keep = first_unseen(ranked.rows, ctx.seen, self.limit)
-            out.append(Candidates(ranked.rows[keep], ranked.scores[keep]))
+            out.append(ranked.take(first_unseen(ranked.rows, ctx.seen, self.limit)))
         return out
 
 

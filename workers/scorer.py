@@ -31,6 +31,7 @@ from genre.core.features import (
     candidate_features,
     decode_vector,
 )
+from genre.core.features.candidates import Candidates, blend, ranked
 from genre.core.features.spec import PROFILE_FEATURE, RANKER_FEATURES
 from genre.core.registry import Registry
 from genre.core.telemetry import METRICS
@@ -42,7 +43,7 @@ from genre.streams.app import GenreStreams, chunk_records, table_get
 from genre.streams.batching import ack_events, take_ready
 from genre.streams.score_context import ScoreContext, SubmittedBatch, from_request
 from genre.streams.views import ScorerViews
-from genre.workers.candidates import Candidates, CoClickSource, build_sources, count_candidates
+from genre.workers.candidates import CoClickSource, build_sources, count_candidates
 from genre.workers.ranker import OnnxRanker, RankerHandle
 
 log = logging.getLogger("genre.scorer")
@@ -116,7 +117,7 @@ class BlendRanking:
     Normalising per user and source puts cosine similarities, co-click weights
     and popularity counts on one scale, so the YAML weights mean what they say.
     It ranks the lists of the blend scorer and pre-ranks the learned ranker's
-    candidates. Column-wise: one concatenation, one ``bincount`` per user.
+    candidates (``core.features.candidates.blend``, which the evaluation replays).
     """
 
     name = "blend"
@@ -127,43 +128,18 @@ class BlendRanking:
         keep: Callable[[Sequence[str]], list[bool]],
         top_k: int,
     ) -> list[Scored]:
-        rows, contributions, sources, because = [], [], [], []
-        names: list[str] = []
-        for name, weight, cands in per_source:
-            if not len(cands) or weight <= 0:
-                continue
-            lo, hi = float(cands.scores.min()), float(cands.scores.max())
-            span = hi - lo
-            norm = (cands.scores - lo) / span if span > 0 else np.ones(len(cands))
-            rows.append(cands.rows)
-            contributions.append(weight * norm)
-            sources.append(np.full(len(cands), len(names), np.int64))
-            because.append(cands.because if cands.because is not None else np.full(len(cands), -1))
-            names.append(name)
-        if not rows:
-            return []
-        all_rows, all_c = np.concatenate(rows), np.concatenate(contributions)
-        unique, inverse = np.unique(all_rows, return_inverse=True)
-        totals = np.bincount(inverse, weights=all_c, minlength=len(unique))
-        # Each item's strongest source (the first on ties) explains it.
-        order = np.lexsort((np.arange(len(all_c)), -all_c, inverse))
-        first = order[np.flatnonzero(np.r_[True, inverse[order][1:] != inverse[order][:-1]])]
-        best_source = np.concatenate(sources)[first]
-        best_because = np.concatenate(because)[first]
+        blended = blend([(weight, cands) for _, weight, cands in per_source])
         ids = ITEM_IDS.names
-        unique_ids = [ids[r] for r in unique.tolist()]
-        candidates = np.flatnonzero(np.asarray(keep(unique_ids), bool))
-        ranked = candidates[np.argsort(-totals[candidates], kind="stable")]
-        if top_k:
-            ranked = ranked[:top_k]
+        unique_ids = [ids[r] for r in blended.rows.tolist()]
+        best = ranked(blended, np.asarray(keep(unique_ids), bool), top_k)
         return [
             Scored(
                 unique_ids[k],
-                float(totals[k]),
-                names[int(best_source[k])],
-                ids[int(best_because[k])] if best_because[k] >= 0 else None,
+                float(blended.scores[k]),
+                per_source[int(blended.source[k])][0],
+                ids[int(blended.because[k])] if blended.because[k] >= 0 else None,
             )
-            for k in ranked.tolist()
+            for k in best.tolist()
         ]
 
 

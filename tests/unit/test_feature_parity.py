@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import orjson
 import pytest
 
 from genre.core.features import (
@@ -45,9 +46,10 @@ SPEC = FeatureSpec(
 )
 
 
-def _log(seed: int = 3) -> tuple[list[ItemUpsert], list[ClickEvent], np.ndarray]:
+def _log(
+    seed: int = 3, n_items: int = 14, n_users: int = 6
+) -> tuple[list[ItemUpsert], list[ClickEvent], np.ndarray]:
     rng = np.random.default_rng(seed)
-    n_items, n_users = 14, 6
     items = [ItemUpsert(item_id=f"i{k}", title=f"Item {k}", ts=T0) for k in range(n_items)]
     vectors = rng.normal(size=(n_items, 8)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -157,3 +159,88 @@ def test_stream_and_replay_fold_to_the_same_state_and_features(batch: int) -> No
         # The replay's dense path (full ranking) agrees with its per-candidate path.
         dense = replay.features(u, slice(None), now)
         np.testing.assert_allclose(dense, replay.features(u, candidates, now), rtol=1e-6)
+
+
+def test_the_evaluation_pre_ranks_the_candidates_the_scorer_would() -> None:
+    """The evaluation's replay of the candidate sources and blend (``StreamReplay.prerank``)
+    picks the same items as the live scorer's blend over its real sources."""
+    from genre.core.config import GenreConfig
+    from genre.core.exact_index import ExactIndex
+    from genre.core.features.candidates import source_specs
+    from genre.model_export.replay import CandidatePlan
+    from genre.streams.score_context import context_of
+    from genre.streams.views import (
+        CatalogSearch,
+        FixedClock,
+        MemoryGraph,
+        MemoryProfiles,
+        ScorerViews,
+        memory_items,
+    )
+    from genre.workers.scorer import ScorerWorker
+
+    top = 12
+    streams = {"max_neighbours": 6, "co_click_window": 3, "history_size": 8, "max_seen": 20}
+    scorer = {
+        "top_k": top,
+        "candidates": [
+            {"name": "co_click", "weight": 1.0, "limit": 9},
+            {"name": "ann", "weight": 0.5, "limit": 5, "params": {"max_overfetch": 4}},
+            {"name": "trending", "weight": 0.5, "limit": 4},
+        ],
+    }
+    config = GenreConfig(streams=streams, scorer=scorer)
+    spec = FeatureSpec.from_streams(config.streams)
+    items, events, vectors = _log(seed=5, n_items=80, n_users=10)
+    fold = Fold(spec)
+    users: dict = {}
+    graph = MemoryGraph()
+    rules = spec.graph_rules()
+    ordered = sorted(events, key=lambda e: e.ts)
+    by_id = {it.item_id: vectors[k] for k, it in enumerate(items)}
+    result = fold([Click(ev, ev.ts, "c", 0, k) for k, ev in enumerate(ordered)], users, by_id)
+    users.update(result.states)
+    graph.update(apply_evidence(rules, result.evidence, graph.get))
+
+    data = build_interactions(items, events)
+    replay = StreamReplay(data, spec, vectors)
+    for _ in replay.run():
+        pass
+    now = float(data.ts[-1]) + 30.0
+    ids = [it.item_id for it in items]
+    index = ExactIndex(vectors.shape[1])
+    index.upsert(ids, vectors)
+    views = ScorerViews(
+        graph,
+        memory_items(ids, vectors, [{} for _ in ids]),
+        CatalogSearch(index),
+        MemoryProfiles(),
+        FixedClock(now),
+    )
+    worker = ScorerWorker(config, views, "test")
+    worker.prepare()
+    contexts = [
+        context_of(
+            users[u],
+            user_id=u,
+            event_id="x",
+            produced_at=now,
+            ts=now,
+            clicked_items=(),
+            taken_at=now,
+            folded_at=now,
+        )
+        for u in data.user_ids
+    ]
+    lists = worker.score(contexts)
+    plan = CandidatePlan(source_specs(config.scorer), top)
+    compared = 0
+    for u, scored in enumerate(lists):
+        blend_scores, chosen = replay.prerank(u, now, plan)
+        assert {data.item_ids[i] for i in np.flatnonzero(chosen)} == set(scored.items)
+        served = orjson.loads(scored.value)["items"]
+        for entry in served:
+            k = data.item_ids.index(entry["item_id"])
+            assert blend_scores[k] == pytest.approx(entry["score"], abs=1e-6)
+        compared += len(served)
+    assert compared >= len(lists) * (top - 2)
