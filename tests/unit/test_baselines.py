@@ -275,7 +275,7 @@ def test_score_before_fit_is_an_error(world: World) -> None:
 
 def _rows(batch: QueryBatch, index: slice) -> QueryBatch:
     fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
-    out = {k: v[index] for k, v in fields.items() if k != "popularity"}
+    out = {k: None if v is None else v[index] for k, v in fields.items() if k != "popularity"}
     return QueryBatch(**out, popularity={hl: p[index] for hl, p in batch.popularity.items()})
 
 
