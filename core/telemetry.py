@@ -45,7 +45,26 @@ LABEL_ROUTE = "route"
 
 #: Milliseconds; dense below 100 ms where healthy latencies live.
 LATENCY_MS_BUCKETS = (
-    0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000, 10000
+    0.5,
+    1,
+    2,
+    3,
+    5,
+    7.5,
+    10,
+    15,
+    20,
+    30,
+    50,
+    75,
+    100,
+    150,
+    250,
+    500,
+    1000,
+    2500,
+    5000,
+    10000,
 )
 #: Seconds, for short blocking calls (model runs, Qdrant calls, agent batches).
 CALL_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)

@@ -432,7 +432,8 @@ class StreamReplay:
         scores = np.full(self.data.n_items, np.nan, np.float32)
         scores[positions[positions >= 0]] = blended.scores[positions >= 0]
         chosen = np.zeros(self.data.n_items, bool)
-        chosen[positions[ranked(blended, keep, plan.rank_candidates)]] = True
+        ids = [names[r] for r in blended.rows.tolist()]
+        chosen[positions[ranked(blended, keep, plan.rank_candidates, ids)]] = True
         return scores, chosen
 
     def _source(self, source: SourceSpec, user: int, now: float) -> Candidates:

@@ -131,7 +131,7 @@ class BlendRanking:
         blended = blend([(weight, cands) for _, weight, cands in per_source])
         ids = ITEM_IDS.names
         unique_ids = [ids[r] for r in blended.rows.tolist()]
-        best = ranked(blended, np.asarray(keep(unique_ids), bool), top_k)
+        best = ranked(blended, np.asarray(keep(unique_ids), bool), top_k, unique_ids)
         return [
             Scored(
                 unique_ids[k],

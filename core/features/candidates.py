@@ -113,11 +113,13 @@ def blend(per_source: Sequence[tuple[float, Candidates]]) -> Blended:
     return Blended(unique, totals, np.concatenate(sources)[first], np.concatenate(because)[first])
 
 
-def ranked(blended: Blended, keep: np.ndarray, top_k: int) -> np.ndarray:
-    """Positions in ``blended`` of the ``top_k`` best kept items (all kept for 0),
-    best first, stable on ties."""
+def ranked(blended: Blended, keep: np.ndarray, top_k: int, ids: Sequence[str]) -> np.ndarray:
+    """Positions in ``blended`` of the ``top_k`` best kept items (all kept for 0), best
+    first; equal scores in item id order (``ids``: the item id of each position), so
+    every process ranks the same state the same way."""
     candidates = np.flatnonzero(keep)
-    order = candidates[np.argsort(-blended.scores[candidates], kind="stable")]
+    names = np.asarray([ids[k] for k in candidates.tolist()], dtype=object)
+    order = candidates[np.lexsort((names, -blended.scores[candidates]))]
     return order[:top_k] if top_k else order
 
 
