@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from genre.core.broker import EmbeddedBroker
+from genre.schemas import Recommendation
 
-from .conftest import Pipeline, click, running_pipeline
+from .conftest import Pipeline, click, read_topic, running_pipeline
 
 pytestmark = pytest.mark.broker
 
@@ -111,3 +112,53 @@ def test_a_broker_that_lost_its_data_stops_the_worker_loudly(
     assert p.worker.proc is not None and p.worker.proc.returncode != 0
     log = p.worker.log_path.read_text(errors="replace")
     assert "ConsistencyError" in log or "persisted offset" in log
+
+
+def test_a_re_sent_click_is_applied_once_and_its_user_scored_again(
+    fresh_pipeline: Pipeline,
+) -> None:
+    """A producer retry (same event ids): the fold does not apply the clicks again, and
+    still scores their users, as it must for a click replayed after a crash whose list
+    may not have been published."""
+    p = fresh_pipeline
+    events = [click(f"rs-{i}", f"rs-u{i}", f"space-{i}") for i in range(5)]
+    triggers = {e.event_id for e in events}
+    p.send_clicks(events)
+    p.recommendations(until_triggers=triggers)
+    duplicates = p.worker.metric("genre_duplicate_events_total")
+    p.send_clicks(events)
+    p.worker.wait_metric("genre_duplicate_events_total", duplicates + len(events), timeout_s=60)
+
+    def twice(msgs: list[Any]) -> bool:
+        got = [Recommendation.from_bytes(m.value()).trigger_event_id for m in msgs]
+        return all(got.count(t) >= 2 for t in triggers)
+
+    read_topic(p.config, p.topics.recommendations.name, until=twice, timeout_s=60)
+    for event in events:
+        state = p.user_state(event.user_id)
+        assert state is not None and state["clicks"] == 1, (event.user_id, state)
+        assert state["history"] == [event.item_id]
+
+
+def test_a_worker_killed_right_after_folding_neither_loses_nor_repeats_clicks(
+    fresh_pipeline: Pipeline,
+) -> None:
+    """Killed within a commit interval of folding: the restarted worker reads the clicks
+    again if their offsets were not committed, and then finds them applied already."""
+    p = fresh_pipeline
+    p.send_clicks([click("kf-0", "kf-first", "crime-0")])
+    p.recommendations(until_triggers={"kf-0"})
+    applied = p.worker.metric("genre_online_clicks_total")
+    events = [click(f"kf-{i}", f"kf-u{i}", f"animation-{i % 6}") for i in range(1, 13)]
+    p.send_clicks(events)
+    p.worker.wait_metric("genre_online_clicks_total", applied + len(events), timeout_s=60)
+    p.worker.kill()
+    time.sleep(SESSION_EXPIRY_S)
+    p.worker.start(ready_timeout_s=120)
+    recs = p.recommendations(until_triggers={e.event_id for e in events}, timeout_s=120)
+    assert {e.user_id for e in events} <= {r.user_id for r in recs}
+    for event in events:
+        state = p.user_state(event.user_id)
+        assert state is not None and state["clicks"] == 1, (event.user_id, state)
+    # Whatever the restarted worker read again, it applied nothing twice.
+    assert p.worker.metric("genre_online_clicks_total") == 0
