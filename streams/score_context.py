@@ -142,6 +142,9 @@ class PendingScores:
             if old is not None:
                 superseded += 1
                 old[1].settle_later()
+                # No list was published in between: the older clicks are checked for
+                # online hits against the same list as the newer ones.
+                ctx.clicked_items = [*old[0].clicked_items, *ctx.clicked_items]
             self._pending[ctx.user_id] = (ctx, batch)
         if superseded:
             METRICS.superseded_requests.inc(superseded)
