@@ -33,7 +33,8 @@ pytestmark = pytest.mark.broker
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "bad_clicks.jsonl"
 KNOWN_ITEMS = {f"{genre}-{n}" for genre in GENRES for n in range(len(GENRES[genre]))}
-#: Reasons the ingest agent gives; ``unknown_item`` comes later, from the user-state agent.
+#: Reasons the fold gives as it validates a click; ``unknown_item`` comes later, once the
+#: click is routed to its user's partition and folded.
 INGEST_REASONS = (
     "invalid_json",
     "missing_field",
@@ -68,6 +69,8 @@ class Books:
         w, t = self.p.worker, self.p.topics
         out = {
             "clicks_in": w.metric("genre_events_in_total", topic=t.clicks.name),
+            "in_place": w.metric("genre_clicks_routed_total", route="in_place"),
+            "rekeyed": w.metric("genre_clicks_routed_total", route="rekeyed"),
             "forwarded": w.metric("genre_events_out_total", topic=t.user_clicks.name),
             "user_clicks_in": w.metric("genre_events_in_total", topic=t.user_clicks.name),
             "applied": w.metric("genre_online_clicks_total"),
@@ -92,25 +95,36 @@ class Books:
             time.sleep(0.3)
 
 
+#: The message key ``Pipeline.send_raw`` gives every payload: not a user id, so every
+#: valid click among them takes the re-keying hop.
+RAW_KEY = b"raw"
+
+
 class Oracle:
     """What the worker should do with each raw payload, in send order."""
 
     def __init__(self) -> None:
         self.letters: Counter[tuple[str, str]] = Counter()  # (match key, reason)
-        self.forwarded = 0
+        self.in_place = 0
+        self.rekeyed = 0
         self.applied = 0
         self.duplicates = 0
         self.rejected: Counter[str] = Counter()
         self.recent: set[tuple[str, str]] = set()
 
-    def expect(self, payload: bytes) -> str | None:
-        """Record the expected outcome of ``payload``; return its DLQ reason or None."""
+    def expect(self, payload: bytes, key: bytes = RAW_KEY) -> str | None:
+        """Record the expected outcome of ``payload`` sent with message ``key``; return its
+        DLQ reason or None. A valid click keyed by its user id is folded where it lands
+        (``Pipeline.send_clicks``); any other key sends it through ``genre.user-clicks``."""
         result = parse_record(ClickEvent, payload)
         if isinstance(result, Rejection):
             self.letters[(printable(payload), result.reason)] += 1
             self.rejected[result.reason] += 1
             return result.reason
-        self.forwarded += 1
+        if key == result.user_id.encode():
+            self.in_place += 1
+        else:
+            self.rekeyed += 1
         key = (result.user_id, result.event_id)
         if key in self.recent:  # de-duplication runs before the catalog check
             self.duplicates += 1
@@ -126,8 +140,10 @@ class Oracle:
     def counters(self, sent: int) -> dict[str, float]:
         out: dict[str, float] = {
             "clicks_in": sent,
-            "forwarded": self.forwarded,
-            "user_clicks_in": self.forwarded,
+            "in_place": self.in_place,
+            "rekeyed": self.rekeyed,
+            "forwarded": self.rekeyed,
+            "user_clicks_in": self.rekeyed,
             "applied": self.applied,
             "duplicates": self.duplicates,
         }
@@ -141,7 +157,7 @@ def unknown_key(event: ClickEvent) -> str:
 
 def letter_key(letter: DeadLetter) -> tuple[str, str]:
     """How a dead letter is matched: the printable raw payload, or (re-serialised by the
-    user-state agent) the user and event id of an unknown-item click."""
+    fold) the user and event id of an unknown-item click."""
     if letter.reason == "unknown_item":
         return unknown_key(ClickEvent.from_bytes(letter.raw_payload)), letter.reason
     return letter.raw_payload, letter.reason
@@ -171,10 +187,15 @@ def assert_books_balance(
     expected = oracle.counters(sent)
     d = books.wait(expected)
     assert pipeline.worker.running, pipeline.worker.log_tail()
-    # Ingest: every consumed click was forwarded or dead-lettered with an ingest reason.
-    assert d["clicks_in"] == d["forwarded"] + sum(d[r] for r in INGEST_REASONS), d
-    # User state: every forwarded click was applied, a duplicate, or an unknown item.
-    assert d["user_clicks_in"] == d["applied"] + d["duplicates"] + d["unknown_item"], d
+    # Validation: every consumed click was routed (folded in place or re-keyed) or
+    # dead-lettered with a validation reason.
+    rejected = sum(d[r] for r in INGEST_REASONS)
+    assert d["clicks_in"] == d["in_place"] + d["rekeyed"] + rejected, d
+    # Re-keying: every re-keyed click was sent to user-clicks once and read back once.
+    assert d["rekeyed"] == d["forwarded"] == d["user_clicks_in"], d
+    # The fold: every routed click was applied, a duplicate, or an unknown item.
+    folded = d["in_place"] + d["user_clicks_in"]
+    assert folded == d["applied"] + d["duplicates"] + d["unknown_item"], d
     # And each counter moved by exactly what the oracle predicted.
     assert d == expected
     return d
@@ -222,7 +243,7 @@ def test_corpus(pipeline: Pipeline) -> None:
     for case in bad:
         assert oracle.expect(case["payload"]) == case["expected_reason"], case["name"]
     for event in [*unicode_events, *good]:
-        assert oracle.expect(event.to_bytes()) is None
+        assert oracle.expect(event.to_bytes(), event.user_id.encode()) is None
 
     books = Books(pipeline)
     since = time.time()
@@ -381,7 +402,9 @@ def test_hypothesis_bad_records(pipeline: Pipeline) -> None:
     pipeline.send_raw(payloads)
     # A sentinel click of a known user proves the stream moved past the batch.
     pipeline.send_clicks([click("hyp-sentinel", "hyp-sentinel-user", "crime-3")])
-    oracle.expect(click("hyp-sentinel", "hyp-sentinel-user", "crime-3").to_bytes())
+    oracle.expect(
+        click("hyp-sentinel", "hyp-sentinel-user", "crime-3").to_bytes(), b"hyp-sentinel-user"
+    )
     pipeline.recommendations(until_triggers={"hyp-sentinel"})
 
     assert_books_balance(pipeline, books, oracle, sent=len(payloads) + 1)
@@ -420,8 +443,8 @@ def test_duplicates_storm(pipeline: Pipeline) -> None:
     books = Books(pipeline)
     oracle = Oracle()
     for event in events:
-        oracle.expect(event.to_bytes())
-    assert (oracle.applied, oracle.duplicates) == (11, 50)
+        oracle.expect(event.to_bytes(), user.encode())
+    assert (oracle.applied, oracle.duplicates, oracle.in_place) == (11, 50, 61)
     pipeline.send_clicks(events)
     pipeline.recommendations(until_triggers={"storm-9"})
     d = assert_books_balance(pipeline, books, oracle, sent=61)
