@@ -39,6 +39,10 @@ def test_produce_counts_sent_rejected_and_duplicates(pipeline: Pipeline, tmp_pat
     ]
     source = tmp_path / "clicks.jsonl"
     source.write_text("\n".join(json.dumps(x) for x in lines) + "\nnot json\n\n")
+    routed = {
+        route: pipeline.worker.metric("genre_clicks_routed_total", route=route)
+        for route in ("in_place", "rekeyed")
+    }
     out = genre("produce", str(source), "--config", str(pipeline.config_path))
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {
@@ -48,6 +52,14 @@ def test_produce_counts_sent_rejected_and_duplicates(pipeline: Pipeline, tmp_pat
     }
     assert "line 4 rejected" in out.stderr and "item_id" in out.stderr
     pipeline.recommendations(until_triggers={"cli-2"})
+    # `genre produce` keys clicks by user id with Kafka's murmur2 partitioner: both land
+    # in the partition of the user's state and are folded there, none re-keyed.
+    pipeline.worker.wait_metric(
+        "genre_clicks_routed_total", routed["in_place"] + 2, timeout_s=30, route="in_place"
+    )
+    assert (
+        pipeline.worker.metric("genre_clicks_routed_total", route="rekeyed") == (routed["rekeyed"])
+    )
 
 
 def test_produce_from_stdin_and_tail(pipeline: Pipeline) -> None:
