@@ -12,7 +12,7 @@ from genre.core.telemetry import METRICS
 from genre.streams.score_context import PendingScores, ScoreContext
 
 
-def _ctx(user: str, event: str) -> ScoreContext:
+def _ctx(user: str, event: str, clicked: tuple[str, ...] = ()) -> ScoreContext:
     return ScoreContext(
         user_id=user,
         trigger_event_id=event,
@@ -22,6 +22,7 @@ def _ctx(user: str, event: str) -> ScoreContext:
         seen=(),
         clicks=1,
         vector=None,
+        clicked_items=clicked,
     )
 
 
@@ -60,6 +61,22 @@ def test_the_latest_context_per_user_wins_and_the_superseded_one_is_counted() ->
         await _settle(taken)
         await _let_tasks_run()
         assert sorted(acks) == ["b1", "b2"]
+
+    asyncio.run(run())
+
+
+def test_a_superseded_users_clicks_still_count_for_online_hits() -> None:
+    """No list was published between the two contexts: the older clicks are checked
+    against the same list as the newer ones."""
+
+    async def run() -> None:
+        pending, acks = PendingScores(), []
+        pending.submit([_ctx("u1", "e1", ("a", "b"))], _ack(acks, "b1"))
+        pending.submit([_ctx("u1", "e2", ("c",))], _ack(acks, "b2"))
+        pending.submit([_ctx("u1", "e3")], _ack(acks, "b3"))  # a re-sent click: none new
+        ((ctx, _),) = await pending.take(10)
+        assert ctx.trigger_event_id == "e3"
+        assert list(ctx.clicked_items) == ["a", "b", "c"]
 
     asyncio.run(run())
 
