@@ -1,23 +1,26 @@
 """Scorer time against history length (10 to 200 clicks) and batch size, in one process.
 
-What it measures: ``ScorerWorker.handle`` (user state read from the table,
-every configured candidate source, the blend or the learned ranker, explanations)
-for a batch of users whose state holds ``L`` clicks, for L in ``--histories``.
-Publishing is left out (there is no broker here: ``_publish`` is replaced by a
-no-op; ``bench_scale.py`` measures the whole path end to end).
+What it measures: ``ScorerWorker.prepare`` and ``ScorerWorker.score`` (every
+configured candidate source, the blend or the learned ranker, explanations, the
+list records) for a batch of users whose state holds ``L`` clicks, for L in
+``--histories``: the work the scorer thread does per batch. The fold's hand-over
+(``ScoreContext``s built from the users' states, as the fold makes them) is done
+once up front; publishing is left out (there is no broker here;
+``bench_scale.py`` measures the whole path end to end).
 
 * ``blend``: the blend scorer over the sources' candidates (no model);
 * ``ranker``: the learned ranker (ONNX Runtime, CPU provider) re-ranking the
-  union of candidates. For each L a ranker of ``RankerConfig(history_len=L)``
-  with random weights is exported to ONNX in a temporary folder: its attention
-  covers all L clicks (the served ranker covers its training history, 50 by
-  default). Timing does not depend on the weights.
+  best ``ranker.rank_candidates`` of the blend. For each L a ranker of
+  ``RankerConfig(history_len=L)`` with random weights is exported to ONNX in a
+  temporary folder: its attention covers all L clicks (the served ranker covers
+  its training history, 50 by default). Timing does not depend on the weights.
 
-The worker's objects are GENRE's own (``build_streams``: Faust tables in memory,
-the exact item index, the item catalogue over Qdrant local mode) with
-``--items`` items of random unit vectors, ``--users`` users whose histories are
-folded through the user-state rules, and the co-click graph built from those
-histories by the graph rules, all in-process without starting the Faust app.
+The scorer reads the worker through ``ScorerViews``; here they are the in-memory
+ones (``streams/views.py``: the item graph in a dict, the item catalogue, the
+exact item index, a fixed event clock) with ``--items`` items of random unit
+vectors, ``--users`` users whose histories are folded through the stream's
+user-state rules (``core.features``), and the co-click graph built from those
+clicks' evidence by the graph rules (``apply_evidence``), as the graph agent does.
 
     python bench/bench_scorer.py                          # L = 10, 25, 50, 100, 200
     python bench/bench_scorer.py --histories 10 50 --batches 64   # a quick look
@@ -28,7 +31,6 @@ Prints one JSON line and writes ``bench/results/scorer.json``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import shutil
 import sys
@@ -45,7 +47,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from genre.core.config import GenreConfig, load_config
 from genre.core.exact_index import ExactIndex
-from genre.schemas import ClickEvent, ScoreRequest
+from genre.core.features import FeatureSpec, UserState, apply_evidence, click_evidence
+from genre.streams.score_context import ScoreContext, context_of
+from genre.streams.views import (
+    CatalogSearch,
+    FixedClock,
+    MemoryGraph,
+    MemoryProfiles,
+    ScorerViews,
+    memory_items,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "bench" / "results" / "scorer.json"
@@ -67,68 +78,80 @@ def _config(base: GenreConfig, work: Path, history: int) -> GenreConfig:
     return load_config(path, environ={})
 
 
-def _build(cfg: GenreConfig, users: int, items: int, history: int, seed: int) -> Any:
-    """GENRE's streams objects filled with items, user states and the co-click graph."""
-    from genre.core.vectorstore import open_vector_store
-    from genre.streams.agents import graph_rules, user_rules
-    from genre.streams.app import build_streams
-    from genre.streams.state import finish_user_state, new_item_state, new_user_state
-
+def _build(
+    cfg: GenreConfig, users: int, items: int, history: int, seed: int
+) -> tuple[ScorerViews, list[ScoreContext]]:
+    """The scorer's views filled with items and the co-click graph, and one context per
+    user (the user's state after their ``history`` clicks, as the fold hands it over)."""
+    spec = FeatureSpec.from_streams(cfg.streams)
+    rules, grules = spec.user_rules(), spec.graph_rules()
     rng = np.random.default_rng(seed)
     ids = [f"i{n}" for n in range(items)]
     vectors = rng.standard_normal((items, cfg.encoder.dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    store = open_vector_store(cfg)
-    store.ensure_collection(cfg.qdrant.items_collection, cfg.encoder.dim)
-    store.ensure_collection(cfg.qdrant.users_collection, cfg.encoder.dim)
-    streams = build_streams(cfg, store=store)
-    streams.index = ExactIndex(cfg.encoder.dim)
-    streams.index.upsert(ids, vectors)
-    for key, vec in zip(ids, vectors, strict=True):
-        streams.catalog.put(key, vec, {"title": f"item {key}", "category": "c", "id": key})
-    rules, grules = user_rules(streams), graph_rules(streams)
+    index = ExactIndex(cfg.encoder.dim)
+    index.upsert(ids, vectors)
+    catalog = memory_items(ids, vectors, [{"title": f"item {k}", "category": "c"} for k in ids])
     popularity = 1.0 / np.arange(1, items + 1) ** 1.1  # Zipf-popular clicks
     popularity /= popularity.sum()
     ts = 1_700_000_000.0
-    graph: dict[str, dict] = {}
+    evidence = []
+    contexts = []
     for u in range(users):
-        state = new_user_state()
+        state = UserState()
         for n, item in enumerate(rng.choice(items, size=history, p=popularity).tolist()):
             ts += 1.0
-            ev = ClickEvent.model_construct(
-                event_id=f"u{u}-e{n}", user_id=f"u{u}", item_id=ids[item], type="click", ts=ts
+            neighbours = rules.apply(
+                state,
+                item_id=ids[item],
+                event_id=f"u{u}-e{n}",
+                kind="click",
+                ts=ts,
+                item_vector=vectors[item],
             )
-            neighbours = rules.apply(state, ev, vectors[item], vector_as_array=True)
-            g = graph.setdefault(ids[item], new_item_state())
-            grules.add_click(g, ts)
-            grules.add_neighbours(g, neighbours, ts)
-            for nbr in neighbours:
-                grules.add_neighbours(graph.setdefault(nbr, new_item_state()), [ids[item]], ts)
-        streams.users.data[f"u{u}"] = finish_user_state(state)
-    for key, g in graph.items():
-        streams.graph.data[key] = g
-    streams.observe_event_time(ts)
-    return streams
+            evidence.extend(click_evidence(ids[item], neighbours, ts))
+        contexts.append(
+            context_of(
+                state,
+                user_id=f"u{u}",
+                event_id=f"u{u}-e{history - 1}",
+                produced_at=time.time(),
+                ts=ts,
+                clicked_items=[state.history[-1]],
+                taken_at=time.time(),
+                folded_at=time.time(),
+            )
+        )
+    graph = MemoryGraph()
+    graph.update(apply_evidence(grules, evidence, graph.get))
+    views = ScorerViews(
+        graph=graph,
+        items=catalog,
+        search=CatalogSearch(index),
+        profiles=MemoryProfiles(),
+        clock=FixedClock(ts),
+    )
+    return views, contexts
 
 
-def _time_calls(worker: Any, requests: list[ScoreRequest], batch: int, seconds: float) -> dict:
-    async def one(part: list[ScoreRequest]) -> float:
+def _time_calls(worker: Any, contexts: list[ScoreContext], batch: int, seconds: float) -> dict:
+    def one(part: list[ScoreContext]) -> float:
         t0 = time.perf_counter()
-        await worker.handle(part)
-        return time.perf_counter() - t0
+        worker.prepare()  # on the event loop in a worker, before each batch
+        lists = worker.score(part)
+        elapsed = time.perf_counter() - t0
+        assert len(lists) == len(part)
+        return elapsed
 
-    async def run() -> list[float]:
-        lat: list[float] = []
-        start = time.perf_counter()
-        i = 0
-        await one(requests[:batch])  # warm-up (ONNX Runtime allocations, caches)
-        while time.perf_counter() - start < seconds or len(lat) < 5:
-            part = requests[i : i + batch] or requests[:batch]
-            i = (i + batch) % max(len(requests) - batch, 1)
-            lat.append(await one(part))
-        return lat
-
-    ms = np.array(asyncio.run(run())) * 1000.0
+    lat: list[float] = []
+    one(contexts[:batch])  # warm-up (ONNX Runtime allocations, caches)
+    start = time.perf_counter()
+    i = 0
+    while time.perf_counter() - start < seconds or len(lat) < 5:
+        part = contexts[i : i + batch] or contexts[:batch]
+        i = (i + batch) % max(len(contexts) - batch, 1)
+        lat.append(one(part))
+    ms = np.array(lat) * 1000.0
     return {
         "calls": len(ms),
         "p50_ms": round(float(np.percentile(ms, 50)), 2),
@@ -165,37 +188,22 @@ def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             try:
                 progress.update(task, description=f"history {history}: users and graph")
                 cfg = _config(base, work, history)
-                streams = _build(cfg, args.users, args.items, history, args.seed)
+                views, contexts = _build(cfg, args.users, args.items, history, args.seed)
                 tune_gc()  # as a worker does once it is built
-                requests = [
-                    ScoreRequest(
-                        user_id=f"u{u}",
-                        trigger_event_id=f"u{u}-e{history - 1}",
-                        trigger_produced_at=time.time(),
-                        trigger_ts=streams.event_now(),
-                    )
-                    for u in range(args.users)
-                ]
                 progress.update(task, description=f"history {history}: ranker export")
                 with console.capture():
                     model_dir = _export_ranker(history, work / "ranker", console)
                 handle = RankerHandle(model_dir, "fp32", "auto", 1, required=True)
                 for mode, ranker in (("blend", None), ("ranker", handle)):
-                    worker = ScorerWorker(streams, "bench", ranker)
-
-                    async def no_publish(batch: Any, recs: Any) -> None:
-                        return None
-
-                    worker._publish = no_publish  # type: ignore[method-assign]
+                    worker = ScorerWorker(cfg, views, "bench", ranker)
                     for batch in args.batches:
                         progress.update(task, description=f"history {history}: {mode} x{batch}")
-                        row = _time_calls(worker, requests, batch, args.seconds)
+                        row = _time_calls(worker, contexts, batch, args.seconds)
                         rows.append({"history": history, "mode": mode, "batch": batch, **row})
                         console.print(
                             f"history {history:>3} {mode:<6} batch {batch:>3}: "
                             f"p50 {row['p50_ms']:.1f} ms, {row['ms_per_user']:.2f} ms/user"
                         )
-                streams.store.close()
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             progress.advance(task)
@@ -205,6 +213,7 @@ def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "users": args.users,
         "items": args.items,
         "sources": [c.name for c in base.scorer.candidates],
+        "rank_candidates": base.ranker.rank_candidates,
         "rows": rows,
         "summary": {
             f"{r['mode']}_batch{r['batch']}": {
