@@ -12,13 +12,77 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 
-#: Identifiers are short printable strings: long enough for UUIDs and URNs,
-#: short enough that a key never dominates a message.
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
+
+def _check_ids(record: Any, names: tuple[str, ...]) -> None:
+    """Check the identifier fields ``names`` of a record (``_check_identifier``)."""
+    values = [getattr(record, n) for n in names]
+    # The common case at C speed. Printable text holds no whitespace but the plain
+    # space, so an id printable without a space at either end is not padded.
+    if "".join(values).isprintable() and " " not in "".join([v[0] + v[-1] for v in values]):
+        return
+    for name, value in zip(names, values, strict=True):
+        try:
+            _check_identifier(value)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+
+
+def _check_identifier(value: str) -> str:
+    if not value.isprintable():  # C speed; the detail below only for the error
+        bad = sorted({f"U+{ord(c):04X}" for c in value if not c.isprintable()})
+        raise ValueError(
+            f"{value!r} contains invisible, control or non-space separator characters "
+            f"({', '.join(bad)}); identifiers must be printable text"
+        )
+    if value != value.strip():
+        raise ValueError(
+            f"{value!r} has whitespace at its start or end; identifiers are taken as sent, "
+            "not trimmed (trim them before sending)"
+        )
+    return value
+
+
+#: The identifier rules as a JSON Schema pattern, for producers in other languages: no
+#: whitespace at either end; no control, format (zero-width, bidi), or separator
+#: characters but the plain space. The worker's own check is ``str.isprintable``
+#: (Unicode "Other" and "Separator" categories, the ASCII space excepted), which also
+#: refuses unassigned code points; the pattern is the part ECMA-262 regexes can say.
+_BAD = (
+    r"\u0000-\u001f\u007f-\u00a0\u00ad\u1680\u180e\u2000-\u200f\u2028-\u202f"
+    r"\u205f-\u206f\u3000\ufeff\ufff9-\ufffb"
+)
+ID_PATTERN = rf"^[^\s{_BAD}](?:[^{_BAD}]*[^\s{_BAD}])?$"
+
+
+#: Identifiers are short printable strings, taken exactly as sent: long enough for
+#: UUIDs and URNs, short enough that a key never dominates a message; printable
+#: (``str.isprintable``) with no whitespace at either end.
+Identifier = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=128),
+    # Checked by the record (``_check_ids``): one call per record, not one per field.
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 128,
+            # No whitespace at either end, no C0/C1 controls or zero-width/format marks.
+            "pattern": ID_PATTERN,
+        }
+    ),
+]
 
 #: Timestamps are Unix epoch seconds (float). Anything before 1990 or after
 #: 2100 is almost certainly a unit mistake (milliseconds sent as seconds).
@@ -75,6 +139,11 @@ class ClickEvent(_Record):
 
     _ts = field_validator("ts")(_check_ts)
 
+    @model_validator(mode="after")
+    def _printable_ids(self) -> ClickEvent:
+        _check_ids(self, ("event_id", "user_id", "item_id"))
+        return self
+
     @field_validator("context")
     @classmethod
     def _small_context(cls, value: dict[str, str] | None) -> dict[str, str] | None:
@@ -97,6 +166,11 @@ class ItemUpsert(_Record):
     deleted: bool = False
 
     _ts = field_validator("ts")(_check_ts)
+
+    @model_validator(mode="after")
+    def _printable_id(self) -> ItemUpsert:
+        _check_ids(self, ("item_id",))
+        return self
 
     def encoder_text(self) -> str:
         """The text the item encoder embeds: title, category, tags and description."""

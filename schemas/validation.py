@@ -6,8 +6,10 @@ Reason codes are machine-readable and stable: they label DLQ records and the
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -66,6 +68,9 @@ def parse_record(model: type[T], payload: bytes | None) -> T | Rejection:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         return Rejection("invalid_json", f"not valid UTF-8 JSON: {exc}")
+    duplicate = _duplicate_keys(payload, data)
+    if duplicate:
+        return Rejection("invalid_json", duplicate)
     if not isinstance(data, dict):
         return Rejection("not_an_object", f"expected a JSON object, got {type(data).__name__}")
     try:
@@ -74,6 +79,58 @@ def parse_record(model: type[T], payload: bytes | None) -> T | Rejection:
         return model.model_validate_json(payload, strict=True)
     except ValidationError as exc:
         return Rejection(_reason_for(exc), _describe(exc))
+
+
+def _duplicate_keys(payload: bytes, data: Any) -> str | None:
+    """Why ``payload`` is refused for naming a key twice in one object, or None.
+
+    JSON allows repeated keys and every fast parser, orjson included, keeps the
+    last one silently, so a click with two user ids would count for the second.
+    Fast path: without backslashes every quote in the payload delimits a string,
+    so each quote followed by a colon ends a key; as many of those as keys parsed
+    means no object repeated one. Otherwise the standard library's parser, whose
+    hook sees every object's pairs, decides.
+    """
+    if b"\\" not in payload and len(_KEY_END.findall(payload)) == _count_keys(data):
+        return None
+    try:
+        json.loads(payload, object_pairs_hook=_unique_pairs)
+    except _Repeated as exc:
+        return (
+            f"the JSON object names {', '.join(repr(k) for k in exc.args[0])} more than "
+            "once; send each field once"
+        )
+    return None
+
+
+_KEY_END = re.compile(rb'"\s*:')
+
+
+def _count_keys(data: Any) -> int:
+    n = 0
+    if type(data) is dict:
+        n = len(data)
+        values: Any = data.values()
+    elif type(data) is list:
+        values = data
+    else:
+        return 0
+    for value in values:
+        if type(value) is dict or type(value) is list:
+            n += _count_keys(value)
+    return n
+
+
+class _Repeated(ValueError):
+    """A JSON object names these keys more than once."""
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        names = [k for k, _ in pairs]
+        raise _Repeated(sorted({k for k in names if names.count(k) > 1}))
+    return out
 
 
 def printable(payload: bytes | None, limit: int = 4096) -> str:

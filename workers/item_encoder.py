@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from genre.core.features import encode_vector
 from genre.core.llm import ItemEnrichment, LLMClient, LLMResult, enriched_text
@@ -260,6 +261,34 @@ def _payload(item: ItemUpsert, e: LLMResult[ItemEnrichment] | None) -> dict[str,
     return payload
 
 
+def item_upsert(key: bytes | None, value: bytes | None) -> ItemUpsert | Rejection:
+    """The upsert a ``genre.items`` record asks for, or why it is refused.
+
+    A record keyed by an item id with a null value (a tombstone, as compaction
+    keeps them) deletes that item. An upsert's key, when it has one, must be its
+    item id: a compacted topic keeps the latest value per key, so an upsert under
+    another key would survive compaction beside the item's own records.
+    """
+    if value is None:
+        if key is None:
+            return Rejection("empty_payload", "a null value without a key deletes nothing")
+        item_id = key.decode("utf-8", errors="replace")
+        try:
+            return ItemUpsert(item_id=item_id, deleted=True)
+        except ValidationError as exc:
+            return Rejection(
+                "invalid_value", f"tombstone key {item_id!r}: {exc.errors()[0]['msg']}"
+            )
+    result = parse_record(ItemUpsert, value)
+    if isinstance(result, ItemUpsert) and key is not None and key != result.item_id.encode():
+        return Rejection(
+            "invalid_value",
+            f"message key {key.decode('utf-8', errors='replace')!r} differs from item_id "
+            f"{result.item_id!r}; key each ItemUpsert by its item_id",
+        )
+    return result
+
+
 def register_item_encoder_agent(streams: GenreStreams, worker: ItemEncoderWorker) -> None:
     """Attach the item-encoder agent; malformed upserts go to the DLQ with their reason."""
     topic = streams.topics.items
@@ -272,7 +301,7 @@ def register_item_encoder_agent(streams: GenreStreams, worker: ItemEncoderWorker
             with measured_batch("item-encoder", name, len(events)):
                 good = []
                 for event in events:
-                    result = parse_record(ItemUpsert, event.message.value)
+                    result = item_upsert(event.message.key, event.message.value)
                     if isinstance(result, Rejection):
                         await streams.dead_letter(event.message, result.reason, result.error)
                     else:
