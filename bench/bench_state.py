@@ -1,16 +1,22 @@
 """State memory: bytes per user (and per item of the co-click graph), scaled to a million.
 
 What it measures: the user states and item-graph states GENRE keeps in its Faust
-tables, built by the real rules (``streams.state``: history, seen set, dedup
-window, base64 user vector; co-click edges with their pruning) from synthetic
-clicks, for users with ``--clicks`` clicks each. For each size:
+tables, built by the real rules (``core.features``: ``UserStateRules`` for the
+history, seen set, dedup window and float32 user vector of a ``UserState``;
+``GraphRules`` for the co-click edges of an ``ItemState``, with their pruning)
+from synthetic clicks, for users with ``--clicks`` clicks each. For each size:
 
 * ``python_bytes``: heap bytes per user in the in-memory table store
-  (``memory://``, a dict of Python objects), from ``tracemalloc``: allocated
-  after building the states minus before, over the number of users;
-* ``changelog_bytes``: the JSON value Faust writes to the changelog (and what a
-  RocksDB store keeps per key before compression);
+  (``memory://``, a dict of ``UserState`` objects), from ``tracemalloc``:
+  allocated after building the states minus before, over the number of users;
+* ``changelog_bytes``: the value Faust writes to the changelog
+  (``UserState.to_bytes``: JSON with the vector as base64; what a RocksDB store
+  keeps per key before compression);
 * ``*_per_million_gb``: either figure for a million users (or items).
+
+For the item graph, ``arrays_bytes`` is what the scorer adds per item once it
+has read an item's edges (``ItemState.edge_arrays``, cached on the published
+state until the next update).
 
 A user's state is bounded by config whatever their activity: ``history_size``
 items, ``max_seen`` seen ids, ``dedup_window`` event ids and one vector, so
@@ -32,21 +38,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 from machine import save_result
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from genre.core.config import load_config
-from genre.schemas import ClickEvent
-from genre.streams.state import (
-    USER_VECTOR_UPDATERS,
-    GraphRules,
-    UserStateRules,
-    finish_user_state,
-    new_item_state,
-    new_user_state,
-)
+from genre.core.features import FeatureSpec, GraphRules, ItemState, UserState, UserStateRules
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "bench" / "results" / "state.json"
@@ -57,15 +54,8 @@ CLICK_BUDGET = 600_000
 def _rules(config: Path | None) -> tuple[UserStateRules, GraphRules, int, dict[str, Any]]:
     cfg = load_config(config) if config else load_config(None)
     s = cfg.streams
-    rules = UserStateRules(
-        history_size=s.history_size,
-        max_seen=s.max_seen,
-        dedup_window=s.dedup_window,
-        co_click_window=s.co_click_window,
-        click_weights=s.click_weights,
-        updater=USER_VECTOR_UPDATERS.create(s.user_vector.name, **s.user_vector.params),
-    )
-    grules = GraphRules(s.edge_half_life_s, s.trending_half_life_s, s.max_neighbours)
+    spec = FeatureSpec.from_streams(s)
+    rules, grules = spec.user_rules(), spec.graph_rules()
     limits = {
         "history_size": s.history_size,
         "max_seen": s.max_seen,
@@ -76,18 +66,10 @@ def _rules(config: Path | None) -> tuple[UserStateRules, GraphRules, int, dict[s
     return rules, grules, cfg.encoder.dim, limits
 
 
-def _events(n: int, user: int, items: int, rng: np.random.Generator) -> list[ClickEvent]:
+def _events(n: int, user: int, items: int, rng: np.random.Generator) -> list[tuple[str, int]]:
+    """(event id, item number) of a user's ``n`` clicks, one second apart."""
     picks = rng.integers(0, items, size=n).tolist()
-    return [
-        ClickEvent.model_construct(
-            event_id=f"syn-s0-e{user}x{k}",
-            user_id=f"syn-u{user}",
-            item_id=f"syn-i{item}",
-            type="click",
-            ts=1_700_000_000.0 + k,
-        )
-        for k, item in enumerate(picks)
-    ]
+    return [(f"syn-s0-e{user}x{k}", item) for k, item in enumerate(picks)]
 
 
 def measure_users(
@@ -98,21 +80,29 @@ def measure_users(
     users = max(50, min(5000, CLICK_BUDGET // clicks))
     vectors = rng.standard_normal((items, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    states: dict[str, dict] = {}
+    states: dict[str, UserState] = {}
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     for u in range(users):
-        state = new_user_state()
-        for ev in _events(clicks, u, items, rng):
-            rules.apply(state, ev, vectors[int(ev.item_id[5:])], vector_as_array=True)
-        states[f"syn-u{u}"] = finish_user_state(state)
+        state = UserState()
+        for k, (event_id, item) in enumerate(_events(clicks, u, items, rng)):
+            rules.apply(
+                state,
+                item_id=f"syn-i{item}",
+                event_id=event_id,
+                kind="click",
+                ts=1_700_000_000.0 + k,
+                item_vector=vectors[item],
+            )
+        states[f"syn-u{u}"] = state
     gc.collect()
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     python_bytes = (after - before) / users
-    changelog = float(np.mean([len(orjson.dumps(s)) for s in states.values()]))
+    changelog = float(np.mean([len(s.to_bytes()) for s in states.values()]))
     sample = next(iter(states.values()))
+    assert UserState.from_bytes(sample.to_bytes()).history == sample.history
     return {
         "clicks_per_user": clicks,
         "users_built": users,
@@ -120,14 +110,18 @@ def measure_users(
         "changelog_bytes": round(changelog),
         "python_per_million_gb": round(python_bytes * 1e6 / 1e9, 2),
         "changelog_per_million_gb": round(changelog * 1e6 / 1e9, 2),
-        "lengths": {k: len(sample[k]) for k in ("history", "seen", "recent_events")},
+        "lengths": {
+            "history": len(sample.history),
+            "seen": len(sample.seen),
+            "recent_events": len(sample.recent_events),
+        },
     }
 
 
 def measure_items(grules: GraphRules, items: int, clicks: int, seed: int) -> dict[str, Any]:
     """The co-click graph after ``clicks`` clicks in sessions of 8: bytes per item."""
     rng = np.random.default_rng(seed)
-    graph: dict[str, dict] = {}
+    graph: dict[str, ItemState] = {}
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
@@ -136,7 +130,7 @@ def measure_items(grules: GraphRules, items: int, clicks: int, seed: int) -> dic
         key = f"syn-i{item}"
         if k % 8 == 0:
             window = []
-        state = graph.setdefault(key, new_item_state())
+        state = graph.setdefault(key, ItemState())
         ts = 1_700_000_000.0 + k
         grules.add_click(state, ts)
         grules.add_neighbours(state, window[-5:], ts)
@@ -147,15 +141,26 @@ def measure_items(grules: GraphRules, items: int, clicks: int, seed: int) -> dic
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     per_item = (after - before) / len(graph)
-    changelog = float(np.mean([len(orjson.dumps(s)) for s in graph.values()]))
-    edges = float(np.mean([len(s["edges"]) for s in graph.values()]))
+    # What the scorer's reads add: each item's edges as arrays, cached on its state.
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for state in graph.values():
+        state.edge_arrays()
+    gc.collect()
+    arrays = (tracemalloc.get_traced_memory()[0] - before) / len(graph)
+    tracemalloc.stop()
+    changelog = float(np.mean([len(s.to_bytes()) for s in graph.values()]))
+    edges = float(np.mean([len(s.edges) for s in graph.values()]))
     return {
         "items": len(graph),
         "clicks": clicks,
         "mean_edges": round(edges, 1),
         "python_bytes": round(per_item),
+        "arrays_bytes": round(arrays),
         "changelog_bytes": round(changelog),
         "python_per_million_gb": round(per_item * 1e6 / 1e9, 2),
+        "with_arrays_per_million_gb": round((per_item + arrays) * 1e6 / 1e9, 2),
     }
 
 
