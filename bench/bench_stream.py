@@ -9,11 +9,15 @@ each in its own process and consumer group, one after the other, in
 * ``naive_iter``: a plain Faust agent that iterates the JSON records;
 * ``naive_table``: the same agent also incrementing a Faust Table per click
   (changelogged per write): the "naive Faust table agent" of issue 7;
-* ``genre``: GENRE's stream agents (``streams.agents``: ingest and validation,
-  user state with vectors, history, dedup and co-clicks, the item graph),
-  every table changelogged, no scorer. Done means every click is applied
-  (``genre_online_clicks_total``) and every co-click record the user-state
-  agent sent has reached the graph.
+* ``genre``: GENRE's stream agents (``streams.agents``: the fold, which
+  validates each click, folds it into user state with vectors, history, dedup
+  and co-clicks where it lands (clicks keyed by user id) or re-keys it; the
+  item graph), every table changelogged. The fold hands its users to the
+  process's scorer as in role ``all``; here no scorer runs and each handed-over
+  user is settled at once, so batches are acknowledged and offsets committed as
+  in a worker. Done means every click is applied (``genre_online_clicks_total``)
+  and every co-click record the fold sent has reached the graph. The result
+  records how the clicks were routed (``genre_clicks_routed_total``).
 
 All three use GENRE's Faust transport with the same fetch wait; only GENRE's
 stream topics get record chunks (see ``streams/transport.py``). Time runs from
@@ -70,10 +74,17 @@ MODES = ("naive_iter", "naive_table", "genre")
 POLL_S = 0.02
 
 
-def _finish(result_path: Path, start: float | None, end: float, applied: int) -> None:
+def _finish(
+    result_path: Path,
+    start: float | None,
+    end: float,
+    applied: int,
+    extra: dict[str, Any] | None = None,
+) -> None:
     elapsed = end - (start or end)
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    result = {
+    result: dict[str, Any] = {
+        **(extra or {}),
         "worker_cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
         "events": applied,
         "seconds": round(elapsed, 3),
@@ -134,11 +145,21 @@ def serve_genre(cfg: GenreConfig, events: int, result_path: Path) -> None:
     from genre.streams.agents import register_graph_agent, register_stream_agents
     from genre.streams.app import build_streams
 
-    streams = build_streams(cfg)
+    streams = build_streams(cfg)  # role all: the fold hands users to PendingScores
     register_stream_agents(streams)
     register_graph_agent(streams)
     t = cfg.kafka.topics
     state: dict[str, float | None] = {"start": None}
+    pending = streams.pending
+    assert pending is not None
+
+    @streams.app.task
+    async def settle_handed_over_users() -> None:
+        """No scorer: settle each handed-over user at once (acknowledges its batch)."""
+        await streams.items_read()
+        while True:
+            for _, batch in await pending.take(100_000):
+                await batch.settle()
 
     def counter(metric: Any, *labels: str) -> float:
         return (metric.labels(*labels) if labels else metric)._value.get()
@@ -152,7 +173,10 @@ def serve_genre(cfg: GenreConfig, events: int, result_path: Path) -> None:
         co_out = counter(METRICS.events_out, t.co_clicks.name)
         co_in = counter(METRICS.events_in, t.co_clicks.name)
         if applied >= events and co_in >= co_out:
-            _finish(result_path, state["start"], time.perf_counter(), int(applied))
+            routed = {r: int(counter(METRICS.clicks_routed, r)) for r in ("in_place", "rekeyed")}
+            _finish(
+                result_path, state["start"], time.perf_counter(), int(applied), {"routed": routed}
+            )
 
     faust.Worker(streams.app, loglevel="warning", quiet=True).execute_from_commandline()
 
