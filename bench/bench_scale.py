@@ -12,9 +12,14 @@ default 1k, 5k, 10k, 20k clicks/s) runs for ``--duration-s`` seconds in turn:
   when the offered load exceeds capacity is part of the level's time);
 * ``p50_ms`` / ``p99_ms``: click-to-recommendation latency, from the moment the
   bench handed the click to the producer to the moment its consumer read the
-  recommendation that click triggered (the scorer answers a user's latest click
-  of a micro-batch, so ``triggered_share`` says how many clicks had their own
-  list);
+  recommendation that click triggered (a user who clicks again while waiting
+  for the scorer is scored once, at the latest click, so ``triggered_share``
+  says how many clicks had their own list);
+* ``hop_mean_ms``: where that latency went, per hop (``genre_hop_ms``: ingest,
+  fold, handoff, wait, score, publish), mean over the level's lists;
+* ``routed``: how the fold got the level's clicks (``genre_clicks_routed_total``:
+  in place, keyed by user id, or re-keyed), and ``pending_users_max``: the most
+  users seen waiting for a scorer (``genre_pending_users``, sampled);
 * the scorer: batch-size distribution (``genre_batch_size{stage="scorer"}``
   buckets, delta over the level), mean batch and utilisation (busy seconds of
   the scorer agent and of ranker inference, over the level's wall time);
@@ -67,19 +72,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from genre.core.broker import EmbeddedBroker, ensure_genre_topics, free_port
 from genre.core.config import GenreConfig, load_config
+from genre.core.features import encode_vector
 from genre.core.kafka_client import ClickProducer
 from genre.demo import _assigned_consumer, _demo_config
 from genre.process import WorkerProcess, WorkerProcessError
 from genre.schemas import ItemVector
 from genre.streams.app import role_runs
-from genre.streams.state import encode_vector
 from genre.synthetic import SyntheticSpec, SyntheticWorkload
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 POLL_S = 0.1
-#: The agents of the stream path (ingest, user state, graph), as measured_batch names them.
-STREAM_AGENTS = ("ingest", "user-state", "graph")
+#: The agents of the stream path (the fold and the item graph), as their
+#: genre_agent_batch_seconds{agent} label names them.
+STREAM_AGENTS = ("fold", "graph")
 #: Quiet time after the last click is applied before a level counts as finished.
 SETTLE_S = 1.0
 
@@ -126,6 +132,7 @@ def _scrape(workers: list[WorkerProcess]) -> dict[str, Any]:
     out: dict[str, Any] = {"applied": 0.0, "dup": 0.0, "dlq": 0.0, "req_out": 0.0, "req_in": 0.0}
     out.update(scorer_s=0.0, ranker_s=0.0, batches=0.0, batch_sum=0.0, buckets={})
     out.update(profiles=0.0, profile_encoder_s=0.0, profiles_agent_s=0.0, stream_s=0.0, gc_s=0.0)
+    out.update(hop_sum={}, hop_count={}, routed={}, pending=0.0)
     for worker in workers:
         for family in text_string_to_metric_families(worker.metrics_text()):
             for s in family.samples:
@@ -154,6 +161,14 @@ def _scrape(workers: list[WorkerProcess]) -> dict[str, Any]:
                     out["gc_s"] += s.value
                 elif name == "genre_profiles_generated_total":
                     out["profiles"] += s.value
+                elif name in ("genre_hop_ms_sum", "genre_hop_ms_count"):
+                    part = out["hop_sum" if name.endswith("_sum") else "hop_count"]
+                    part[labels["hop"]] = part.get(labels["hop"], 0.0) + s.value
+                elif name == "genre_clicks_routed_total":
+                    route = labels["route"]
+                    out["routed"][route] = out["routed"].get(route, 0.0) + s.value
+                elif name == "genre_pending_users":
+                    out["pending"] += s.value
                 elif name.startswith("genre_batch_size_") and labels.get("stage") == "scorer":
                     if name.endswith("_bucket"):
                         le = labels["le"]
@@ -386,10 +401,12 @@ def _run_level(
         transient=True,
     )
     drained = False
+    pending_max = 0.0
     with progress:
         task = progress.add_task("drain", total=n)
         while time.monotonic() < deadline:
             now = _scrape(workers)
+            pending_max = max(pending_max, now["pending"])
             done = now["applied"] + now["dup"] + now["dlq"] - (target - n)
             progress.update(task, completed=min(done, n))
             if done >= n and now["req_in"] >= now["req_out"]:
@@ -447,6 +464,19 @@ def _run_level(
             )
             for key in ("stream", "scorer", "ranker", "profiles_agent", "profile_encoder", "gc")
         },
+        "hop_mean_ms": {
+            hop: round(
+                (after["hop_sum"][hop] - before["hop_sum"].get(hop, 0.0))
+                / max(after["hop_count"][hop] - before["hop_count"].get(hop, 0.0), 1.0),
+                2,
+            )
+            for hop in sorted(after["hop_count"])
+        },
+        "routed": {
+            route: int(count - before["routed"].get(route, 0.0))
+            for route, count in sorted(after["routed"].items())
+        },
+        "pending_users_max": int(pending_max),
         "profiles": int(after["profiles"] - before["profiles"]),
         "cpu_s": cpu,
         "worker_rss_mb": [round(memory_mb(w.proc.pid)[0], 1) for w in workers if w.proc],
