@@ -10,7 +10,11 @@ What it measures (the load part of "bad input, faults and load"):
   ``genre_online_clicks_total`` (clicks folded into user state), ``duplicates`` is
   ``genre_duplicate_events_total`` and ``dlq`` is ``genre_dlq_records_total``;
   ``end_to_end_eps`` is N over the time from the first produce to that moment;
-* ``lost``: ``N - applied - dlq - duplicates`` (must be 0);
+* ``lost``: ``N - applied - dlq - duplicates`` (must be 0); the drain also waits
+  until no user is waiting for the scorer (``genre_pending_users`` is 0: the
+  worker, role ``all``, hands folded users to its scorer in process);
+* ``routed``: how the clicks reached the fold (``genre_clicks_routed_total``):
+  ``in_place`` (keyed by user id, as here) or ``rekeyed``;
 * memory: the resident set (``VmRSS`` from ``/proc/<pid>/status``) of the worker
   process and of the broker, sampled every 2 s; ``peak`` is the larger of the
   sampled maximum and the kernel's high-water mark (``VmHWM``), so short spikes
@@ -104,8 +108,10 @@ class Counters:
     duplicates: float = 0.0
     dlq: float = 0.0
     recommendations: float = 0.0
-    requests_out: float = 0.0  # score requests the user-state agent emitted
-    requests_in: float = 0.0  # score requests the scorer consumed
+    requests_out: float = 0.0  # score requests the fold sent (split roles only)
+    requests_in: float = 0.0  # score requests the scorer consumed (split roles only)
+    pending: float = 0.0  # users folded and waiting for this process's scorer
+    routed: dict[str, float] = field(default_factory=dict)  # route -> clicks
     lag: dict[str, float] = field(default_factory=dict)  # topic -> sum over partitions
 
     @property
@@ -114,8 +120,9 @@ class Counters:
 
     @property
     def scorer_drained(self) -> bool:
-        """Every score request emitted so far has been consumed by the scorer."""
-        return self.requests_in >= self.requests_out
+        """No user waits for the scorer, and every score request sent so far (split
+        roles) has been consumed."""
+        return self.pending == 0 and self.requests_in >= self.requests_out
 
 
 def read_counters(
@@ -143,6 +150,11 @@ def read_counters(
                 c.dlq += s.value
             elif s.name == "genre_recommendations_total":
                 c.recommendations += s.value
+            elif s.name == "genre_pending_users":
+                c.pending += s.value
+            elif s.name == "genre_clicks_routed_total":
+                route = s.labels.get("route", "?")
+                c.routed[route] = c.routed.get(route, 0.0) + s.value
             elif s.name == "genre_consumer_lag":
                 topic = s.labels.get("topic", "?")
                 c.lag[topic] = c.lag.get(topic, 0.0) + s.value
@@ -215,6 +227,7 @@ class Sampler(threading.Thread):
             "duplicates": int(c.duplicates),
             "dlq": int(c.dlq),
             "recommendations": int(c.recommendations),
+            "pending_users": int(c.pending),
             "worker_rss_mb": _mb(self.worker_mem.sample()),
             "broker_rss_mb": _mb(self.broker_mem.sample()),
         }
@@ -449,6 +462,8 @@ def run_burst(
         "recommendations": int(counters.recommendations),
         "score_requests_out": int(counters.requests_out),
         "score_requests_in": int(counters.requests_in),
+        "routed": {k: int(v) for k, v in sorted(counters.routed.items())},
+        "pending_users_max": max((s["pending_users"] for s in samples), default=0),
         "consumer_lag_end": {k: int(v) for k, v in sorted(counters.lag.items())},
         "worker_rss_mb": worker_mem.as_dict(),
         "broker_rss_mb": broker_mem.as_dict(),
