@@ -1,11 +1,13 @@
-"""Offline replay of MovieLens-100k through GENRE's own ranking code, without Kafka.
+"""Offline replay of MovieLens-100k through GENRE's own stream and scorer code, without Kafka.
 
-The same user-state rules, item graph, candidate sources, blend and filters as
-the workers, driven click by click in timestamp order: before each click the
-user's list is computed from the state so far and the click counts as a hit
-when its item is in that top-10. This is the demo's online_hit_rate_at_10 with
-zero pipeline lag (an upper bound on it), fast enough to compare candidate
-weights. Prints one JSON line per configuration.
+The same fold (``streams.fold.Fold``: the user-state rules), item graph
+(``apply_evidence`` over the fold's co-click evidence, as the graph agent does)
+and scorer (``ScorerWorker`` over in-memory ``ScorerViews``: candidate sources,
+blend, filters) as the workers, driven click by click in timestamp order: the
+list computed after a user's click is the one that user's next click is checked
+against, and the click counts as a hit when its item is in that top-10. This is
+the demo's online_hit_rate_at_10 with zero pipeline lag (an upper bound on it),
+fast enough to compare candidate weights. Prints one JSON line per configuration.
 
     python bench/replay_offline.py --events 20000 \
         --config co_click=1,ann=0.5,trending=0.5 --config trending=1
@@ -14,7 +16,6 @@ weights. Prints one JSON line per configuration.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import time
 from typing import Any
@@ -24,26 +25,19 @@ from rich.progress import track
 
 from genre.core.config import CandidateSourceSpec, GenreConfig, load_config
 from genre.core.exact_index import ExactIndex
+from genre.core.features import FeatureSpec, UserState, apply_evidence
 from genre.model_export.datasets import as_click_events, fetch_ml100k, load_ml100k
-from genre.schemas import ScoreRequest
-from genre.streams.agents import graph_rules, user_rules
-from genre.streams.state import new_item_state, new_user_state
-from genre.workers.candidates import build_sources
-from genre.workers.scorer import FILTERS, SCORERS
+from genre.streams.fold import Click, Fold
+from genre.streams.views import (
+    CatalogSearch,
+    FixedClock,
+    MemoryGraph,
+    MemoryProfiles,
+    ScorerViews,
+    memory_items,
+)
+from genre.workers.scorer import ScorerWorker
 from genre.workers.text_encoder import TextEncoder
-
-
-class OfflineStreams:
-    """Just enough of ``GenreStreams`` for the candidate sources: config, graph, index, clock."""
-
-    def __init__(self, config: GenreConfig, index: ExactIndex) -> None:
-        self.config = config
-        self.graph: dict[str, dict[str, Any]] = {}
-        self.index = index
-        self.event_time = 0.0
-
-    def event_now(self) -> float:
-        return self.event_time
 
 
 def item_vectors(config: GenreConfig, items: list[Any]) -> np.ndarray:
@@ -87,18 +81,26 @@ def replay(
     ``j`` is usable from click ``j + lag + 1`` on (at 100 events/s, 30 events
     is 300 ms). With ``lag=0`` each click sees the list from the state just before it.
     """
+    config = config.model_copy(deep=True)
+    config.scorer.top_k = k
     index = ExactIndex(vectors.shape[1])
     ids = [i.item_id for i in ml.items]
     index.upsert(ids, vectors)
     vec_of = dict(zip(ids, vectors, strict=True))
-    streams = OfflineStreams(config, index)
-    urules, grules = user_rules(streams), graph_rules(streams)  # type: ignore[arg-type]
-    sources = build_sources(streams)  # type: ignore[arg-type]
-    scorer = SCORERS.create(config.scorer.name)
-    filters = [FILTERS.create(f.name, **f.params) for f in config.scorer.filters]
-    users: dict[str, dict[str, Any]] = {}
+    clock = FixedClock(0.0)
+    graph = MemoryGraph()
+    views = ScorerViews(
+        graph=graph,
+        items=memory_items(ids, vectors, [{"title": i.title} for i in ml.items]),
+        search=CatalogSearch(index),
+        profiles=MemoryProfiles(),
+        clock=clock,
+    )
+    spec = FeatureSpec.from_streams(config.streams)
+    fold, grules = Fold(spec), spec.graph_rules()
+    worker = ScorerWorker(config, views, "replay")
+    users: dict[str, UserState] = {}
     hits = scored = 0
-    loop = asyncio.new_event_loop()
     start = time.perf_counter()
     events = list(as_click_events(ml, limit=n_events))
     published: dict[str, list[tuple[int, set[str]]]] = {}  # user -> [(usable_from, items)]
@@ -110,38 +112,25 @@ def replay(
             transient=True,
         )
     ):
-        state = users.setdefault(ev.user_id, new_user_state())
-        streams.event_time = max(streams.event_time, ev.ts)
+        clock.t = max(clock.t, ev.ts)
         lists = published.get(ev.user_id, [])
         while len(lists) > 1 and lists[1][0] <= i:
             lists.pop(0)  # keep the newest list usable now at the head
         if lists and lists[0][0] <= i:
             hits += ev.item_id in lists[0][1]
             scored += 1
-        neighbours = urules.apply(state, ev, vec_of[ev.item_id])
-        item_state = streams.graph.setdefault(ev.item_id, new_item_state())
-        grules.add_neighbours(item_state, neighbours, ev.ts)
-        grules.add_click(item_state, ev.ts)
-        for nbr in neighbours:
-            grules.add_neighbours(
-                streams.graph.setdefault(nbr, new_item_state()), [ev.item_id], ev.ts
-            )
-        req = ScoreRequest(
-            user_id=ev.user_id,
-            trigger_event_id=ev.event_id,
-            trigger_produced_at=0.0,
-            trigger_ts=ev.ts,
-            recent_items=state["history"],
-            seen_items=state["seen"],
-            vector=state["vector"],
+        result = fold(
+            [Click(ev, ev.ts, "replay", 0, i)],
+            users,
+            {ev.item_id: vec_of[ev.item_id]},
+            taken_at=ev.ts,
+            folded_at=ev.ts,
         )
-        per_source = [
-            (s.name, w, loop.run_until_complete(s.generate([req]))[0]) for s, w in sources
-        ]
-        tests = [f.predicate(req) for f in filters]
-        ranked = scorer.rank(per_source, lambda item, t=tests: all(f(item) for f in t), k)
-        published.setdefault(ev.user_id, []).append((i + lag + 1, {r.item_id for r in ranked}))
-    loop.close()
+        users.update(result.states)
+        graph.update(apply_evidence(grules, result.evidence, graph.get))
+        worker.prepare()
+        (scored_list,) = worker.score(result.contexts)
+        published.setdefault(ev.user_id, []).append((i + lag + 1, set(scored_list.items)))
     return {
         "sources": {c.name: c.weight for c in config.scorer.candidates},
         "events": len(events),
