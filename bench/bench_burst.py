@@ -40,8 +40,8 @@ It starts its own embedded broker on a free port and one ``genre worker`` proces
 (config written by ``genre.demo._demo_config``; state in ``.cache/bench-burst``,
 wiped at start), sends the MovieLens-100k items and waits until they are encoded,
 then produces the burst. Prints one JSON line and writes it to
-``bench/results/burst.json`` (plus ``bench/results/burst.png`` when matplotlib is
-importable; otherwise ``"plot": null``).
+``bench/results/burst.json`` (plus the plot next to it, ``burst.png``, when
+matplotlib is importable; otherwise ``"plot": null``).
 
     python bench/bench_burst.py                         # 200k events, 20k users
     python bench/bench_burst.py --events 5000 --users 500   # a quick check
@@ -295,7 +295,7 @@ def _plot(result: dict[str, Any], samples: list[dict[str, Any]], path: Path) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return str(path.relative_to(REPO_ROOT))
+    return str(path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path)
 
 
 def run_burst(
@@ -307,6 +307,7 @@ def run_burst(
     timeout_s: float,
     console: Console,
     tracemalloc: bool = False,
+    plot_path: Path = RESULTS_DIR / "burst.png",
 ) -> dict[str, Any]:
     """Run the benchmark; returns the result dict (see the module docstring)."""
     ml = load_ml100k(fetch_ml100k(cfg.path("datasets")))
@@ -474,7 +475,7 @@ def run_burst(
         if run_dir.is_relative_to(REPO_ROOT)
         else str(run_dir),
     }
-    result["plot"] = _plot(result, samples, RESULTS_DIR / "burst.png")
+    result["plot"] = _plot(result, samples, plot_path)
     return result
 
 
@@ -512,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout_s=args.timeout,
             console=console,
             tracemalloc=args.tracemalloc,
+            plot_path=args.out.with_suffix(".png"),
         )
     except WorkerProcessError as exc:
         console.print(f"[red]bench_burst failed:[/red] {exc}")
