@@ -269,21 +269,61 @@ def test_vector_catches_up_after_a_click_without_one() -> None:
 
 
 def test_decayed_mean_direct() -> None:
+    """One row per user, one click each: an old vector decayed to the click's time, and a
+    first vector (``known`` False) that is the item's, whatever its weight."""
     dm = DecayedMean(half_life_s=10.0)
-    old = _unit(np.array([1.0, 0.0]))
-    item = np.array([0.0, 1.0])
-    same_time = dm.update(old, T0, item, 1.0, T0)
-    np.testing.assert_allclose(same_time, _unit(np.array([1.0, 1.0])), atol=1e-7)
-    much_later = dm.update(old, T0, item, 1.0, T0 + 1000.0)
-    np.testing.assert_allclose(much_later, [0.0, 1.0], atol=1e-7)
-    first = dm.update(None, None, np.array([0.0, 2.0]), 3.0, T0)
-    np.testing.assert_allclose(first, [0.0, 1.0])
-    assert first.dtype == np.float32
+    f32 = np.float32
+    vectors = np.array([_unit(np.array([1.0, 0.0])), _unit(np.array([1.0, 0.0])), [0, 0]], f32)
+    out = dm.update(
+        vectors,
+        np.array([True, True, False]),
+        np.array([T0, T0, 0.0]),
+        np.array([[0.0, 1.0], [0.0, 1.0], [0.0, 2.0]], f32),
+        np.array([1.0, 1.0, 3.0]),
+        np.array([T0, T0 + 1000.0, T0]),
+    )
+    assert out.dtype == np.float32 and out.shape == (3, 2)
+    np.testing.assert_allclose(out[0], _unit(np.array([1.0, 1.0])), atol=1e-6)  # same time
+    np.testing.assert_allclose(out[1], [0.0, 1.0], atol=1e-6)  # 100 half-lives later
+    np.testing.assert_allclose(out[2], [0.0, 1.0], atol=1e-6)  # first: the item's direction
+    none, z = np.array([False]), np.zeros((1, 2), f32)
+    zero = dm.update(z, none, np.zeros(1), z, np.ones(1), np.full(1, T0))
+    assert np.all(np.isfinite(zero)) and not zero.any()  # a zero item never divides by 0
 
 
 def test_last_item_updater() -> None:
-    item = np.array([0.5, 0.5])
-    np.testing.assert_array_equal(LastItem().update(np.ones(2), T0, item, 3.0, T0 + 1), item)
+    items = np.array([[0.5, 0.5], [1.0, 0.0]], np.float32)
+    out = LastItem().update(
+        np.ones((2, 2), np.float32),
+        np.array([True, False]),
+        np.array([T0, 0.0]),
+        items,
+        np.array([3.0, 1.0]),
+        np.array([T0 + 1, T0 + 2]),
+    )
+    np.testing.assert_array_equal(out, items)
+
+
+def test_column_wise_vector_updates_equal_one_click_at_a_time() -> None:
+    """``update_vectors`` folds every user's first click in one array operation, then the
+    second, ...: the same vectors as applying each click on its own, in order."""
+    rules = _rules(updater=DecayedMean(half_life_s=50.0))
+    rng = np.random.default_rng(3)
+    clicks = [  # (user, item vector, kind, ts): users interleaved, uneven counts
+        (u, rng.normal(size=4).astype(np.float32), kind, T0 + 7.0 * n)
+        for n, (u, kind) in enumerate(
+            [(0, "click"), (1, "view"), (0, "view"), (2, "click"), (0, "click"), (1, "click")]
+        )
+    ]
+    one_by_one = [UserState() for _ in range(3)]
+    for u, vec, kind, ts in clicks:
+        _apply(rules, one_by_one[u], f"i{ts}", vec, ts=ts, kind=kind)
+    batched = [UserState() for _ in range(3)]
+    rules.update_vectors([(batched[u], vec, kind, ts) for u, vec, kind, ts in clicks])
+    for a, b in zip(one_by_one, batched, strict=True):
+        assert a.vector_ts == b.vector_ts
+        np.testing.assert_allclose(a.vector, b.vector, rtol=1e-6, atol=1e-7)
+    assert batched[1].vector_ts == T0 + 35.0
 
 
 def test_user_vector_registry() -> None:

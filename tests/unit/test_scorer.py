@@ -179,14 +179,10 @@ def test_blend_top_k_cuts_and_zero_keeps_all() -> None:
     assert len(BlendRanking().rank(per_source, _keep_all, 0)) == 4  # 0: no cut (pre-ranking)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product regression in 26a06fe (workers/scorer.py BlendRanking.rank): tied "
-    "items are ordered by their ITEM_IDS row, i.e. by when this process first saw each "
-    "id, not by item id as before; lists then differ between replicas and restarts",
-)
 def test_blend_ties_broken_by_item_id() -> None:
-    # Ids first seen here, in an order that is not theirs: rows 0..3 are c, a, d, b.
+    """Process-independent: not by the order this process first saw the ids (the
+    column-wise rewrite briefly ranked ties by ITEM_IDS row; b62d89e restored this)."""
+    # Ids first seen here, in an order that is not theirs: rows are c, a, d, b.
     ids = ["tie-c", "tie-a", "tie-d", "tie-b"]
     per_source = [("s", 1.0, Candidates.of(ids, [5.0] * 4))]
     ranked = BlendRanking().rank(per_source, _keep_all, 3)
