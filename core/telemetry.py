@@ -146,8 +146,8 @@ def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
         ),
         superseded_requests=Counter(
             "superseded_score_requests",
-            "Score requests skipped because a newer one for the same user was in the "
-            "same scorer batch (the newer one is answered).",
+            "Users who clicked again while waiting for the scorer: scored once, on the "
+            "newer state (the older request is answered by that list).",
             namespace=ns,
             registry=registry,
         ),

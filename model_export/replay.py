@@ -347,7 +347,7 @@ class StreamReplay:
         """Bool [n_items]: items the user already interacted with (never ranked)."""
         state = self.users[user]
         mask = np.zeros(self.data.n_items, bool)
-        seen = [self.item_index[i] for i in (*state.seen, *state.history)]
+        seen = [self.item_index[i] for i in (*state.seen, *state.history)]  # ids, in order
         if seen:
             mask[seen] = True
         return mask
@@ -419,16 +419,9 @@ class StreamReplay:
         blended = blend(per_source)
         index = self.index_of_row
         positions = np.asarray([index.get(r, -1) for r in blended.rows.tolist()], np.int64)
-        seen = state.seen
-        history = frozenset(state.history)
+        known = np.concatenate([state.seen.rows, ITEM_IDS.rows(state.history)])
+        keep = (positions >= 0) & ~np.isin(blended.rows, known)
         names = ITEM_IDS.names
-        keep = np.asarray(
-            [
-                p >= 0 and names[r] not in seen and names[r] not in history
-                for p, r in zip(positions.tolist(), blended.rows.tolist(), strict=True)
-            ],
-            bool,
-        )
         scores = np.full(self.data.n_items, np.nan, np.float32)
         scores[positions[positions >= 0]] = blended.scores[positions >= 0]
         chosen = np.zeros(self.data.n_items, bool)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable, Container, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from genre.core.features import UserState, decode_vector, encode_vector
+from genre.core.features.ids import SeenItems
 from genre.core.telemetry import METRICS
 from genre.schemas import ScoreRequest
 
@@ -25,7 +26,7 @@ from genre.schemas import ScoreRequest
 class ScoreContext:
     """One user to score: the trigger click and the user's state just after it.
 
-    ``seen`` is only ever tested for membership (it may be the live state's set).
+    ``seen`` is the user's seen set as it was (sets are replaced, never changed).
     Times are Unix seconds: the click's produce time, when the fold took its
     batch, when the fold finished, and when the scorer received it.
     """
@@ -35,7 +36,7 @@ class ScoreContext:
     trigger_produced_at: float
     trigger_ts: float
     history: tuple[str, ...]
-    seen: Container[str]
+    seen: SeenItems
     clicks: int
     vector: np.ndarray | None
     clicked_items: Sequence[str] = ()
@@ -84,7 +85,7 @@ def to_request(ctx: ScoreContext) -> ScoreRequest:
         trigger_ts=ctx.trigger_ts,
         clicked_items=list(ctx.clicked_items),
         recent_items=list(ctx.history),
-        seen_items=list(ctx.seen),  # type: ignore[call-overload]
+        seen_items=list(ctx.seen),
         vector_b64=None if ctx.vector is None else encode_vector(ctx.vector),
         clicks=ctx.clicks,
         taken_at=ctx.taken_at,
@@ -100,7 +101,7 @@ def from_request(req: ScoreRequest, received_at: float) -> ScoreContext:
         trigger_produced_at=req.trigger_produced_at,
         trigger_ts=req.trigger_ts,
         history=tuple(req.recent_items),
-        seen=frozenset(req.seen_items),
+        seen=SeenItems.of(req.seen_items),
         clicks=req.clicks,
         vector=decode_vector(req.vector_b64) if req.vector_b64 else None,
         clicked_items=req.clicked_items,
@@ -138,7 +139,9 @@ class PendingScores:
         batch = SubmittedBatch(len(contexts), on_settled, self._acks)
         superseded = 0
         for ctx in contexts:
-            old = self._pending.pop(ctx.user_id, None)
+            # A user already waiting keeps their place in the queue (a user who clicks
+            # faster than the queue drains must not be pushed back forever).
+            old = self._pending.get(ctx.user_id)
             if old is not None:
                 superseded += 1
                 old[1].settle_later()

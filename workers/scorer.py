@@ -32,6 +32,7 @@ from genre.core.features import (
     decode_vector,
 )
 from genre.core.features.candidates import Candidates, blend, ranked
+from genre.core.features.ids import seen_rows
 from genre.core.features.spec import PROFILE_FEATURE, RANKER_FEATURES
 from genre.core.registry import Registry
 from genre.core.telemetry import METRICS
@@ -77,8 +78,8 @@ class Scored:
 class Filter(Protocol):
     """Removes candidates a user must not see."""
 
-    def keep(self, ctx: ScoreContext, item_ids: Sequence[str]) -> list[bool]:
-        """Per item id: may this user be shown it?"""
+    def keep(self, ctx: ScoreContext, rows: np.ndarray) -> np.ndarray:
+        """Bool per candidate (``ITEM_IDS`` rows): may this user be shown it?"""
         ...
 
 
@@ -89,9 +90,9 @@ FILTERS: Registry[Filter] = Registry("filter", "scorer.filters[].name")
 class SeenFilter:
     """Drops items the user has already interacted with (history and seen set)."""
 
-    def keep(self, ctx: ScoreContext, item_ids: Sequence[str]) -> list[bool]:
-        seen, history = ctx.seen, frozenset(ctx.history)
-        return [i not in seen and i not in history for i in item_ids]
+    def keep(self, ctx: ScoreContext, rows: np.ndarray) -> np.ndarray:
+        known = np.concatenate([seen_rows(ctx.seen), ITEM_IDS.rows(ctx.history)])
+        return ~np.isin(rows, known)
 
 
 class Ranking(Protocol):
@@ -102,7 +103,7 @@ class Ranking(Protocol):
     def rank(
         self,
         per_source: Sequence[tuple[str, float, Candidates]],
-        keep: Callable[[Sequence[str]], list[bool]],
+        keep: Callable[[np.ndarray], np.ndarray],
         top_k: int,
     ) -> list[Scored]: ...
 
@@ -125,13 +126,13 @@ class BlendRanking:
     def rank(
         self,
         per_source: Sequence[tuple[str, float, Candidates]],
-        keep: Callable[[Sequence[str]], list[bool]],
+        keep: Callable[[np.ndarray], np.ndarray],
         top_k: int,
     ) -> list[Scored]:
         blended = blend([(weight, cands) for _, weight, cands in per_source])
         ids = ITEM_IDS.names
         unique_ids = [ids[r] for r in blended.rows.tolist()]
-        best = ranked(blended, np.asarray(keep(unique_ids), bool), top_k, unique_ids)
+        best = ranked(blended, keep(blended.rows), top_k, unique_ids)
         return [
             Scored(
                 unique_ids[k],
@@ -275,19 +276,16 @@ class ScorerWorker:
             per_source.append((source.name, weight, candidates))
         return per_source
 
-    def _keep(self, ctx: ScoreContext) -> Callable[[Sequence[str]], list[bool]]:
-        """This user's filters as one test over a list of item ids."""
+    def _keep(self, ctx: ScoreContext) -> Callable[[np.ndarray], np.ndarray]:
+        """This user's filters as one test over candidate rows."""
         filters = self.filters
 
-        def keep(item_ids: Sequence[str]) -> list[bool]:
-            verdict = [True] * len(item_ids)
+        def keep(rows: np.ndarray) -> np.ndarray:
+            verdict = np.ones(len(rows), bool)
             for f in filters:
-                verdict = [a and b for a, b in zip(verdict, f.keep(ctx, item_ids), strict=True)]
+                verdict &= f.keep(ctx, rows)
             return verdict
 
-        if len(filters) == 1:
-            only = filters[0]
-            return lambda item_ids: only.keep(ctx, item_ids)
         return keep
 
     def _lists(
@@ -335,7 +333,7 @@ class ScorerWorker:
         ranker: OnnxRanker,
         batch: Sequence[ScoreContext],
         per_source: Sequence[SourceCandidates],
-        keeps: list[Callable[[Sequence[str]], list[bool]]],
+        keeps: list[Callable[[np.ndarray], np.ndarray]],
     ) -> list[list[Scored]]:
         """Re-rank the best of the blend (``ranker.rank_candidates``) with the learned ranker."""
         origins: list[dict[str, Scored]] = []  # per user: candidate -> its pre-ranking

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from genre.core.features.ids import ITEM_IDS
+from genre.core.features.ids import ITEM_IDS, seen_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,15 +53,8 @@ NO_CANDIDATES = Candidates(np.zeros(0, np.int64), np.zeros(0, np.float64))
 
 def first_unseen(rows: np.ndarray, seen: Container[str], limit: int) -> np.ndarray:
     """Positions of the first ``limit`` entries (in the given order) whose item is not in
-    ``seen``: a walk that stops as soon as it has enough."""
-    names = ITEM_IDS.names
-    kept: list[int] = []
-    for pos, row in enumerate(rows.tolist()):
-        if names[row] not in seen:
-            kept.append(pos)
-            if len(kept) == limit:
-                break
-    return np.asarray(kept, np.int64)
+    ``seen`` (a ``SeenItems``, or any container of item ids)."""
+    return np.flatnonzero(~np.isin(rows, seen_rows(seen)))[:limit]
 
 
 def best_unseen(cands: Candidates, seen: Container[str], limit: int) -> Candidates:

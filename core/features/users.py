@@ -10,13 +10,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import orjson
 
 from genre.core.features.codec import decode_vector, encode_vector
 from genre.core.features.decay import decay
+from genre.core.features.ids import SeenItems
 from genre.core.registry import Registry
 
 
@@ -25,13 +26,13 @@ class UserState:
     """What the stream remembers of one user.
 
     ``history`` holds the last items, oldest first, each once (a re-click moves
-    the item to the end); ``seen`` and ``recent_events`` are insertion-ordered
-    sets (dicts with None values) trimmed from the oldest end.
+    the item to the end); ``seen`` (item rows, 4 bytes each) and ``recent_events``
+    are kept in arrival order and trimmed from the oldest end.
     """
 
     history: list[str] = field(default_factory=list)
-    seen: dict[str, None] = field(default_factory=dict)
-    recent_events: dict[str, None] = field(default_factory=dict)
+    seen: SeenItems = field(default_factory=SeenItems)
+    recent_events: list[str] = field(default_factory=list)
     clicks: int = 0
     vector: np.ndarray | None = None
     vector_ts: float | None = None
@@ -61,8 +62,8 @@ class UserState:
             vector = raw.get("vector")
             return cls(
                 history=[sys.intern(i) for i in raw["history"]],
-                seen=dict.fromkeys(sys.intern(i) for i in raw["seen"]),
-                recent_events=dict.fromkeys(raw["recent_events"]),
+                seen=SeenItems.of(raw["seen"]),
+                recent_events=list(raw["recent_events"]),
                 clicks=int(raw["clicks"]),
                 vector=None if vector is None else decode_vector(vector),
                 vector_ts=raw.get("vector_ts"),
@@ -194,11 +195,12 @@ class UserStateRules:
         history.append(item_id)
         if len(history) > self.history_size:
             del history[: len(history) - self.history_size]
-        if self.max_seen and item_id not in state.seen:
-            state.seen[item_id] = None
-            _trim(state.seen, self.max_seen)
-        state.recent_events[event_id] = None
-        _trim(state.recent_events, self.dedup_window)
+        if self.max_seen:
+            state.seen = state.seen.added(item_id, self.max_seen)
+        events = state.recent_events
+        events.append(event_id)
+        if len(events) > self.dedup_window:
+            del events[: len(events) - self.dedup_window]
         state.clicks += 1
         state.last_ts = ts
         return neighbours
@@ -244,9 +246,3 @@ class UserStateRules:
             return None
         state.profiled_clicks = state.clicks
         return state.history[-recent:]
-
-
-def _trim(ordered: dict[str, Any], size: int) -> None:
-    """Drop the oldest keys of an insertion-ordered dict until it holds ``size``."""
-    while len(ordered) > size:
-        del ordered[next(iter(ordered))]

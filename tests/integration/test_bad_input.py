@@ -278,7 +278,7 @@ def test_corpus(pipeline: Pipeline) -> None:
         assert letter.source_offset >= 0 and letter.source_partition >= 0
         assert len(letter.raw_payload) <= 4096 + 40
     for event in unicode_events:
-        assert not any(event.event_id in x.raw_payload for x in letters), event.event_id
+        assert not any(f'"{event.event_id}"' in x.raw_payload for x in letters), event.event_id
     # Per reason, the counters moved by exactly the number of corpus cases.
     per_reason = Counter(c["expected_reason"] for c in bad)
     assert {r: d[r] for r in ALL_REASONS} == {r: per_reason[r] for r in ALL_REASONS}

@@ -65,6 +65,23 @@ def test_the_latest_context_per_user_wins_and_the_superseded_one_is_counted() ->
     asyncio.run(run())
 
 
+def test_a_user_who_clicks_again_keeps_their_place_in_the_queue() -> None:
+    """Otherwise a user clicking faster than the queue drains would never be scored."""
+
+    async def run() -> None:
+        pending, acks = PendingScores(), []
+        pending.submit([_ctx("fast", "e1"), _ctx("other", "e2")], _ack(acks, "b1"))
+        pending.submit([_ctx("fast", "e3")], _ack(acks, "b2"))
+        first = await pending.take(1)
+        assert [(c.user_id, c.trigger_event_id) for c, _ in first] == [("fast", "e3")]
+        await _settle(first)
+        await _settle(await pending.take(1))
+        await _let_tasks_run()
+        assert sorted(acks) == ["b1", "b2"]
+
+    asyncio.run(run())
+
+
 def test_a_superseded_users_clicks_still_count_for_online_hits() -> None:
     """No list was published between the two contexts: the older clicks are checked
     against the same list as the newer ones."""

@@ -11,6 +11,7 @@ import pytest
 from genre.core.config import GenreConfig
 from genre.core.exact_index import ExactIndex
 from genre.core.features import ITEM_IDS, FeatureSpec, ItemState
+from genre.core.features.ids import SeenItems
 from genre.core.registry import UnknownComponentError
 from genre.core.telemetry import METRICS
 from genre.core.vectorstore import StoredVector
@@ -220,12 +221,13 @@ def test_registries() -> None:
 
 def test_seen_filter() -> None:
     ctx = _ctx(recent=["r"], seen=["s"])
-    assert SeenFilter().keep(ctx, ["r", "s", "new"]) == [False, False, True]
-    assert SeenFilter().keep(ctx, []) == []
+    rows = ITEM_IDS.rows(["r", "s", "new"])
+    assert SeenFilter().keep(ctx, rows).tolist() == [False, False, True]
+    assert SeenFilter().keep(ctx, rows[:0]).tolist() == []
     # the history alone is enough (a context whose seen set is off: max_seen 0)
     no_seen = _ctx(recent=["r"])
-    no_seen.seen = frozenset()
-    assert SeenFilter().keep(no_seen, ["r", "s"]) == [False, True]
+    no_seen.seen = SeenItems()
+    assert SeenFilter().keep(no_seen, rows[:2]).tolist() == [False, True]
 
 
 # ---------------------------------------------------------------------------
