@@ -132,6 +132,8 @@ class ExactIndex:
         partition, and the threshold rises as better rows turn up.
         """
         n, b = len(self._ids), len(q)
+        if n <= _BLOCK_ROWS:
+            return self._top_k_one_block(q, k, n)
         dead = np.zeros(n, bool)
         if self._free:
             dead[self._free] = True
@@ -172,6 +174,17 @@ class ExactIndex:
         )
         # Exactly k live rows exist for every query (k <= live rows), so the result is dense.
         return ri.reshape(b, k), si.reshape(b, k)
+
+    def _top_k_one_block(self, q: np.ndarray, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``_top_k`` for a catalogue that fits one block: one product, one partition,
+        then a sort of the k kept per query (score descending, row ascending on ties)."""
+        scores = q @ self._matrix[:n].T  # [B, n]
+        if self._free:
+            scores[:, self._free] = -np.inf
+        part = np.sort(np.argpartition(-scores, k - 1, axis=1)[:, :k], axis=1)  # rows ascending
+        best = np.take_along_axis(scores, part, axis=1)
+        order = np.argsort(-best, axis=1, kind="stable")
+        return np.take_along_axis(part, order, axis=1), np.take_along_axis(best, order, axis=1)
 
     def _append_row(self) -> int:
         row = len(self._ids)

@@ -422,11 +422,13 @@ class StreamReplay:
         known = np.concatenate([state.seen.rows, ITEM_IDS.rows(state.history)])
         keep = (positions >= 0) & ~np.isin(blended.rows, known)
         names = ITEM_IDS.names
+        rows = blended.rows
         scores = np.full(self.data.n_items, np.nan, np.float32)
         scores[positions[positions >= 0]] = blended.scores[positions >= 0]
         chosen = np.zeros(self.data.n_items, bool)
-        ids = [names[r] for r in blended.rows.tolist()]
-        chosen[positions[ranked(blended, keep, plan.rank_candidates, ids)]] = True
+        chosen[positions[ranked(blended, keep, plan.rank_candidates, lambda k: names[rows[k]])]] = (
+            True
+        )
         return scores, chosen
 
     def _source(self, source: SourceSpec, user: int, now: float) -> Candidates:

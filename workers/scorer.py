@@ -131,11 +131,11 @@ class BlendRanking:
     ) -> list[Scored]:
         blended = blend([(weight, cands) for _, weight, cands in per_source])
         ids = ITEM_IDS.names
-        unique_ids = [ids[r] for r in blended.rows.tolist()]
-        best = ranked(blended, keep(blended.rows), top_k, unique_ids)
+        rows = blended.rows
+        best = ranked(blended, keep(rows), top_k, lambda k: ids[rows[k]])
         return [
             Scored(
-                unique_ids[k],
+                ids[int(rows[k])],
                 float(blended.scores[k]),
                 per_source[int(blended.source[k])][0],
                 ids[int(blended.because[k])] if blended.because[k] >= 0 else None,
@@ -572,8 +572,10 @@ def register_scorer(streams: GenreStreams, worker: ScorerWorker) -> None:
     topic = streams.topics.recommendations
     latest = streams.latest_lists
     writer = None
-    if cfg.users_write_s:
-        writer = UsersWriter(streams, cfg.users_write_s, cfg.users_max_pending)
+    if streams.config.users_write_interval:
+        writer = UsersWriter(
+            streams, streams.config.users_write_interval, cfg.users_max_pending
+        )
     profiles = streams.profiles
 
     def attach_profiles(batch: list[ScoreContext]) -> None:

@@ -9,7 +9,7 @@ the pre-ranking's recall is measured on the code that serves.
 
 from __future__ import annotations
 
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,14 +106,33 @@ def blend(per_source: Sequence[tuple[float, Candidates]]) -> Blended:
     return Blended(unique, totals, np.concatenate(sources)[first], np.concatenate(because)[first])
 
 
-def ranked(blended: Blended, keep: np.ndarray, top_k: int, ids: Sequence[str]) -> np.ndarray:
+def ranked(
+    blended: Blended, keep: np.ndarray, top_k: int, name_of: Callable[[int], str]
+) -> np.ndarray:
     """Positions in ``blended`` of the ``top_k`` best kept items (all kept for 0), best
-    first; equal scores in item id order (``ids``: the item id of each position), so
-    every process ranks the same state the same way."""
+    first; equal scores in item id order (``name_of(position)``), so every process
+    ranks the same state the same way. Ids are looked at only where scores tie."""
     candidates = np.flatnonzero(keep)
-    names = np.asarray([ids[k] for k in candidates.tolist()], dtype=object)
-    order = candidates[np.lexsort((names, -blended.scores[candidates]))]
-    return order[:top_k] if top_k else order
+    order = candidates[np.argsort(-blended.scores[candidates], kind="stable")]
+    k = len(order) if not top_k else min(top_k, len(order))
+    scores = blended.scores[order]
+    # Ties that matter: inside the first k, or across the cut.
+    window = scores[: k + 1] if k < len(order) else scores
+    if len(window) < 2 or not (window[1:] == window[:-1]).any():
+        return order[:k]
+    # Slow path: order each run of equal scores by item id.
+    out = order.copy()
+    start = 0
+    n = len(scores)
+    while start < n and start < k + 1:
+        stop = start + 1
+        while stop < n and scores[stop] == scores[start]:
+            stop += 1
+        if stop - start > 1:
+            run = out[start:stop]
+            out[start:stop] = sorted(run.tolist(), key=name_of)
+        start = stop
+    return out[:k]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from genre.core.vectorstore import QdrantStore
 from genre.schemas import DeadLetter, Recommendation, UserClicks
 from genre.schemas.jsonschema import SCHEMA_DIR
 
-from .conftest import Pipeline, click, read_topic
+from .conftest import Pipeline, click, read_topic, running_pipeline
 
 pytestmark = pytest.mark.broker
 
@@ -179,8 +179,17 @@ def test_restarted_worker_recovers_tables_from_changelog(
     assert not {i.item_id for i in final.items} & set(state["history"])
 
 
-def test_user_vector_and_list_are_stored_in_qdrant(fresh_pipeline: Pipeline) -> None:
-    p = fresh_pipeline
+def test_user_vector_and_list_are_stored_in_qdrant(
+    broker: Any, encoder_dir: Path, tmp_path: Path
+) -> None:
+    # Local mode writes no users unless asked (scorer.users_write_s; see README).
+    with running_pipeline(
+        tmp_path, broker.bootstrap, encoder_dir, scorer={"users_write_s": 0.5}
+    ) as p:
+        _check_users_in_qdrant(p)
+
+
+def _check_users_in_qdrant(p: Pipeline) -> None:
     p.send_clicks([click(f"qd-{i}", "qd-user", f"cooking-{i}") for i in range(3)])
     recs = p.recommendations(until_triggers={"qd-2"})
     final = next(r for r in recs if r.trigger_event_id == "qd-2")

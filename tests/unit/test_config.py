@@ -246,7 +246,10 @@ def test_keys_removed_by_the_hot_path_rebuild_are_refused(
 
 def test_users_writes_and_ranker_candidates(tmp_path: Path) -> None:
     defaults = GenreConfig()
-    assert defaults.scorer.users_write_s == 1.0
+    assert defaults.scorer.users_write_s is None
+    assert defaults.users_write_interval == 0.0  # local mode: off
+    server = GenreConfig(qdrant={"url": "http://qdrant:6333"})
+    assert server.users_write_interval == 1.0
     assert defaults.scorer.users_max_pending == 20_000
     assert defaults.ranker.rank_candidates == 100
     off = GenreConfig(scorer={"users_write_s": 0}, ranker={"rank_candidates": 0})
