@@ -336,12 +336,16 @@ class ScorerWorker:
         keeps: list[Callable[[np.ndarray], np.ndarray]],
     ) -> list[list[Scored]]:
         """Re-rank the best of the blend (``ranker.rank_candidates``) with the learned ranker."""
-        origins: list[dict[str, Scored]] = []  # per user: candidate -> its pre-ranking
+        origins: list[dict[str, str]] = []  # per user: candidate -> its strongest source
+        ids = ITEM_IDS.names
+        names = [name for name, _, _ in per_source]
         for i, keep in enumerate(keeps):
-            pre = self.blend.rank(
-                [(name, w, cands[i]) for name, w, cands in per_source], keep, self.rank_candidates
+            blended = blend([(w, cands[i]) for _, w, cands in per_source])
+            rows = blended.rows
+            pre = ranked(
+                blended, keep(rows), self.rank_candidates, lambda k, rows=rows: ids[rows[k]]
             )
-            origins.append({s.item_id: s for s in pre})
+            origins.append({ids[rows[k]]: names[blended.source[k]] for k in pre.tolist()})
         histories = [list(ctx.history[-ranker.history_len :]) for ctx in batch]
         needed = {x for o in origins for x in o} | {x for h in histories for x in h}
         reps, missing = ranker.cached_reps(list(needed))
@@ -356,23 +360,23 @@ class ScorerWorker:
         features = self._features(ranker, batch, candidates)
         out = ranker.score(histories, candidates, features, reps)
         h_len = out.attention.shape[-1]
-        ranked = []
+        lists = []
         for i, (hist, cands) in enumerate(zip(histories, candidates, strict=True)):
             scores = out.scores[i, : len(cands)]
             top = np.argsort(-scores, kind="stable")[: self.top_k]
             attention = out.attention[i, :, h_len - len(hist) :] if hist else None
-            ranked.append(
+            lists.append(
                 [
                     Scored(
                         cands[j],
                         float(scores[j]),
-                        origins[i][cands[j]].source,
+                        origins[i][cands[j]],
                         hist[int(np.argmax(attention[j]))] if attention is not None else None,
                     )
                     for j in top
                 ]
             )
-        return ranked
+        return lists
 
     def _features(
         self, ranker: OnnxRanker, batch: Sequence[ScoreContext], candidates: list[list[str]]
@@ -573,9 +577,7 @@ def register_scorer(streams: GenreStreams, worker: ScorerWorker) -> None:
     latest = streams.latest_lists
     writer = None
     if streams.config.users_write_interval:
-        writer = UsersWriter(
-            streams, streams.config.users_write_interval, cfg.users_max_pending
-        )
+        writer = UsersWriter(streams, streams.config.users_write_interval, cfg.users_max_pending)
     profiles = streams.profiles
 
     def attach_profiles(batch: list[ScoreContext]) -> None:

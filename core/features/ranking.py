@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from genre.core.features.decay import decayed
 from genre.core.features.graph import GraphRules, ItemState, NeighbourScores
 from genre.core.features.ids import ITEM_IDS
 from genre.core.features.spec import PROFILE_FEATURE, FeatureSpec
@@ -34,6 +35,29 @@ def co_click_scores(
 ) -> NeighbourScores:
     """Co-click scores from the last ``spec.co_click_recent`` history items."""
     return rules.neighbour_scores(state_of, history[-spec.co_click_recent :], now)
+
+
+def trending_scores(
+    rules: GraphRules,
+    state_of: Callable[[str], ItemState | None],
+    candidates: Sequence[str],
+    now: float,
+    cache: dict[str, float] | None = None,
+) -> np.ndarray:
+    """Float32 [len(candidates)]: each candidate's popularity decayed to ``now``
+    (``GraphRules.popularity`` for many items at once; 0 for items without clicks).
+    ``cache`` (item -> score at ``now``), shared by the users of a batch, saves the
+    state reads of items already scored."""
+    if cache is None:
+        cache = {}
+    missing = [c for c in candidates if c not in cache]
+    if missing:
+        states = [state_of(c) for c in missing]
+        pops = np.asarray([0.0 if s is None or s.pop_ts is None else s.pop for s in states])
+        last = np.asarray([now if s is None or s.pop_ts is None else s.pop_ts for s in states])
+        values = decayed(pops, last, now, rules.trending_half_life_s)
+        cache.update(zip(missing, values.tolist(), strict=True))
+    return np.asarray([cache[c] for c in candidates], np.float32)
 
 
 def candidate_features(
@@ -60,14 +84,7 @@ def candidate_features(
     columns: list[np.ndarray] = []
     for name in spec.feature_names:
         if name == "trending":
-            cache = {} if popularity is None else popularity
-            values = []
-            for item in candidates:
-                pop = cache.get(item)
-                if pop is None:
-                    pop = cache[item] = rules.popularity(state_of(item), now)
-                values.append(pop)
-            columns.append(np.asarray(values, np.float32))
+            columns.append(trending_scores(rules, state_of, candidates, now, popularity))
         elif name == "co_click":
             if co_scores is None:
                 co_scores = co_click_scores(spec, rules, state_of, history, now)
