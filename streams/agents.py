@@ -249,6 +249,13 @@ def _evidence_records(evidence: Sequence[CoClickEvidence]) -> list[tuple[str, Co
     ]
 
 
+#: How long the graph agent gathers co-click evidence after the first arrives. The
+#: graph is not on the click-to-list path (a list reads the graph as it is); a
+#: popular item touched several times in the window is written to the changelog
+#: once, and the agent's Faust and producer costs are paid per window, not per fetch.
+GRAPH_GATHER_S = 0.25
+
+
 def register_graph_agent(streams: GenreStreams) -> None:
     """Attach the item-graph agent: it keeps the graph table its scorer reads."""
     app, topics = streams.app, streams.topics
@@ -262,7 +269,7 @@ def register_graph_agent(streams: GenreStreams) -> None:
     @app.agent(topics.co_clicks, name="genre.graph")
     async def item_graph(stream: Any) -> None:
         """Fold co-click evidence in order; write each touched item's new state once."""
-        async for events in take_ready(stream, CHUNKS_PER_BATCH):
+        async for events in take_ready(stream, CHUNKS_PER_BATCH, GRAPH_GATHER_S):
             start = time.perf_counter()
             records = chunk_records(events)
             evidence = [

@@ -23,9 +23,13 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 
-async def take_ready(stream: Any, max_events: int) -> AsyncIterator[list[Any]]:
+async def take_ready(
+    stream: Any, max_events: int, gather_s: float = 0.0
+) -> AsyncIterator[list[Any]]:
     """Yield lists of buffered Faust events (at most ``max_events``) as they arrive.
 
+    ``gather_s`` > 0 keeps collecting that long after the first event of a batch
+    arrives (for agents off the click-to-list path, whose writes then coalesce).
     Acknowledgement is the caller's: pass each list to ``ack_events`` when done.
     """
     buffer: list[Any] = []
@@ -50,6 +54,8 @@ async def take_ready(stream: Any, max_events: int) -> AsyncIterator[list[Any]]:
     while not stream.should_stop:
         if await stream.wait_for_stopped(arrived):
             break
+        if gather_s > 0 and len(buffer) < max_events:
+            await asyncio.sleep(gather_s)
         # The fetch that woke us may deliver more chunks (one per partition) in the
         # next few turns of the loop: take them in this batch.
         size = -1
