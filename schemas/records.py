@@ -282,6 +282,8 @@ class UserClick(_Record):
     produced_at: float = Field(description="Produce time of the original click message.")
     source_partition: int
     source_offset: int
+    #: The producer's message key, base64 (dead letters name it, not the batch's key).
+    source_key_b64: str | None = None
 
 
 class CoClick(_Record):
@@ -309,10 +311,12 @@ class UserClicks(_Record):
         Every click was validated at ingest; validating again costs ~9 us per
         click against ~2 us for this, a third of the user-state agent's budget.
         """
-        return [
-            UserClick.model_construct(event=ClickEvent.model_construct(**c.pop("event")), **c)
-            for c in orjson.loads(payload)["clicks"]
-        ]
+        out = []
+        for c in orjson.loads(payload)["clicks"]:
+            event = c.pop("event")
+            event["type"] = ClickType(event.get("type", ClickType.CLICK))
+            out.append(UserClick.model_construct(event=ClickEvent.model_construct(**event), **c))
+        return out
 
 
 class CoClicks(_Record):

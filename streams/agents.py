@@ -12,6 +12,7 @@ its batch is acknowledged only once the batch's lists are published (role
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from collections.abc import Sequence
@@ -122,6 +123,7 @@ async def _ingest(streams: GenreStreams, records: list[Any], direct_partitions: 
                 produced_at=produced_at,
                 source_partition=rec.partition,
                 source_offset=rec.offset,
+                source_key_b64=base64.b64encode(rec.key).decode() if rec.key else None,
             )
             misplaced.append((result.user_id, envelope))
     if n_raw:
@@ -233,7 +235,7 @@ class _Origin:
 
     def __init__(self, click: Click) -> None:
         self.topic, self.partition, self.offset = click.topic, click.partition, click.offset
-        self.key = click.key if click.key is not None else click.event.user_id.encode()
+        self.key = click.key  # the producer's own key (None if it sent none)
         self.value = click.event.to_bytes()
 
 

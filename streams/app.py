@@ -417,9 +417,22 @@ class GenreStreams:
             reason=reason,
             error=error,
         )
-        await self.topics.dlq.send(key=message.key, value=record.to_bytes())
+        await self.topics.dlq.send(
+            key=dead_letter_key(topic, partition, offset), value=record.to_bytes()
+        )
         METRICS.dlq_records.labels(reason).inc()
         METRICS.events_out.labels(self.topics.dlq.get_topic_name()).inc()
+
+
+def dead_letter_key(topic: str, partition: int, offset: int) -> bytes:
+    """A dead letter's message key: the identity of the record it stands for.
+
+    A record dead-lettered again (by a worker restarted before its offset was
+    committed) gets the same key, so a compacted DLQ, or any consumer that keeps
+    the last letter per key, sees it once. The producer's own key is in the
+    letter's ``raw_key``.
+    """
+    return f"{topic}/{partition}/{offset}".encode()
 
 
 def _broker_settings(config: GenreConfig) -> dict[str, Any]:
