@@ -255,6 +255,11 @@ class EmbeddedBroker:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """The tansu process's exit status once it has exited, else None."""
+        return None if self._proc is None else self._proc.poll()
+
     def _log(self) -> Path:
         if self.log_path:
             return self.log_path

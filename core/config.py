@@ -164,6 +164,9 @@ class StreamsConfig(_Section):
     topic_replication_factor: int = Field(default=1, ge=1, le=16)
     web_port: int = Field(default=6066, ge=0, le=65535)
     web_bind: str = "127.0.0.1"
+    #: Bearer token that opens ``/debug/*`` to clients other than loopback (unset:
+    #: loopback only). ``/metrics`` and ``/ready`` are open; nothing else is served.
+    debug_token: SecretStr | None = None
 
 
 class QdrantConfig(_Section):

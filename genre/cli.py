@@ -83,14 +83,25 @@ def broker(
         stop = True
 
     signal.signal(signal.SIGTERM, _stop)
+    died: int | None = None
     try:
-        while not stop and b.running:
+        while not stop:
+            if not b.running:
+                died = b.returncode
+                break
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
         b.stop()
-        console.print("broker stopped")
+    if died is not None:
+        console.print(
+            f"[red]broker died[/red]: its tansu process exited with code {died} (see "
+            f"{log_path}); with memory storage every topic is gone: workers that were "
+            "running exit with a ConsistencyError, and their local state must be reset"
+        )
+        raise typer.Exit(3)
+    console.print("broker stopped")
 
 
 @app.command()
@@ -110,6 +121,7 @@ def worker(
     (Ctrl-C stops it cleanly)."""
     from genre.core.broker import BrokerError
     from genre.core.registry import UnknownComponentError
+    from genre.core.state_guard import LOST_STATE_EXIT, LostStateError
     from genre.core.vectorstore import VectorStoreError
     from genre.schemas.manifest import ManifestError
     from genre.workers.onnx_runtime import ProviderError
@@ -121,6 +133,9 @@ def worker(
     )
     try:
         run_worker(cfg, loglevel=loglevel, role=role)
+    except LostStateError as exc:
+        console.print(f"[red]worker refuses to start:[/red] {escape(str(exc))}")
+        raise typer.Exit(LOST_STATE_EXIT) from None
     except (
         BrokerError,
         VectorStoreError,
@@ -132,6 +147,30 @@ def worker(
     ) as exc:
         console.print(f"[red]worker cannot start:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
+
+
+@app.command()
+def reset(
+    config: ConfigOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation")] = False,
+) -> None:
+    """Wipe this machine's worker state (tables, local Qdrant, state markers) after the
+    broker lost the data it was built on; workers then rebuild from the broker."""
+    from genre.core.state_guard import local_state
+    from genre.core.state_guard import reset as wipe
+
+    cfg = _config(config)
+    qdrant = cfg.path(cfg.qdrant.path) if cfg.qdrant.url is None else None
+    paths = local_state(cfg.path("."), qdrant)
+    if not paths:
+        console.print(f"nothing to reset under {cfg.path('.')}")
+        return
+    for path in paths:
+        console.print(f"  {path}")
+    if not yes and not typer.confirm("Delete these (stop every worker using them first)?"):
+        raise typer.Exit(1)
+    wipe(paths)
+    console.print(f"[green]reset[/green]: {len(paths)} removed; start the workers again")
 
 
 @export_app.command("encoder")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ssl
 import sys
 import time
@@ -540,6 +541,14 @@ def build_streams(
         web_bind=s.web_bind,
         web_port=s.web_port,
         web_in_thread=False,
+        # Faust's own views would serve every table's contents (user histories, LLM
+        # profiles, lists) and its routing to anyone who reaches the port; a worker
+        # serves /metrics, /ready and (loopback or token only) /debug/*, nothing else.
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
+        web_metrics_enabled=False,
         # The embedded broker holds a new group member for about half the session
         # timeout before assigning partitions; 6 s keeps start-up to ~3 s and is
         # still well above the 1 s heartbeat.
@@ -638,6 +647,28 @@ def build_streams(
     return streams
 
 
+def debug_refusal(request: Any, token: Any) -> web.Response | None:
+    """None when ``request`` may read a debug page: it comes from loopback, or carries
+    ``Authorization: Bearer <streams.debug_token>``; else the 403 that says why."""
+    remote = request.remote or ""
+    if remote in ("127.0.0.1", "::1") or remote.startswith("127."):
+        return None
+    header = request.headers.get("Authorization", "")
+    if token is not None and hmac.compare_digest(
+        header.encode(), f"Bearer {token.get_secret_value()}".encode()
+    ):
+        return None
+    fix = (
+        "send Authorization: Bearer <streams.debug_token>"
+        if token is not None
+        else "set streams.debug_token (GENRE_STREAMS__DEBUG_TOKEN) and send it as a bearer token"
+    )
+    return web.json_response(
+        {"error": f"/debug pages are served to loopback only; from {remote}: {fix}"},
+        status=403,
+    )
+
+
 #: Seconds between consumer-lag samples: fine enough for a dashboard, cheap.
 LAG_SAMPLE_S = 5.0
 #: Seconds between samples of the users-tracked gauge.
@@ -701,6 +732,9 @@ def _add_pages(streams: GenreStreams) -> None:
     @app.page("/debug/memory")
     async def memory(web_view: Any, request: Any) -> web.Response:
         """RSS, entries in each table and cache, and allocation sites under PYTHONTRACEMALLOC."""
+        refused = debug_refusal(request, streams.config.streams.debug_token)
+        if refused is not None:
+            return refused
         sizes = {
             "users": memory_table_size(streams.users),
             "item_graph": memory_table_size(streams.graph),

@@ -13,6 +13,7 @@ from genre.core.broker import ensure_genre_topics, wait_for_broker
 from genre.core.config import GenreConfig
 from genre.core.exact_index import ExactIndex
 from genre.core.llm import LLMClient, build_llm
+from genre.core.state_guard import check_state
 from genre.core.vectorstore import VectorStore, open_vector_store
 from genre.streams.agents import register_graph_agent, register_stream_agents
 from genre.streams.app import (
@@ -21,6 +22,7 @@ from genre.streams.app import (
     build_streams,
     check_role,
     follows_item_vectors,
+    role_app_id,
     role_runs,
 )
 from genre.streams.item_vectors import register_item_vector_follower
@@ -196,6 +198,8 @@ def run_worker(config: GenreConfig, *, loglevel: str = "info", role: str = "all"
     """Run a worker of one role until interrupted (Ctrl-C stops it cleanly)."""
     check_role(role)
     prepare_kafka(config)
+    # Before anything local is loaded: the broker must still back the local state.
+    check_state(config.kafka.client_config(), config.path("."), role_app_id(config.app_id, role))
     streams = build_worker(config, role=role)
     tune_gc()
     tune_threads()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -114,3 +115,32 @@ def test_broker_command_starts_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             proc.kill()
     assert proc.returncode == 0
     assert "broker ready" in err and "broker stopped" in err
+
+
+def test_broker_command_fails_loudly_when_its_broker_dies(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "genre.yaml"
+    config.write_text(f"data_dir: {tmp_path}\nkafka: {{embedded: {{port: {port}}}}}\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "genre", "broker", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_broker(f"127.0.0.1:{port}", timeout_s=30)
+        # The broker runs in its own process group, a child of the command: kill it.
+        children = subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+        assert children, "genre broker started no broker process"
+        for pid in children:
+            os.kill(int(pid), signal.SIGKILL)
+        _, err = proc.communicate(timeout=45)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, err
+    message = " ".join(err.split())
+    assert "broker died" in message and "broker stopped" not in message
+    assert "code -9" in message

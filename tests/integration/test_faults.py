@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 import pytest
 
 from genre.core.broker import EmbeddedBroker
+from genre.core.state_guard import LOST_STATE_EXIT
 from genre.schemas import Recommendation
 
 from .conftest import Pipeline, click, read_topic, running_pipeline
@@ -112,6 +115,26 @@ def test_a_broker_that_lost_its_data_stops_the_worker_loudly(
     assert p.worker.proc is not None and p.worker.proc.returncode != 0
     log = p.worker.log_path.read_text(errors="replace")
     assert "ConsistencyError" in log or "persisted offset" in log
+
+    # Restarted as a supervisor would: it must refuse, on every start, and say how to
+    # recover (it used to be ready in seconds and carry on over the lost data).
+    for _ in range(2):
+        p.worker.spawn()
+        assert p.worker.proc is not None
+        assert p.worker.proc.wait(timeout=120) == LOST_STATE_EXIT, p.worker.log_tail()
+        assert "genre reset" in " ".join(p.worker.log_tail().split())
+    # `genre reset` wipes the local state; then the worker starts on what the broker holds.
+    out = subprocess.run(
+        [sys.executable, "-m", "genre", "reset", "--yes", "--config", str(p.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert not (p.config.path("state")).exists()
+    assert not (p.config.path(p.config.qdrant.path)).exists()
+    p.worker.start(120)
+    assert p.worker.metric("genre_users_tracked") == 0
 
 
 def test_a_re_sent_click_is_applied_once_and_its_user_scored_again(
