@@ -3,7 +3,7 @@
 from genre.schemas.records import (
     ClickEvent,
     ClickType,
-    CoClick,
+    CoClickRow,
     CoClicks,
     DeadLetter,
     ItemUpsert,
@@ -22,7 +22,7 @@ from genre.schemas.validation import Rejection, parse_record
 __all__ = [
     "ClickEvent",
     "ClickType",
-    "CoClick",
+    "CoClickRow",
     "CoClicks",
     "DeadLetter",
     "ItemUpsert",

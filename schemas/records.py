@@ -286,13 +286,9 @@ class UserClick(_Record):
     source_key_b64: str | None = None
 
 
-class CoClick(_Record):
-    """Internal: co-click evidence and click counts for one item, keyed by that item."""
-
-    item_id: str
-    neighbours: list[str] = Field(default_factory=list)
-    clicks: float = 0.0
-    ts: float
+#: One item's co-click evidence from one click, on the wire: [item_id, neighbours,
+#: clicks, ts] (see ``CoClicks``).
+CoClickRow = tuple[str, list[str], float, float]
 
 
 class UserClicks(_Record):
@@ -320,14 +316,26 @@ class UserClicks(_Record):
 
 
 class CoClicks(_Record):
-    """Internal: a micro-batch of co-click records, all of one ``co-clicks`` partition."""
+    """Internal: the co-click evidence of one ``co-clicks`` partition, in click order.
 
-    records: list[CoClick]
+    Keyed by item; each row is ``[item_id, neighbours, clicks, ts]``: the item gains
+    ``clicks`` toward its popularity and an edge to each neighbour, at event time
+    ``ts``. Rows, not objects: a click makes one per item it touches (up to six),
+    and building and parsing an object per row cost the fold more than the graph
+    update itself.
+    """
+
+    records: list[CoClickRow]
+
+    @staticmethod
+    def encode(rows: list[CoClickRow]) -> bytes:
+        """The batch message for ``rows`` (what ``to_bytes`` writes, without validation)."""
+        return orjson.dumps({"records": rows})
 
     @classmethod
-    def from_trusted_bytes(cls, payload: bytes) -> list[CoClick]:
-        """The records of a batch GENRE's user-state agent wrote, without re-validating them."""
-        return [CoClick.model_construct(**r) for r in orjson.loads(payload)["records"]]
+    def from_trusted_bytes(cls, payload: bytes) -> list[CoClickRow]:
+        """The rows of a batch GENRE's fold wrote, without re-validating them."""
+        return [tuple(r) for r in orjson.loads(payload)["records"]]  # type: ignore[misc]
 
 
 class ScoreRequests(_Record):

@@ -15,14 +15,12 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from genre.core.features import CoClickEvidence, FeatureSpec, ItemState, apply_evidence
 from genre.core.telemetry import METRICS
 from genre.schemas import (
     ClickEvent,
-    CoClick,
     CoClicks,
     ProfileRequests,
     Rejection,
@@ -177,7 +175,9 @@ async def _fold(
             origin=(click.topic, click.partition, click.offset),
         )
     sent = await streams.send_partitioned(
-        topics.co_clicks, _evidence_records(result.evidence), lambda r: CoClicks(records=r)
+        topics.co_clicks,
+        [(e.item_id, [e.item_id, list(e.neighbours), e.clicks, e.ts]) for e in result.evidence],
+        CoClicks.encode,
     )
     METRICS.events_out.labels(topics.co_clicks.get_topic_name()).inc(sent)
     if result.profiles_due:
@@ -239,18 +239,6 @@ class _Origin:
         self.value = click.event.to_bytes()
 
 
-def _evidence_records(evidence: Sequence[CoClickEvidence]) -> list[tuple[str, CoClick]]:
-    return [
-        (
-            ev.item_id,
-            CoClick.model_construct(
-                item_id=ev.item_id, neighbours=list(ev.neighbours), clicks=ev.clicks, ts=ev.ts
-            ),
-        )
-        for ev in evidence
-    ]
-
-
 #: How long the graph agent gathers co-click evidence after the first arrives. The
 #: graph is not on the click-to-list path (a list reads the graph as it is); a
 #: popular item touched several times in the window is written to the changelog
@@ -275,9 +263,9 @@ def register_graph_agent(streams: GenreStreams) -> None:
             start = time.perf_counter()
             records = chunk_records(events)
             evidence = [
-                CoClickEvidence(r.item_id, tuple(r.neighbours), r.clicks, r.ts)
+                CoClickEvidence(item, tuple(neighbours), clicks, ts)
                 for rec in records
-                for r in CoClicks.from_trusted_bytes(rec.value)
+                for item, neighbours, clicks, ts in CoClicks.from_trusted_bytes(rec.value)
             ]
             METRICS.events_in.labels(co_clicks_name).inc(len(evidence))
             for ev in evidence:

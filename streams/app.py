@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import ssl
 import sys
@@ -129,9 +130,10 @@ PRODUCER_BACKLOG_LIMIT = 2_000
 MAX_BATCH_BYTES = 512 * 1024
 
 
-def _sized_batches(records: list[R], wrap: Callable[[list[R]], _Record]) -> Iterator[bytes]:
+def _sized_batches(records: list[R], wrap: Callable[[list[R]], _Record | bytes]) -> Iterator[bytes]:
     """``wrap(records)`` serialised, split in halves until each part fits ``MAX_BATCH_BYTES``."""
-    value = wrap(records).to_bytes()
+    wrapped = wrap(records)
+    value = wrapped if isinstance(wrapped, bytes) else wrapped.to_bytes()
     if len(value) <= MAX_BATCH_BYTES or len(records) == 1:
         yield value
         return
@@ -231,6 +233,7 @@ def table_store_url(url: str) -> str:
     return ROCKSDB_SCHEME + url[len(parsed.scheme) :]
 
 
+@functools.lru_cache(maxsize=200_000)
 def partition_for(key: str, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for ``table_key(key)``.
 
@@ -379,7 +382,7 @@ class GenreStreams:
         self,
         topic: faust.TopicT,
         keyed: Iterable[tuple[str, R]],
-        wrap: Callable[[list[R]], _Record],
+        wrap: Callable[[list[R]], _Record | bytes],
     ) -> int:
         """Send records as one micro-batch message per partition; returns records sent.
 

@@ -24,7 +24,7 @@ from genre.core.features import (
     candidate_features,
 )
 from genre.model_export.replay import StreamReplay, build_interactions
-from genre.schemas import ClickEvent, CoClick, CoClicks, ItemUpsert
+from genre.schemas import ClickEvent, CoClicks, ItemUpsert
 from genre.streams.fold import Click, Fold
 
 T0 = 1_700_000_000.0
@@ -86,15 +86,12 @@ def _stream_side(
         users.update(result.states)
         duplicates += result.duplicates
         # Through the wire, as the graph agent receives it.
-        wire = CoClicks(
-            records=[
-                CoClick(item_id=e.item_id, neighbours=list(e.neighbours), clicks=e.clicks, ts=e.ts)
-                for e in result.evidence
-            ]
-        ).to_bytes()
+        wire = CoClicks.encode(
+            [[e.item_id, list(e.neighbours), e.clicks, e.ts] for e in result.evidence]
+        )
         evidence = [
-            CoClickEvidence(r.item_id, tuple(r.neighbours), r.clicks, r.ts)
-            for r in CoClicks.from_trusted_bytes(wire)
+            CoClickEvidence(item, tuple(nbrs), clicks, ts)
+            for item, nbrs, clicks, ts in CoClicks.from_trusted_bytes(wire)
         ]
         graph.update(apply_evidence(rules, evidence, graph.get))
     return users, graph, duplicates
