@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -138,14 +138,20 @@ class _NullLogger:
         return self.log
 
 
-def wait_for_broker(bootstrap: str, timeout_s: float = 30.0) -> None:
-    """Block until the broker at *bootstrap* answers a metadata request."""
+def wait_for_broker(
+    bootstrap: str, timeout_s: float = 30.0, alive: Callable[[], bool] | None = None
+) -> None:
+    """Block until the broker at *bootstrap* answers a metadata request.
+
+    *alive*, when given, is polled between tries: once it says the broker process is
+    gone the wait stops at once instead of running out its timeout.
+    """
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     admin = _admin(bootstrap, min(timeout_s, 5.0))
     while True:
         left = deadline - time.monotonic()
-        if left <= 0:
+        if left <= 0 or (alive is not None and not alive()):
             break
         try:
             admin.list_topics(timeout=max(0.1, min(left, 2.0)))  # type: ignore[attr-defined]
@@ -330,9 +336,19 @@ class EmbeddedBroker:
                     break
             time.sleep(0.02)
         try:
-            wait_for_broker(self.bootstrap, max(0.5, deadline - time.monotonic()))
+            wait_for_broker(
+                self.bootstrap,
+                max(0.5, deadline - time.monotonic()),
+                alive=lambda: self._proc is not None and self._proc.poll() is None,
+            )
         except BrokerError as exc:
+            code = self._proc.poll()
             self.stop()
+            if code is not None:
+                raise BrokerError(
+                    f"tansu exited with code {code} while starting on {self.bootstrap}; "
+                    f"log {log}:\n{self.log_tail()}"
+                ) from None
             raise BrokerError(f"{exc}\ntansu log {log}:\n{self.log_tail()}") from None
         if self._proc.poll() is not None:
             code = self._proc.returncode

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +92,8 @@ def test_produce_from_stdin_and_tail(pipeline: Pipeline) -> None:
     assert "because you watched" in out.stderr or "trending now" in out.stderr
 
 
-def test_broker_command_starts_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+def _broker_command(tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
+    """Start `genre broker`; return it and what it said once it said it is ready."""
     port = free_port()
     config = tmp_path / "genre.yaml"
     config.write_text(f"data_dir: {tmp_path}\nkafka: {{embedded: {{port: {port}}}}}\n")
@@ -103,13 +103,24 @@ def test_broker_command_starts_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
+    # The command is ready once it says so (its topics are made by then), not when
+    # the broker first answers: a signal before that would land mid-start.
+    said = ""
+    while "broker ready" not in said and proc.poll() is None:
+        said += proc.stderr.readline()  # type: ignore[union-attr]
+    wait_for_broker(f"127.0.0.1:{port}", timeout_s=30)
+    return proc, said
+
+
+def test_broker_command_starts_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    proc, said = _broker_command(tmp_path)
     try:
-        wait_for_broker(f"127.0.0.1:{port}", timeout_s=30)
-        time.sleep(0.5)
+        assert "broker ready" in said, said
         proc.send_signal(signal.SIGINT)
         # EmbeddedBroker.stop waits up to 10 s for SIGTERM, then 5 s after SIGKILL;
         # a loaded CI machine once needed more than 20 s here in all.
         _, err = proc.communicate(timeout=45)
+        err = said + err
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -118,17 +129,9 @@ def test_broker_command_starts_and_stops_on_ctrl_c(tmp_path: Path) -> None:
 
 
 def test_broker_command_fails_loudly_when_its_broker_dies(tmp_path: Path) -> None:
-    port = free_port()
-    config = tmp_path / "genre.yaml"
-    config.write_text(f"data_dir: {tmp_path}\nkafka: {{embedded: {{port: {port}}}}}\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "genre", "broker", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, said = _broker_command(tmp_path)
     try:
-        wait_for_broker(f"127.0.0.1:{port}", timeout_s=30)
+        assert "broker ready" in said, said
         # The broker runs in its own process group, a child of the command: kill it.
         children = subprocess.run(
             ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
@@ -137,6 +140,7 @@ def test_broker_command_fails_loudly_when_its_broker_dies(tmp_path: Path) -> Non
         for pid in children:
             os.kill(int(pid), signal.SIGKILL)
         _, err = proc.communicate(timeout=45)
+        err = said + err
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -28,9 +28,9 @@ import sys, urllib.request, urllib.error
 req = urllib.request.Request(sys.argv[1], headers=dict(h.split(": ", 1) for h in sys.argv[2:]))
 try:
     with urllib.request.urlopen(req, timeout=10) as r:
-        print(r.status, r.read(300).decode(errors="replace"))
+        print(r.status, r.read(2_000_000).decode(errors="replace"))
 except urllib.error.HTTPError as e:
-    print(e.code, e.read(300).decode(errors="replace"))
+    print(e.code, e.read(2_000_000).decode(errors="replace"))
 """
 
 
