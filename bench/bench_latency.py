@@ -385,7 +385,9 @@ def run_load(
             now = _scrape(workers)
             done = now["applied"] + now["dup"] + now["dlq"] - (target - n)
             progress.update(task, completed=min(done, n))
-            if done >= n and now["req_in"] >= now["req_out"]:
+            # Drained: every click applied, every score request taken, and no user still
+            # waiting for an in-process scorer (lists of the last batch follow below).
+            if done >= n and now["req_in"] >= now["req_out"] and now["pending"] == 0:
                 drained = True
                 break
             if log.rec_count != last_recs:
