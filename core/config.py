@@ -97,6 +97,13 @@ class EmbeddedBrokerConfig(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(default=19092, ge=1, le=65535)
+    #: Keep topics, records and committed offsets under ``<data_dir>/broker-data``
+    #: (tansu's s3 engine over a loopback S3 server) instead of in memory.
+    durable: bool = False
+
+
+#: Fetch wait on the durable embedded broker (see ``KafkaConfig._durable_fetch_wait``).
+DURABLE_FETCH_WAIT_MS = 250
 
 
 class KafkaConfig(_Section):
@@ -111,10 +118,20 @@ class KafkaConfig(_Section):
     #: Longest time a stream consumer's fetch waits at the broker for data. The
     #: embedded broker answers only when the wait expires, so this bounds the
     #: latency each topic hop adds; Apache Kafka answers as data arrives.
+    #: (With ``embedded.durable`` and no value of its own: ``DURABLE_FETCH_WAIT_MS``.)
     fetch_max_wait_ms: int = Field(default=10, ge=1, le=10_000)
     security: KafkaSecurity = KafkaSecurity()
     embedded: EmbeddedBrokerConfig = EmbeddedBrokerConfig()
     topics: TopicsConfig = TopicsConfig()
+
+    @model_validator(mode="after")
+    def _durable_fetch_wait(self) -> KafkaConfig:
+        # On the durable embedded broker every fetch reads its partitions' objects
+        # from the loopback S3 server; a worker polling its ~30 partitions every
+        # 10 ms kept that server so busy that a partition went unread for 10-80 s.
+        if self.embedded.durable and "fetch_max_wait_ms" not in self.model_fields_set:
+            self.fetch_max_wait_ms = DURABLE_FETCH_WAIT_MS
+        return self
 
     def client_config(self) -> dict[str, str]:
         """librdkafka (confluent-kafka) settings for this cluster."""

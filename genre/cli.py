@@ -58,6 +58,14 @@ def config_show(config: ConfigOpt = None) -> None:
 def broker(
     config: ConfigOpt = None,
     port: Annotated[int | None, typer.Option(help="Port (default: kafka.embedded.port)")] = None,
+    durable: Annotated[
+        bool | None,
+        typer.Option(
+            "--durable/--memory",
+            help="Keep topics under <data_dir>/broker-data across restarts, or in memory "
+            "(default: kafka.embedded.durable)",
+        ),
+    ] = None,
 ) -> None:
     """Run the embedded Kafka-compatible broker on 127.0.0.1 until Ctrl-C."""
     from genre.core.broker import BrokerError, EmbeddedBroker, ensure_genre_topics
@@ -66,15 +74,24 @@ def broker(
     emb = cfg.kafka.embedded
     log_path = cfg.path("broker.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    b = EmbeddedBroker(emb.host, port or emb.port, log_path=log_path)
+    keep = emb.durable if durable is None else durable
+    storage_dir = cfg.path("broker-data") if keep else None
+    if keep and not emb.durable:
+        console.print(
+            "[yellow]note:[/yellow] set kafka.embedded.durable: true in the workers' "
+            "genre.yaml too: they then fetch every 250 ms instead of every 10 ms, which "
+            "would flood the broker's object store"
+        )
+    b = EmbeddedBroker(emb.host, port or emb.port, log_path=log_path, storage_dir=storage_dir)
     try:
         b.start()
         ensure_genre_topics(b.bootstrap, cfg.kafka.topics)
     except BrokerError as exc:
         console.print(f"[red]broker error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
+    kept = f"topics kept in {storage_dir}" if storage_dir else "topics in memory"
     console.print(
-        f"[green]broker ready[/green] on {b.bootstrap} (log: {log_path}); Ctrl-C stops it"
+        f"[green]broker ready[/green] on {b.bootstrap} ({kept}; log: {log_path}); Ctrl-C stops it"
     )
     stop = False
 
@@ -83,11 +100,11 @@ def broker(
         stop = True
 
     signal.signal(signal.SIGTERM, _stop)
-    died: int | None = None
+    died: str | None = None
     try:
         while not stop:
             if not b.running:
-                died = b.returncode
+                died = b.death() or "it stopped"
                 break
             time.sleep(0.5)
     except KeyboardInterrupt:
@@ -95,11 +112,14 @@ def broker(
     finally:
         b.stop()
     if died is not None:
-        console.print(
-            f"[red]broker died[/red]: its tansu process exited with code {died} (see "
-            f"{log_path}); with memory storage every topic is gone: workers that were "
-            "running exit with a ConsistencyError, and their local state must be reset"
+        lost = (
+            f"its data is kept in {storage_dir}: start `genre broker --durable` again and "
+            "workers carry on"
+            if storage_dir
+            else "with memory storage every topic is gone: workers that were running exit "
+            "with a ConsistencyError, and their local state must be reset (`genre reset`)"
         )
+        console.print(f"[red]broker died[/red]: {died} (see {log_path}); {lost}")
         raise typer.Exit(3)
     console.print("broker stopped")
 

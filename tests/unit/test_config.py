@@ -445,3 +445,15 @@ def test_cli_config_show_missing_file_exits_2(tmp_path: Path) -> None:
     out = " ".join(result.output.split())  # rich wraps long lines
     assert "does not exist" in out
     assert "--config" in out
+
+
+def test_a_durable_embedded_broker_lengthens_the_default_fetch_wait(tmp_path: Path) -> None:
+    from genre.core.config import DURABLE_FETCH_WAIT_MS
+
+    path = tmp_path / "genre.yaml"
+    path.write_text("kafka: {embedded: {durable: true}}\n")
+    assert load_config(path, environ={}).kafka.fetch_max_wait_ms == DURABLE_FETCH_WAIT_MS
+    path.write_text("kafka: {embedded: {durable: true}, fetch_max_wait_ms: 40}\n")
+    assert load_config(path, environ={}).kafka.fetch_max_wait_ms == 40  # a value of one's own
+    path.write_text("kafka: {embedded: {durable: false}}\n")
+    assert load_config(path, environ={}).kafka.fetch_max_wait_ms == 10
