@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import logging
 import ssl
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ from genre.streams import recovery, transport
 from genre.streams.recovery import ExactEndTableManager
 from genre.streams.score_context import PendingScores
 
+log = logging.getLogger("genre.streams")
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -296,6 +299,9 @@ class GenreStreams:
     item_vectors_read: asyncio.Event | None = None
     #: Newest event time seen by this process (Unix seconds); 0 until the first click.
     event_time: float = 0.0
+    #: Keys of the dead letters this process wrote lately: a record read again (after
+    #: a rebalance, before its offset was committed) is not dead-lettered twice.
+    letters_written: RecentKeys = field(default_factory=lambda: RecentKeys(LETTERS_REMEMBERED))
     #: Users waiting for this process's scorer (from its own fold in role ``all``, from
     #: score requests in role ``scorer``); None where no scorer runs.
     pending: PendingScores | None = None
@@ -412,6 +418,12 @@ class GenreStreams:
     ) -> None:
         """Publish a rejected record to the DLQ with its origin (topic, partition, offset)."""
         topic, partition, offset = origin or (message.topic, message.partition, message.offset)
+        key = dead_letter_key(topic, partition, offset)
+        if not self.letters_written.add(key):
+            # Re-read before its offset was committed (a rebalance seeks back): the
+            # letter for this record is already on the DLQ.
+            log.info("dead letter %s already written by this process: not repeated", key)
+            return
         record = DeadLetter(
             source_topic=topic,
             source_partition=partition,
@@ -421,11 +433,30 @@ class GenreStreams:
             reason=reason,
             error=error,
         )
-        await self.topics.dlq.send(
-            key=dead_letter_key(topic, partition, offset), value=record.to_bytes()
-        )
+        await self.topics.dlq.send(key=key, value=record.to_bytes())
         METRICS.dlq_records.labels(reason).inc()
         METRICS.events_out.labels(self.topics.dlq.get_topic_name()).inc()
+
+
+#: Dead-letter keys each process remembers (a few MB at most).
+LETTERS_REMEMBERED = 65_536
+
+
+class RecentKeys:
+    """The last ``size`` distinct keys added, oldest forgotten first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._keys: OrderedDict[bytes, None] = OrderedDict()
+
+    def add(self, key: bytes) -> bool:
+        """Remember ``key``; False if it was already remembered."""
+        if key in self._keys:
+            return False
+        self._keys[key] = None
+        if len(self._keys) > self.size:
+            self._keys.popitem(last=False)
+        return True
 
 
 def dead_letter_key(topic: str, partition: int, offset: int) -> bytes:

@@ -39,3 +39,17 @@ def test_re_keyed_clicks_keep_their_type_and_producer_key() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # pydantic's serializer warning fails the test
         assert back.event.to_bytes() == event.to_bytes()
+
+
+def test_a_process_remembers_the_letters_it_wrote() -> None:
+    """A record read twice by one process (a rebalance seeks back past uncommitted
+    offsets) is dead-lettered once; the memory is bounded, oldest forgotten first."""
+    from genre.streams.app import RecentKeys
+
+    written = RecentKeys(2)
+    first = dead_letter_key("genre.clicks", 0, 1)
+    assert written.add(first) is True
+    assert written.add(first) is False  # the repeat is not written
+    written.add(dead_letter_key("genre.clicks", 0, 2))
+    written.add(dead_letter_key("genre.clicks", 0, 3))
+    assert written.add(first) is True  # forgotten after `size` newer letters
