@@ -11,7 +11,7 @@ EVENTS ?= 20000
 RANKER ?= auto
 RANKER_DIR := .cache/models/ranker
 
-.PHONY: install demo test lint schemas bench ranker evaluate clean
+.PHONY: install demo test test-fast lint schemas bench ranker evaluate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ test: $(STAMP)
 	$(BIN)/genre export encoder > /dev/null
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Unit tests only (real ONNX sessions, no broker): about 80 s on 2 cores.
+test-fast: $(STAMP)
+	$(BIN)/genre export encoder > /dev/null
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
