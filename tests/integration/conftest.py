@@ -199,10 +199,14 @@ def start_pipeline(tmp: Path, bootstrap: str, encoder_dir: Path, **overrides: An
     worker = WorkerProcess(path, config.streams.web_port, tmp / "worker.log").start(120)
     pipeline = Pipeline(config, path, worker)
     items = catalog()
-    with pipeline.producer() as producer:
-        for item in items:
-            producer.send_item(item)
-    worker.wait_metric("genre_items_encoded_total", len(items), timeout_s=120)
+    try:
+        with pipeline.producer() as producer:
+            for item in items:
+                producer.send_item(item)
+        worker.wait_metric("genre_items_encoded_total", len(items), timeout_s=120)
+    except BaseException:
+        worker.stop()  # a failed start must not leave its worker running
+        raise
     return pipeline
 
 
