@@ -142,6 +142,14 @@ class Pipeline:
             for event in events:
                 producer.send_raw(self.topics.clicks.name, event.to_bytes(), event.user_id.encode())
 
+    def wait_graph(self, timeout_s: float = 30.0) -> None:
+        """Wait until the graph agent applied every co-click record the fold has sent
+        (it gathers evidence for ``GRAPH_GATHER_S`` before it writes the edges)."""
+        topic = self.topics.co_clicks.name
+        sent = self.worker.metric("genre_events_out_total", topic=topic)
+        assert sent > 0, "the fold sent no co-click evidence yet"
+        self.worker.wait_metric("genre_events_in_total", sent, timeout_s, topic=topic)
+
     def send_raw(self, payloads: list[bytes]) -> None:
         with self.producer() as producer:
             for payload in payloads:

@@ -101,7 +101,9 @@ def test_profiles_are_generated_encoded_and_drive_candidates(profile_pipeline: P
     assert expected.interests[0] == "sci-fi"
     assert space_reasons == {"matches your interest in sci-fi"}, space_reasons
 
-    # Users below every_k_clicks have no profile and still get lists.
+    # Users below every_k_clicks have no profile and still get lists (from trending,
+    # once the graph has the clicks above).
+    p.wait_graph()
     p.send_clicks([click("prof-new-0", "prof-new", "crime-0", ts=1_700_000_300.0)])
     rec = next(r for r in p.recommendations({"prof-new-0"}) if r.user_id == "prof-new")
     assert rec.items and all(i.source != "profile" for i in rec.items)

@@ -16,7 +16,6 @@ from genre.core.features import decode_vector
 from genre.core.vectorstore import QdrantStore
 from genre.schemas import DeadLetter, Recommendation, UserClicks
 from genre.schemas.jsonschema import SCHEMA_DIR
-from genre.streams.agents import GRAPH_GATHER_S
 
 from .conftest import Pipeline, click, read_topic, running_pipeline
 
@@ -77,8 +76,7 @@ def test_co_clicks_drive_recommendations(pipeline: Pipeline) -> None:
         ]
     pipeline.send_clicks(events)
     pipeline.recommendations(until_triggers={f"cc-crowd-{u}-b" for u in range(6)})
-    # The graph agent gathers evidence for GRAPH_GATHER_S before it writes the edges.
-    time.sleep(4 * GRAPH_GATHER_S)
+    pipeline.wait_graph()
     pipeline.send_clicks([click("cc-new-a", "cc-new", "space-0", ts=1_700_000_300.0)])
     recs = pipeline.recommendations(until_triggers={"cc-new-a"})
     rec = next(r for r in recs if r.trigger_event_id == "cc-new-a")
