@@ -77,7 +77,6 @@ from typing import Any
 import numpy as np
 import orjson
 from bench_scale import (
-    SETTLE_S,
     SPLIT_ROLES,
     _payloads,
     _produce_level,
@@ -86,12 +85,12 @@ from bench_scale import (
     _scrape,
     _start_all,
     _worker_configs,
+    drain_level,
 )
 from bench_stream import _cpu_s, _load_items
 from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, TopicPartition
 from machine import cpu_name, memory_mb, save_result
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from genre.core.broker import EmbeddedBroker, ensure_genre_topics, free_port
 from genre.core.config import GenreConfig, load_config
@@ -368,40 +367,17 @@ def run_load(
     topic = cfg.kafka.topics.clicks.name
     start, produce_end = _produce_level(producer, topic, keys, values, rate, handoff, first)
     target = before["applied"] + before["dup"] + before["dlq"] + n
-    deadline = time.monotonic() + args.drain_timeout_s
-    progress = Progress(
-        TextColumn(f"offered {rate:,.0f}/s: applied"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
+    drained, _ = drain_level(
+        workers,
+        target,
+        n,
+        rate,
+        args.drain_timeout_s,
+        lambda: log.rec_count,
+        console,
+        stall_s=STALL_S,
+        poll_s=SCRAPE_S,
     )
-    drained = False
-    last_recs, last_change = log.rec_count, time.monotonic()
-    with progress:
-        task = progress.add_task("drain", total=n)
-        while time.monotonic() < deadline:
-            now = _scrape(workers)
-            done = now["applied"] + now["dup"] + now["dlq"] - (target - n)
-            progress.update(task, completed=min(done, n))
-            # Drained: every click applied, every score request taken, and no user still
-            # waiting for an in-process scorer (lists of the last batch follow below).
-            if done >= n and now["req_in"] >= now["req_out"] and now["pending"] == 0:
-                drained = True
-                break
-            if log.rec_count != last_recs:
-                last_recs, last_change = log.rec_count, time.monotonic()
-            elif time.monotonic() - last_change > STALL_S:
-                break  # nothing arrives any more: the counters may not mean what we think
-            if not all(w.running for w in workers):
-                raise RuntimeError(f"a worker died; log:\n{workers[0].log_tail()}")
-            time.sleep(SCRAPE_S)
-    # Lists of the last batch are still on their way: wait until none arrive for SETTLE_S.
-    last_count = -1
-    while log.rec_count != last_count:
-        last_count = log.rec_count
-        time.sleep(SETTLE_S)
     after = _scrape(workers)
     cpu = {name: round(_cpu_s(pid) - cpu0[name], 1) for name, pid in pids.items()}
     cpu["bench"] = round(_cpu_s(os.getpid()) - cpu0["bench"], 1)

@@ -58,6 +58,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +195,62 @@ def _batch_histogram(before: dict[str, float], after: dict[str, float]) -> dict[
         out[label] = int(cumulative - previous)
         previous = cumulative
     return {k: v for k, v in out.items() if v}
+
+
+def drain_level(
+    workers: list[WorkerProcess],
+    target: int,
+    n: int,
+    rate: float,
+    timeout_s: float,
+    lists_seen: Callable[[], int],
+    console: Console,
+    stall_s: float | None = None,
+    poll_s: float = POLL_S,
+) -> tuple[bool, float]:
+    """Wait until a level's ``n`` clicks are applied (``target`` in the workers'
+    counters) and no scorer work is left, then until no list has arrived for
+    ``SETTLE_S``. Returns (drained, most users seen waiting for a scorer).
+
+    ``stall_s``: give up once no list has arrived for that long (None: wait for
+    ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    progress = Progress(
+        TextColumn(f"offered {rate:,.0f}/s: applied"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    drained = False
+    pending_max = 0.0
+    last_lists, last_change = lists_seen(), time.monotonic()
+    with progress:
+        task = progress.add_task("drain", total=n)
+        while time.monotonic() < deadline:
+            now = _scrape(workers)
+            pending_max = max(pending_max, now["pending"])
+            done = now["applied"] + now["dup"] + now["dlq"] - (target - n)
+            progress.update(task, completed=min(done, n))
+            # Drained: every click applied, every score request taken, and no user still
+            # waiting for an in-process scorer (lists of the last batch follow below).
+            if done >= n and now["req_in"] >= now["req_out"] and now["pending"] == 0:
+                drained = True
+                break
+            if lists_seen() != last_lists:
+                last_lists, last_change = lists_seen(), time.monotonic()
+            elif stall_s is not None and time.monotonic() - last_change > stall_s:
+                break  # nothing arrives any more: the counters may not mean what we think
+            if not all(w.running for w in workers):
+                raise WorkerProcessError(f"a worker died; log:\n{workers[0].log_tail()}")
+            time.sleep(poll_s)
+    # Lists of the last batch are still on their way: wait until none arrive for SETTLE_S.
+    last_count = -1
+    while lists_seen() != last_count:
+        last_count = lists_seen()
+        time.sleep(SETTLE_S)
+    return drained, pending_max
 
 
 def _produce_level(
@@ -391,37 +448,9 @@ def _run_level(
     topic = cfg.kafka.topics.clicks.name
     start, produce_end = _produce_level(producer, topic, keys, values, rate, produced_at, first)
     target = before["applied"] + before["dup"] + before["dlq"] + n
-    deadline = time.monotonic() + args.drain_timeout_s
-    progress = Progress(
-        TextColumn(f"offered {rate:,.0f}/s: applied"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
+    drained, pending_max = drain_level(
+        workers, target, n, rate, args.drain_timeout_s, lambda: recs.count, console
     )
-    drained = False
-    pending_max = 0.0
-    with progress:
-        task = progress.add_task("drain", total=n)
-        while time.monotonic() < deadline:
-            now = _scrape(workers)
-            pending_max = max(pending_max, now["pending"])
-            done = now["applied"] + now["dup"] + now["dlq"] - (target - n)
-            progress.update(task, completed=min(done, n))
-            # Drained: every click applied, every score request taken, and no user still
-            # waiting for an in-process scorer (lists of the last batch follow below).
-            if done >= n and now["req_in"] >= now["req_out"] and now["pending"] == 0:
-                drained = True
-                break
-            if not all(w.running for w in workers):
-                raise WorkerProcessError(f"a worker died; log:\n{workers[0].log_tail()}")
-            time.sleep(POLL_S)
-    # Lists of the last batch are still on their way: wait until none arrive for SETTLE_S.
-    last_count = -1
-    while recs.count != last_count:
-        last_count = recs.count
-        time.sleep(SETTLE_S)
     after = _scrape(workers)
     arrivals = recs.arrivals[first : first + n]
     sent = produced_at[first : first + n]
