@@ -206,8 +206,14 @@ def export_encoder(
             f"[red]{exc}[/red]; install the training extra: pip install 'genre-recsys[train]'"
         )
         raise typer.Exit(1) from None
+    from genre.schemas.manifest import ManifestError
+
     cfg = _config(config)
-    manifest = export_encoder(cfg.path(cfg.encoder.dir), force=force)
+    try:
+        manifest = export_encoder(cfg.path(cfg.encoder.dir), force=force)
+    except ManifestError as exc:
+        console.print(f"[red]encoder export failed:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
     typer.echo(manifest.model_dump_json(indent=2))
 
 

