@@ -78,6 +78,7 @@ import numpy as np
 import orjson
 from bench_scale import (
     SPLIT_ROLES,
+    CpuMeter,
     _payloads,
     _produce_level,
     _publish_item_vectors,
@@ -87,7 +88,7 @@ from bench_scale import (
     _worker_configs,
     drain_level,
 )
-from bench_stream import _cpu_s, _load_items
+from bench_stream import _load_items
 from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, TopicPartition
 from machine import cpu_name, memory_mb, save_result
 from rich.console import Console
@@ -360,10 +361,7 @@ def run_load(
     """One offered load: produce at ``rate``, wait for the pipeline to drain, measure."""
     n = len(values)
     before = _scrape(workers)
-    pids = {f"worker{i}": w.proc.pid for i, w in enumerate(workers) if w.proc}
-    pids["broker"] = broker.pid
-    cpu0 = {name: _cpu_s(pid) for name, pid in pids.items()}
-    cpu0["bench"] = _cpu_s(os.getpid())
+    cpu_meter = CpuMeter(workers, broker)
     topic = cfg.kafka.topics.clicks.name
     start, produce_end = _produce_level(producer, topic, keys, values, rate, handoff, first)
     target = before["applied"] + before["dup"] + before["dlq"] + n
@@ -379,8 +377,7 @@ def run_load(
         poll_s=SCRAPE_S,
     )
     after = _scrape(workers)
-    cpu = {name: round(_cpu_s(pid) - cpu0[name], 1) for name, pid in pids.items()}
-    cpu["bench"] = round(_cpu_s(os.getpid()) - cpu0["bench"], 1)
+    cpu = cpu_meter.spent()
     anatomy = _anatomy(log, handoff, first, n)
     end = anatomy.pop("last_receipt_s") or time.time()
     wall = max(end - start, 1e-9)

@@ -197,6 +197,20 @@ def _batch_histogram(before: dict[str, float], after: dict[str, float]) -> dict[
     return {k: v for k, v in out.items() if v}
 
 
+class CpuMeter:
+    """CPU seconds the workers, the broker and this bench spend from now on."""
+
+    def __init__(self, workers: list[WorkerProcess], broker: EmbeddedBroker) -> None:
+        self.pids = {f"worker{i}": w.proc.pid for i, w in enumerate(workers) if w.proc}
+        self.pids["broker"] = broker.pid
+        self.pids["bench"] = os.getpid()
+        self.start = {name: _cpu_s(pid) for name, pid in self.pids.items()}
+
+    def spent(self) -> dict[str, float]:
+        """CPU seconds per process since this meter was made."""
+        return {n: round(_cpu_s(pid) - self.start[n], 1) for n, pid in self.pids.items()}
+
+
 def drain_level(
     workers: list[WorkerProcess],
     target: int,
@@ -441,10 +455,7 @@ def _run_level(
     scorers = sum(role_runs(w.role, "scorer") for w in workers)
     stream_workers = sum(role_runs(w.role, "stream") for w in workers)
     before = _scrape(workers)
-    pids = {f"worker{i}": w.proc.pid for i, w in enumerate(workers) if w.proc}
-    pids["broker"] = broker.pid
-    cpu0 = {name: _cpu_s(pid) for name, pid in pids.items()}
-    cpu0["bench"] = _cpu_s(os.getpid())
+    cpu_meter = CpuMeter(workers, broker)
     topic = cfg.kafka.topics.clicks.name
     start, produce_end = _produce_level(producer, topic, keys, values, rate, produced_at, first)
     target = before["applied"] + before["dup"] + before["dlq"] + n
@@ -458,8 +469,7 @@ def _run_level(
     lat = (arrivals[got] - sent[got]) * 1000.0
     end = float(np.nanmax(arrivals)) if got.any() else time.time()
     wall = max(end - start, 1e-9)
-    cpu = {name: round(_cpu_s(pid) - cpu0[name], 1) for name, pid in pids.items()}
-    cpu["bench"] = round(_cpu_s(os.getpid()) - cpu0["bench"], 1)
+    cpu = cpu_meter.spent()
     batches = after["batches"] - before["batches"]
     return {
         "offered_eps": rate,
