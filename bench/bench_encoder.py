@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rss_start = peak_rss_mb()
 
     # --- ONNX Runtime (torch not imported yet) --------------------------------------------
-    from genre.workers.text_encoder import TextEncoder
+    from genre.core.text_encoder import TextEncoder
 
     encoder = TextEncoder.from_manifest(
         args.model_dir, providers=args.providers, threads=args.threads

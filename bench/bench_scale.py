@@ -75,11 +75,11 @@ from genre.core.broker import EmbeddedBroker, ensure_genre_topics, free_port
 from genre.core.config import GenreConfig, load_config
 from genre.core.features import encode_vector
 from genre.core.kafka_client import ClickProducer
+from genre.core.synthetic import SyntheticSpec, SyntheticWorkload
 from genre.demo import _assigned_consumer, _demo_config
 from genre.process import WorkerProcess, WorkerProcessError
 from genre.schemas import ItemVector
 from genre.streams.app import role_runs
-from genre.synthetic import SyntheticSpec, SyntheticWorkload
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"

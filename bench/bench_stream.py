@@ -66,8 +66,8 @@ from rich.console import Console
 from genre.core.broker import EmbeddedBroker, ensure_genre_topics, free_port
 from genre.core.config import DURABLE_FETCH_WAIT_MS, GenreConfig, load_config
 from genre.core.kafka_client import ClickProducer
+from genre.core.synthetic import SyntheticSpec, SyntheticWorkload
 from genre.demo import _demo_config
-from genre.synthetic import SyntheticSpec, SyntheticWorkload
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"

@@ -26,6 +26,7 @@ from rich.progress import track
 from genre.core.config import CandidateSourceSpec, GenreConfig, load_config
 from genre.core.exact_index import ExactIndex
 from genre.core.features import FeatureSpec, UserState, apply_evidence
+from genre.core.text_encoder import TextEncoder
 from genre.model_export.datasets import as_click_events, fetch_ml100k, load_ml100k
 from genre.streams.fold import Click, Fold
 from genre.streams.views import (
@@ -37,7 +38,6 @@ from genre.streams.views import (
     memory_items,
 )
 from genre.workers.scorer import ScorerWorker
-from genre.workers.text_encoder import TextEncoder
 
 
 def item_vectors(config: GenreConfig, items: list[Any]) -> np.ndarray:

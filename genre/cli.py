@@ -20,7 +20,7 @@ from genre.core.config import ConfigError, GenreConfig, load_config
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from genre.synthetic import SyntheticSpec, SyntheticWorkload
+    from genre.core.synthetic import SyntheticSpec, SyntheticWorkload
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
@@ -140,11 +140,11 @@ def worker(
     """Run a worker: stream agents, item encoder and scorer, or one role of them
     (Ctrl-C stops it cleanly)."""
     from genre.core.broker import BrokerError
+    from genre.core.onnx_runtime import ProviderError
     from genre.core.registry import UnknownComponentError
     from genre.core.state_guard import LOST_STATE_EXIT, LostStateError
     from genre.core.vectorstore import VectorStoreError
     from genre.schemas.manifest import ManifestError
-    from genre.workers.onnx_runtime import ProviderError
     from genre.workers.service import run_worker
 
     cfg = _config(config)
@@ -253,8 +253,8 @@ _ItemsOpt = Annotated[Path | None, typer.Option(help="JSONL of ItemUpsert record
 
 def _click_log(cfg: GenreConfig, dataset: str, clicks: Path | None, items: Path | None) -> object:
     from genre.model_export.datasets import DatasetError
+    from genre.model_export.pipeline import RankingInputError, load_click_log
     from genre.model_export.replay import ReplayError
-    from genre.ranking import RankingInputError, load_click_log
 
     try:
         return load_click_log(cfg, dataset, clicks, items)
@@ -273,7 +273,7 @@ def train(
     out_dir: _EvalOut = None,
 ) -> None:
     """Train the GENRE ranker on a click log (temporal split, early stopping); print JSON."""
-    from genre.ranking import run_train
+    from genre.model_export.pipeline import run_train
 
     cfg = _config(config)
     log = _click_log(cfg, dataset, clicks, items)
@@ -305,7 +305,7 @@ def evaluate(
     ] = None,
 ) -> None:
     """GENRE ranker vs baselines on a temporal split with full ranking (HR@10, NDCG@10, MRR)."""
-    from genre.ranking import run_ablation, run_evaluate
+    from genre.model_export.pipeline import run_ablation, run_evaluate
 
     cfg = _config(config)
     log = _click_log(cfg, dataset, clicks, items)
@@ -385,7 +385,7 @@ def produce(
         bool,
         typer.Option(
             "--synthetic",
-            help="Generate a workload with a known structure (genre/synthetic.py): items to the "
+            help="Generate a workload with a known structure (core/synthetic.py): items to the "
             "items topic, then clicks to the clicks topic",
         ),
     ] = False,
@@ -449,7 +449,7 @@ def produce(
         return
     from dataclasses import replace
 
-    from genre.synthetic import SyntheticSpec
+    from genre.core.synthetic import SyntheticSpec
 
     if only not in (None, "items", "clicks"):
         console.print(f"[red]--only takes items or clicks, not {escape(only)!r}[/red]")
@@ -551,7 +551,7 @@ def _synthetic_summary(
 def _synthetic_to_files(
     spec: SyntheticSpec, out_dir: Path, truth: Path | None, only: str | None
 ) -> dict[str, Any]:
-    from genre.synthetic import SyntheticWorkload
+    from genre.core.synthetic import SyntheticWorkload
 
     t0 = time.perf_counter()
     work = SyntheticWorkload(spec)
@@ -581,7 +581,7 @@ def _synthetic_to_kafka(
     cfg: GenreConfig, spec: SyntheticSpec, truth: Path | None, only: str | None
 ) -> dict[str, Any]:
     from genre.core.kafka_client import ClickProducer, DeliveryError
-    from genre.synthetic import SyntheticWorkload
+    from genre.core.synthetic import SyntheticWorkload
 
     t0 = time.perf_counter()
     work = SyntheticWorkload(spec)

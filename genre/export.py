@@ -11,8 +11,8 @@ from genre.schemas.ranker_manifest import RankerManifest
 
 def export_encoder(out_dir: Path, **kwargs: Any) -> ModelManifest:
     """Export the text encoder; its parity check runs the serving-side ``TextEncoder``."""
+    from genre.core.text_encoder import TextEncoder
     from genre.model_export.encoder import export_text_encoder
-    from genre.workers.text_encoder import TextEncoder
 
     return export_text_encoder(out_dir, runtime=TextEncoder.for_parity, **kwargs)
 

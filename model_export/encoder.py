@@ -296,7 +296,7 @@ def export_text_encoder(
     """Export the sentence encoder to ``out_dir`` (model.onnx, tokenizer.json, manifest.json).
 
     ``runtime(manifest, model_dir)`` must return the serving-side encoder
-    (``genre.workers.text_encoder.TextEncoder.for_parity``): the parity check
+    (``genre.core.text_encoder.TextEncoder.for_parity``): the parity check
     runs the exact code that serves, while this offline package never imports
     the serving package (the entry points in ``genre/`` wire the two together).
     """

@@ -49,7 +49,7 @@ def topic_factory(broker: object) -> Callable[..., str]:
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------------------
-# Text encoder -- owner: model_export/encoder.py, workers/text_encoder.py
+# Text encoder -- owner: model_export/encoder.py, core/text_encoder.py
 # ---------------------------------------------------------------------------
 
 ENCODER_CACHE_DIR = REPO_ROOT / ".cache" / "models" / "encoder"

@@ -20,11 +20,11 @@ import numpy as np
 from pydantic import ValidationError
 
 from genre.core.features import encode_vector
-from genre.core.llm import ItemEnrichment, LLMClient, LLMResult, enriched_text
 from genre.core.telemetry import METRICS, measured_batch
+from genre.core.text_encoder import TextEncoder
+from genre.llm.client import ItemEnrichment, LLMClient, LLMResult, enriched_text
 from genre.schemas import ItemUpsert, ItemVector, Rejection, parse_record
 from genre.streams.app import GenreStreams
-from genre.workers.text_encoder import TextEncoder
 
 log = logging.getLogger("genre.item_encoder")
 

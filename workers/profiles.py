@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from genre.core.features import encode_vector
-from genre.core.llm import LLMClient, UserProfile, item_label, profile_text
 from genre.core.telemetry import METRICS, measured_batch
+from genre.core.text_encoder import TextEncoder
+from genre.llm.client import LLMClient, UserProfile, item_label, profile_text
 from genre.schemas import ProfileRequest, ProfileRequests
 from genre.streams.app import GenreStreams, chunk_records
-from genre.workers.text_encoder import TextEncoder
 
 log = logging.getLogger("genre.profiles")
 

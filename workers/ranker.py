@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from genre.core.onnx_runtime import CPU, OnnxModel
 from genre.core.telemetry import METRICS
 from genre.schemas.manifest import ManifestError, verify_files
 from genre.schemas.ranker_manifest import RANKER_GRAPHS, RankerManifest, load_ranker_manifest
-from genre.workers.onnx_runtime import CPU, OnnxModel
 
 log = logging.getLogger("genre.ranker")
 

@@ -12,9 +12,10 @@ from threadpoolctl import threadpool_limits
 from genre.core.broker import ensure_genre_topics, wait_for_broker
 from genre.core.config import GenreConfig
 from genre.core.exact_index import ExactIndex
-from genre.core.llm import LLMClient, build_llm
 from genre.core.state_guard import check_state
+from genre.core.text_encoder import TextEncoder
 from genre.core.vectorstore import VectorStore, open_vector_store
+from genre.llm.client import LLMClient, build_llm
 from genre.streams.agents import register_graph_agent, register_stream_agents
 from genre.streams.app import (
     ROLES,
@@ -31,7 +32,6 @@ from genre.workers.item_encoder import ItemEncoderWorker, register_item_encoder_
 from genre.workers.profiles import ProfileWorker, register_profile_agent
 from genre.workers.ranker import RankerHandle
 from genre.workers.scorer import ScorerWorker, register_scorer
-from genre.workers.text_encoder import TextEncoder
 
 log = logging.getLogger("genre.worker")
 

@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from genre.core.features import decode_vector
-from genre.core.llm import item_label
-from genre.core.llm_backends import OfflineBackend
+from genre.llm.backends import OfflineBackend
+from genre.llm.client import item_label
 
 from ..llm_server import LLMTestServer
 from .conftest import GENRES, Pipeline, catalog, click, read_topic, running_pipeline

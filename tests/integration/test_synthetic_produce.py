@@ -12,8 +12,8 @@ import pytest
 
 from genre.core.broker import ensure_genre_topics
 from genre.core.config import load_config
+from genre.core.synthetic import SyntheticSpec, SyntheticWorkload
 from genre.schemas import ClickEvent, ItemUpsert
-from genre.synthetic import SyntheticSpec, SyntheticWorkload
 
 from .conftest import read_topic, write_config
 

@@ -1,4 +1,4 @@
-"""core/llm.py: the LLM client against a real local chat-completions server
+"""llm/client.py: the LLM client against a real local chat-completions server
 (tests/llm_server.py), the offline backend, the guard and the config section."""
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import yaml
 from prometheus_client import REGISTRY
 
 from genre.core.config import ConfigError, GenreConfig, load_config
-from genre.core.llm import (
+from genre.llm.backends import OfflineBackend
+from genre.llm.client import (
     ItemEnrichment,
     LLMCache,
     LLMClient,
@@ -27,8 +28,7 @@ from genre.core.llm import (
     build_llm,
     enriched_text,
 )
-from genre.core.llm_backends import OfflineBackend
-from genre.core.llm_guard import CircuitBreaker, LLMCallError, parse_output
+from genre.llm.guard import CircuitBreaker, LLMCallError, parse_output
 from genre.schemas.records import ItemUpsert
 from tests.llm_server import LLMTestServer, answer_for, extract_payload
 
@@ -592,7 +592,7 @@ def test_default_path_imports_no_torch_and_offline_is_hash_seed_independent() ->
     code = (
         "import json, sys\n"
         "from genre.core.config import GenreConfig\n"
-        "from genre.core.llm import build_llm\n"
+        "from genre.llm.client import build_llm\n"
         "from genre.schemas.records import ItemUpsert\n"
         "build_llm(GenreConfig.model_validate({'llm': {'backend': 'openai'}}))\n"
         "c = build_llm(GenreConfig())\n"

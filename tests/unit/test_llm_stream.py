@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from genre.core.config import GenreConfig, LLMConfig
-from genre.core.llm import (
+from genre.core.vectorstore import StoredVector
+from genre.llm.backends import OpenAIBackend
+from genre.llm.client import (
     LLMClient,
     LLMResult,
     UserProfile,
@@ -15,8 +17,6 @@ from genre.core.llm import (
     item_label,
     profile_text,
 )
-from genre.core.llm_backends import OpenAIBackend
-from genre.core.vectorstore import StoredVector
 from genre.model_export.replay import (
     FeatureSpec,
     ProfileTrack,

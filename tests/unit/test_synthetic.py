@@ -1,4 +1,4 @@
-"""The synthetic workload (genre/synthetic.py) and `genre produce --synthetic --out-dir`."""
+"""The synthetic workload (core/synthetic.py) and `genre produce --synthetic --out-dir`."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from genre.core.config import GenreConfig
+from genre.core.synthetic import THEMES, ClickChunk, SyntheticSpec, SyntheticWorkload
 from genre.schemas import ClickEvent, ItemUpsert, Rejection, parse_record
-from genre.synthetic import THEMES, ClickChunk, SyntheticSpec, SyntheticWorkload
 
 SPEC = SyntheticSpec(seed=7, n_users=5000, n_items=1200, n_topics=12, events=120_000)
 
@@ -273,7 +273,7 @@ def test_cli_writes_items_clicks_and_truth(tmp_path: Path) -> None:
         v for _, vs in SyntheticWorkload(spec).click_payloads(1000) for v in vs
     ]
     # what `genre evaluate --clicks ... --items ...` reads
-    from genre.ranking import load_click_log
+    from genre.model_export.pipeline import load_click_log
 
     log = load_click_log(GenreConfig(), None, out / "clicks.jsonl", out / "items.jsonl")
     assert len(log.clicks) == 20_000 and len(log.items) == 300

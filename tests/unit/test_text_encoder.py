@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from genre.core.onnx_runtime import OnnxModel, ProviderError, resolve_providers
+from genre.core.text_encoder import TextEncoder
 from genre.schemas.manifest import ManifestError, load_manifest, verify_files
-from genre.workers.onnx_runtime import OnnxModel, ProviderError, resolve_providers
-from genre.workers.text_encoder import TextEncoder
 
 pytestmark = pytest.mark.model
 
@@ -232,7 +232,7 @@ def test_runtime_import_is_torch_free(encoder_dir: Path) -> None:
     code = textwrap.dedent(
         f"""
         import sys
-        import genre.workers.text_encoder as te
+        import genre.core.text_encoder as te
         enc = te.TextEncoder.from_manifest({str(encoder_dir)!r}, providers="auto")
         vecs = enc.encode(["hello world", ""])
         assert vecs.shape == (2, enc.dim), vecs.shape

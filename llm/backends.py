@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from genre.core.config import ConfigError, LLMConfig
-from genre.core.llm_guard import (
+from genre.llm.guard import (
     CATEGORIES_MAX,
     INTERESTS_MAX,
     KEYWORDS_MAX,

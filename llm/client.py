@@ -39,8 +39,9 @@ from tenacity import (
 )
 
 from genre.core.config import GenreConfig, LLMConfig, LLMPrompt
-from genre.core.llm_backends import OfflineBackend, OpenAIBackend, TransformersBackend
-from genre.core.llm_guard import (
+from genre.core.telemetry import METRICS, Metrics
+from genre.llm.backends import OfflineBackend, OpenAIBackend, TransformersBackend
+from genre.llm.guard import (
     CircuitBreaker,
     ItemEnrichment,
     LLMCallError,
@@ -51,7 +52,6 @@ from genre.core.llm_guard import (
     profile_payload,
     render_messages,
 )
-from genre.core.telemetry import METRICS, Metrics
 from genre.schemas.records import ItemUpsert
 
 __all__ = [

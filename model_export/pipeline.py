@@ -89,7 +89,7 @@ def text_vectors(
 
 def encode_texts(cfg: GenreConfig, texts: list[str], console: Console, what: str) -> np.ndarray:
     """Unit vectors of ``texts`` from the serving encoder; cached per encoder version and text."""
-    from genre.workers.text_encoder import TextEncoder
+    from genre.core.text_encoder import TextEncoder
 
     encoder = TextEncoder.from_manifest(
         cfg.path(cfg.encoder.dir), cfg.encoder.providers, threads=cfg.encoder.threads
@@ -130,7 +130,7 @@ def llm_inputs(
     Profiles follow the profile agent: due every ``llm.profiles.every_k_clicks``
     clicks, written from "Title (tags)" labels of the recent items, encoded.
     """
-    from genre.core.llm import build_llm, enriched_text, item_label, profile_text
+    from genre.llm.client import build_llm, enriched_text, item_label, profile_text
     from genre.model_export.replay import ProfileTrack, profile_schedule
 
     own = llm is None and (items or profiles)
@@ -391,7 +391,7 @@ def run_ablation(
     """GENRE trained and tested three times on one split and seed: without the LLM, with
     enriched items, with enriched items and profiles. Saves the checkpoint of the variant
     the config serves (``llm.items.enabled`` / ``llm.profiles.enabled``)."""
-    from genre.core.llm import build_llm
+    from genre.llm.client import build_llm
     from genre.model_export.replay import build_interactions
 
     data = build_interactions(log.items, log.clicks)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from genre.core.onnx_runtime import OnnxModel
 from genre.schemas.manifest import ManifestError, ModelManifest, verify_files
-from genre.workers.onnx_runtime import OnnxModel
 
 TEXT_ENCODER_KIND = "text_encoder"
 
