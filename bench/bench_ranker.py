@@ -6,7 +6,7 @@ Usage: python bench/bench_ranker.py [--checkpoint .cache/models/ranker-checkpoin
 The checkpoint is exported with ``genre.export.export_ranker`` into a temporary
 directory (so the parity figures come along); ONNX rows run the serving runner,
 ``genre.workers.ranker.OnnxRanker``, with the worker's session options. Without a checkpoint a
-randomly initialised model of the default ``RankerConfig`` shape is used: timing
+randomly initialised model of the default ``RankerShape`` shape is used: timing
 does not depend on the weights, and the JSON says so.
 
 Scorer: item-tower outputs are precomputed (as the worker caches them); one call =
@@ -113,15 +113,15 @@ def time_calls(
 
 def build_checkpoint(path: Path | None, workdir: Path, cfg: Any = None) -> tuple[Path, str | None]:
     """The checkpoint to export, or a random one (with a note) of shape ``cfg``
-    (a ``RankerConfig``; the default shape when None)."""
+    (a ``RankerShape``; the default shape when None)."""
     if path is not None and path.is_file():
         return path, None
     import torch
 
-    from genre.model_export.ranker import GenreRanker, RankerConfig
+    from genre.model_export.ranker import GenreRanker, RankerShape
 
     torch.manual_seed(0)
-    cfg = cfg or RankerConfig()
+    cfg = cfg or RankerShape()
     model = GenreRanker(cfg).eval()
     ckpt = workdir / "random-ranker.pt"
     torch.save(
@@ -139,7 +139,7 @@ def build_checkpoint(path: Path | None, workdir: Path, cfg: Any = None) -> tuple
         ckpt,
     )
     note = (
-        f"no checkpoint at {path}: randomly initialised weights of the default RankerConfig "
+        f"no checkpoint at {path}: randomly initialised weights of the default RankerShape "
         "shape (timing does not depend on the weights; parity figures are for random weights)"
     )
     return ckpt, note
@@ -251,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
                     def call(be: Any = be, hb=hb, mb=mb, cb=cb, fb=fb) -> Any:
                         user = be.user_encoder(hb, mb)
-                        return be.scorer(user, hb, mb, cb, fb)
+                        return be.score_head(user, hb, mb, cb, fb)
 
                     try:
                         stats = time_calls(call, args.repeats, args.min_seconds)
@@ -345,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "min_seconds": args.min_seconds,
                 "scorer_call": "user_encoder + scorer (item tower outputs precomputed)",
             },
-            "scorer": scorer,
+            "score_head": scorer,
             "item_tower": item_tower,
             "speedup_vs_torch_eager": speedup,
             "speedup_note": (

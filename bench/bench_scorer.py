@@ -11,7 +11,7 @@ once up front; publishing is left out (there is no broker here;
 * ``blend``: the blend scorer over the sources' candidates (no model);
 * ``ranker``: the learned ranker (ONNX Runtime, CPU provider) re-ranking the
   best ``ranker.rank_candidates`` of the blend. For each L a ranker of
-  ``RankerConfig(history_len=L)`` with random weights is exported to ONNX in a
+  ``RankerShape(history_len=L)`` with random weights is exported to ONNX in a
   temporary folder: its attention covers all L clicks (the served ranker covers
   its training history, 50 by default). Timing does not depend on the weights.
 
@@ -164,16 +164,16 @@ def _time_calls(worker: Any, contexts: list[ScoreContext], batch: int, seconds: 
 def _export_ranker(history: int, out: Path, console: Console) -> Path:
     """A random-weight ranker whose attention covers ``history`` clicks, exported to ``out``."""
     from genre.export import export_ranker
-    from genre.model_export.ranker import RankerConfig
+    from genre.model_export.ranker import RankerShape
 
-    ckpt, _ = build_checkpoint(None, out.parent, RankerConfig(history_len=history))
+    ckpt, _ = build_checkpoint(None, out.parent, RankerShape(history_len=history))
     export_ranker(ckpt, out, precisions=("fp32",), console=console)
     return out
 
 
 def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     from genre.workers.ranker import RankerHandle
-    from genre.workers.scorer import ScorerWorker
+    from genre.workers.score_head import ScorerWorker
     from genre.workers.service import tune_gc
 
     base = load_config(args.config) if args.config else load_config(None)
@@ -208,11 +208,11 @@ def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 shutil.rmtree(work, ignore_errors=True)
             progress.advance(task)
     return {
-        "bench": "scorer",
+        "bench": "score_head",
         "machine": f"{os.cpu_count()} cores ({cpu_name()}), ONNX Runtime CPU provider, 1 thread",
         "users": args.users,
         "items": args.items,
-        "sources": [c.name for c in base.scorer.candidates],
+        "sources": [c.name for c in base.score_head.candidates],
         "rank_candidates": base.ranker.rank_candidates,
         "rows": rows,
         "summary": {

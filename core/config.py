@@ -279,9 +279,13 @@ class RankerTrainSettings(_Section):
     batch_size: int = Field(default=256, ge=1)
     negatives: int = Field(default=64, ge=1)
     lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-5, ge=0)
     dim: int = Field(default=64, ge=4)
     heads: int = Field(default=4, ge=1)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
     seed: int = 0
+    #: Users per forward pass when ranking the validation split.
+    eval_batch: int = Field(default=64, ge=1)
     threads: int | None = Field(default=None, ge=1)
 
 

@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from genre.core.config import RankerTrainSettings
 from genre.model_export.baselines import Baseline, build_baselines
 from genre.model_export.metrics import RankingMetrics
 from genre.model_export.replay import (
@@ -43,7 +44,6 @@ from genre.model_export.replay import (
 )
 from genre.model_export.train import (
     RankerInputs,
-    TrainConfig,
     TrainingSampler,
     TrainResult,
     score_queries,
@@ -76,7 +76,7 @@ class GenreModel(Baseline):
 
     name = GENRE
 
-    def __init__(self, train: TrainConfig, spec: FeatureSpec) -> None:
+    def __init__(self, train: RankerTrainSettings, spec: FeatureSpec) -> None:
         super().__init__()
         self.train_cfg = train
         self.spec = spec
@@ -154,7 +154,7 @@ def evaluate_models(
     *,
     dataset: str,
     spec: FeatureSpec | None = None,
-    train: TrainConfig | None = None,
+    train: RankerTrainSettings | None = None,
     baselines: list[str] | None = None,
     baseline_overrides: dict[str, dict[str, Any]] | None = None,
     include_genre: bool = True,
@@ -175,7 +175,7 @@ def evaluate_models(
     spec = spec or FeatureSpec()
     if profiles is not None and PROFILE_FEATURE not in spec.feature_names:
         spec = replace(spec, feature_names=(*spec.feature_names, PROFILE_FEATURE))
-    train = train or TrainConfig()
+    train = train or RankerTrainSettings()
     start = time.perf_counter()
     models: list[Baseline] = build_baselines(baselines, **(baseline_overrides or {}))
     genre = GenreModel(train, spec) if include_genre else None

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from genre.core.config import GenreConfig
+from genre.core.config import GenreConfig, RankerTrainSettings
 from genre.schemas import ClickEvent, ItemUpsert, Rejection, parse_record
 
 EVAL_REPORT = "evaluation.json"
@@ -204,23 +204,9 @@ def _progress(console: Console) -> Any:
     return make_progress(console)
 
 
-def train_config(cfg: GenreConfig, **overrides: Any) -> Any:
-    """TrainConfig from ``ranker.train`` with CLI overrides (None = keep)."""
-    from genre.model_export.train import TrainConfig
-
-    t = cfg.ranker.train
-    values = {
-        "epochs": t.epochs,
-        "patience": t.patience,
-        "batch_size": t.batch_size,
-        "negatives": t.negatives,
-        "lr": t.lr,
-        "dim": t.dim,
-        "heads": t.heads,
-        "seed": t.seed,
-    }
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig(**values)
+def train_settings(cfg: GenreConfig, **overrides: Any) -> RankerTrainSettings:
+    """``ranker.train`` with CLI overrides (None = keep)."""
+    return cfg.ranker.train.model_copy(update={k: v for k, v in overrides.items() if v is not None})
 
 
 def candidate_plan(cfg: GenreConfig) -> Any:
@@ -271,7 +257,7 @@ def run_evaluate(
         if threads and (baselines is None or name in baselines):
             overrides.setdefault(name, {})["num_threads"] = threads
     spec = feature_spec(cfg)
-    train = train_config(cfg, epochs=epochs)
+    train = train_settings(cfg, epochs=epochs)
     with torch_threads(threads):
         report = evaluate_models(
             data,
@@ -357,7 +343,7 @@ def fit_genre(
             inputs.vectors,
             dataset=log.name,
             spec=feature_spec(cfg),
-            train=train_config(cfg, epochs=epochs),
+            train=train_settings(cfg, epochs=epochs),
             baselines=[],
             console=console,
             profiles=inputs.profiles,

@@ -1,4 +1,4 @@
-"""GENRE's learned ranker in PyTorch: item tower, NRMS-style user encoder, DIN-style scorer.
+"""GENRE's learned ranker in PyTorch: item tower, NRMS-style user encoder, DIN-style score head.
 
 Three modules, exported as three ONNX graphs so a worker can cache item
 representations and encode a user once per batch:
@@ -8,7 +8,7 @@ representations and encode a user once per batch:
   a fixed zero vector, so new items are represented by their text alone).
 - ``UserEncoder``: multi-head self-attention over the last clicks, then
   additive attention pooling (NRMS, Wu et al. 2019).
-- ``TargetScorer``: candidate-aware attention over the history (DIN, Zhou et al.
+- ``ScoreHead``: candidate-aware attention over the history (DIN, Zhou et al.
   2018) and an MLP over the user, the attended interest, the candidate and the
   stream's per-candidate features (time-decayed trending and co-click scores).
   It returns a score per (user, candidate) and the attention weights that the
@@ -35,7 +35,7 @@ MASK_VALUE = -1e4
 
 
 @dataclass(frozen=True)
-class RankerConfig:
+class RankerShape:
     """Shapes and sizes; saved in checkpoints and the manifest."""
 
     text_dim: int = 384
@@ -67,7 +67,7 @@ def with_null(history: Tensor, mask: Tensor, null: Tensor) -> tuple[Tensor, Tens
 class ItemTower(nn.Module):
     """(text vector, id index) -> item representation [.., dim]."""
 
-    def __init__(self, cfg: RankerConfig) -> None:
+    def __init__(self, cfg: RankerShape) -> None:
         super().__init__()
         self.project = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.LayerNorm(cfg.dim))
         self.ids = nn.Embedding(cfg.n_ids, cfg.dim, padding_idx=0)
@@ -82,7 +82,7 @@ class ItemTower(nn.Module):
 class UserEncoder(nn.Module):
     """NRMS user encoder: self-attention over clicks, additive attention pooling."""
 
-    def __init__(self, cfg: RankerConfig) -> None:
+    def __init__(self, cfg: RankerShape) -> None:
         super().__init__()
         self.heads = cfg.heads
         self.null = nn.Parameter(torch.zeros(cfg.dim))
@@ -111,10 +111,10 @@ class UserEncoder(nn.Module):
         return (weights.unsqueeze(-1) * x).sum(dim=1)
 
 
-class TargetScorer(nn.Module):
-    """DIN-style scorer: candidate-aware attention over the history, then an MLP."""
+class ScoreHead(nn.Module):
+    """DIN-style score head: candidate-aware attention over the history, then an MLP."""
 
-    def __init__(self, cfg: RankerConfig) -> None:
+    def __init__(self, cfg: RankerShape) -> None:
         super().__init__()
         d = cfg.dim
         self.null = nn.Parameter(torch.zeros(d))
@@ -156,12 +156,12 @@ class TargetScorer(nn.Module):
 class GenreRanker(nn.Module):
     """The three modules together, for training and for the PyTorch side of parity checks."""
 
-    def __init__(self, cfg: RankerConfig) -> None:
+    def __init__(self, cfg: RankerShape) -> None:
         super().__init__()
         self.cfg = cfg
         self.item_tower = ItemTower(cfg)
         self.user_encoder = UserEncoder(cfg)
-        self.scorer = TargetScorer(cfg)
+        self.score_head = ScoreHead(cfg)
 
     def forward(
         self,
@@ -176,7 +176,7 @@ class GenreRanker(nn.Module):
         history = self.item_tower(history_text, history_ids) * mask.unsqueeze(-1)
         candidates = self.item_tower(cand_text, cand_ids)
         user = self.user_encoder(history, mask)
-        return self.scorer(user, history, mask, candidates, features)
+        return self.score_head(user, history, mask, candidates, features)
 
     def score_items(
         self, history: Tensor, mask: Tensor, item_reps: Tensor, features: Tensor
@@ -185,5 +185,5 @@ class GenreRanker(nn.Module):
         history = history * mask.unsqueeze(-1)
         user = self.user_encoder(history, mask)
         candidates = item_reps.unsqueeze(0).expand(history.shape[0], -1, -1)
-        scores, _ = self.scorer(user, history, mask, candidates, features)
+        scores, _ = self.score_head(user, history, mask, candidates, features)
         return scores

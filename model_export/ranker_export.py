@@ -74,7 +74,7 @@ VOCAB_FILENAME = "vocab.json"
 GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "item_tower": (("text", "ids"), ("item",)),
     "user_encoder": (("history", "mask"), ("user",)),
-    "scorer": (("user", "history", "mask", "candidates", "features"), ("scores", "attention")),
+    "score_head": (("user", "history", "mask", "candidates", "features"), ("scores", "attention")),
 }
 
 #: Symbolic axes of every tensor (axis index -> name); fixed axes are left out.
@@ -85,7 +85,7 @@ DYNAMIC_AXES: dict[str, dict[str, dict[int, str]]] = {
         "mask": {0: "batch", 1: "history"},
         "user": {0: "batch"},
     },
-    "scorer": {
+    "score_head": {
         "user": {0: "batch"},
         "history": {0: "batch", 1: "history"},
         "mask": {0: "batch", 1: "history"},
@@ -109,7 +109,7 @@ _EXPORT_HINT = "re-run `genre train` then `genre export ranker`"
 
 
 def graph_filename(graph: str, precision: str) -> str:
-    """``scorer.onnx`` for fp32, ``scorer.fp16.onnx`` / ``scorer.int8.onnx`` otherwise."""
+    """``<graph>.onnx`` for fp32, ``<graph>.fp16.onnx`` / ``<graph>.int8.onnx`` otherwise."""
     return f"{graph}.onnx" if precision == "fp32" else f"{graph}.{precision}.onnx"
 
 
@@ -125,7 +125,7 @@ class RankerBackend(Protocol):
 
     def user_encoder(self, history: np.ndarray, mask: np.ndarray) -> np.ndarray: ...
 
-    def scorer(
+    def score_head(
         self,
         user: np.ndarray,
         history: np.ndarray,
@@ -160,7 +160,7 @@ class TorchRanker:
                 torch.from_numpy(history), torch.from_numpy(mask)
             ).numpy()
 
-    def scorer(
+    def score_head(
         self,
         user: np.ndarray,
         history: np.ndarray,
@@ -172,7 +172,7 @@ class TorchRanker:
 
         args = (user, history, mask, candidates, features)
         with torch.inference_mode():
-            scores, attention = self.model.scorer(*(torch.from_numpy(a) for a in args))
+            scores, attention = self.model.score_head(*(torch.from_numpy(a) for a in args))
         return scores.numpy(), attention.numpy()
 
 
@@ -272,7 +272,7 @@ def run_pipeline(backend: RankerBackend, x: ParityInputs) -> dict[str, np.ndarra
     cands = backend.item_tower(x.cand_text.reshape(b * c, t), x.cand_ids.reshape(-1))
     cands = cands.reshape(b, c, -1)
     user = backend.user_encoder(history, x.mask)
-    scores, attention = backend.scorer(user, history, x.mask, cands, x.features)
+    scores, attention = backend.score_head(user, history, x.mask, cands, x.features)
     return {
         "history_items": history,
         "candidate_items": cands,
@@ -326,8 +326,8 @@ def export_fp32_graphs(model: Any, out_dir: Path, opset: int = MIN_OPSET) -> dic
             (randn(items, t), torch.from_numpy(rng.integers(0, cfg.n_ids, items))),
         ),
         "user_encoder": (model.user_encoder, (randn(b, h, d), mask)),
-        "scorer": (
-            model.scorer,
+        "score_head": (
+            model.score_head,
             (randn(b, d), randn(b, h, d), mask, randn(b, c, d), randn(b, c, f).abs()),
         ),
     }
@@ -579,7 +579,7 @@ def export_ranker(
             describe_file(staging, p.name, role=f"{g}:{prec}") for (g, prec), p in files.items()
         ]
         file_entries.append(describe_file(staging, VOCAB_FILENAME, role="vocab"))
-        scorer_sha = next(f.sha256 for f in file_entries if f.role == "scorer:fp32")
+        head_sha = next(f.sha256 for f in file_entries if f.role == "score_head:fp32")
 
         def graph_entries(
             parity: Mapping[tuple[str, str], RankParity | None],
@@ -600,7 +600,7 @@ def export_ranker(
 
         # Everything but parity and the export record: what the serving runner opens.
         draft = RankerManifest(
-            version=f"r{scorer_sha[:12]}",
+            version=f"r{head_sha[:12]}",
             created_at=utcnow(),
             opset=min(opsets.values()),
             config=cfg.to_dict(),
@@ -661,7 +661,7 @@ def export_ranker(
                 parity["user_encoder", precision] = RankParity(
                     max_abs_error=errs["scores"], n_samples=x.batch, backend=backend
                 )
-                parity["scorer", precision] = RankParity(
+                parity["score_head", precision] = RankParity(
                     max_abs_error=errs["scores"],
                     top10_agreement=top10,
                     n_samples=x.batch,

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
+from genre.core.config import RankerTrainSettings
 from genre.model_export.metrics import ndcg_at_k
-from genre.model_export.ranker import GenreRanker, RankerConfig
+from genre.model_export.ranker import GenreRanker, RankerShape
 from genre.model_export.replay import FeatureSpec, Interactions, QueryBatch, StreamReplay
 
 
@@ -42,23 +43,6 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings (the model's shapes are in ``RankerConfig``)."""
-
-    epochs: int = 12
-    patience: int = 2
-    batch_size: int = 256
-    negatives: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    dim: int = 64
-    heads: int = 4
-    dropout: float = 0.1
-    seed: int = 0
-    eval_batch: int = 64
 
 
 @dataclass
@@ -163,14 +147,14 @@ def train_ranker(
     train_set: TrainingSet,
     valid: QueryBatch,
     spec: FeatureSpec,
-    cfg: TrainConfig,
+    cfg: RankerTrainSettings,
     progress: Progress | None = None,
 ) -> TrainResult:
     """Train with sampled softmax; keep the weights of the best validation NDCG@10."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     id_of_item = id_mapping(data)
-    model_cfg = RankerConfig(
+    model_cfg = RankerShape(
         text_dim=int(text_vectors.shape[1]),
         n_ids=int(id_of_item.max()) + 1,
         dim=cfg.dim,
@@ -264,7 +248,7 @@ def load_checkpoint(path: Path) -> tuple[GenreRanker, dict[str, Any]]:
     if not Path(path).is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; run `genre train` first")
     blob = torch.load(path, map_location="cpu", weights_only=False)
-    model = GenreRanker(RankerConfig(**blob["config"]))
+    model = GenreRanker(RankerShape(**blob["config"]))
     model.load_state_dict(blob["state_dict"])
     model.eval()
     return model, blob

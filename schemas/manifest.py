@@ -19,6 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 MANIFEST_FILENAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
 REEXPORT_HINT = "re-run `genre export encoder` (add --force to overwrite) to rebuild the model"
+RANKER_REEXPORT_HINT = "re-run `genre export ranker` to rebuild the ranker from its checkpoint"
+
+
+def reexport_hint(model_name: str) -> str:
+    """How to rebuild the model called ``model_name`` (the ranker or the text encoder)."""
+    return RANKER_REEXPORT_HINT if model_name == "genre-ranker" else REEXPORT_HINT
 
 
 class ManifestError(RuntimeError):
@@ -167,6 +173,6 @@ def verify_files(model_dir: Path | str, manifest: ModelManifest | None = None) -
             f"model files in {model_dir} do not match {MANIFEST_FILENAME} "
             f"({manifest.name}@{manifest.version}): "
             + "; ".join(problems)
-            + f". Fix: {REEXPORT_HINT}"
+            + f". Fix: {reexport_hint(manifest.name)}"
         )
     return manifest

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from genre.schemas.manifest import ManifestError, ManifestFile, TensorSpec
 
 RANKER_KIND = "ranker"
-RANKER_GRAPHS = ("item_tower", "user_encoder", "scorer")
+RANKER_GRAPHS = ("item_tower", "user_encoder", "score_head")
 Precision = Literal["fp32", "fp16", "int8"]
 RANKER_HINT = "run `genre train` then `genre export ranker` to rebuild it"
 
@@ -64,7 +64,7 @@ class RankerManifest(_Strict):
     version: str
     created_at: datetime
     opset: int = Field(ge=17)
-    config: dict[str, Any]  # RankerConfig: text_dim, n_ids, dim, heads, n_features, history_len
+    config: dict[str, Any]  # RankerShape: text_dim, n_ids, dim, heads, n_features, history_len
     feature_spec: dict[str, Any]  # the stream rules the features were trained with
     feature_names: list[str]
     vocab: str = "vocab.json"  # JSON list of item ids; id-embedding row i + 1 is vocab[i]

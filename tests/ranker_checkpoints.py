@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
-from genre.model_export.ranker import GenreRanker, RankerConfig
+from genre.model_export.ranker import GenreRanker, RankerShape
 
 
 def write_random_checkpoint(
     path: Path,
-    cfg: RankerConfig,
+    cfg: RankerShape,
     vocab: list[str],
     *,
     seed: int = 0,

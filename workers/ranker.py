@@ -108,7 +108,7 @@ class OnnxRanker:
     @property
     def provider(self) -> str:
         """The execution provider the scorer graph runs on."""
-        return (self.graphs["scorer"].providers or [CPU])[0]
+        return (self.graphs["score_head"].providers or [CPU])[0]
 
     def cached_reps(self, ids: Sequence[str]) -> tuple[dict[str, np.ndarray], list[str]]:
         """Representations already computed, and the ids still missing."""
@@ -129,7 +129,7 @@ class OnnxRanker:
         """User encoder: item vectors [B, H, dim], mask [B, H] (1: a click) -> user [B, dim]."""
         return self.graphs["user_encoder"].run({"history": history, "mask": mask})["user"]
 
-    def scorer(
+    def score_head(
         self,
         user: np.ndarray,
         history: np.ndarray,
@@ -139,7 +139,7 @@ class OnnxRanker:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Scorer: user [B, dim], history, mask, candidates [B, C, dim], features [B, C, F]
         -> scores [B, C], attention [B, C, H]."""
-        out = self.graphs["scorer"].run(
+        out = self.graphs["score_head"].run(
             {
                 "user": user,
                 "history": history,
@@ -190,7 +190,7 @@ class OnnxRanker:
                 cands[i, : len(c)] = [reps[x] for x in c]
         start = time.perf_counter()
         user = self.user_encoder(history, mask)
-        scores, attention = self.scorer(user, history, mask, cands, features[:, :c_len])
+        scores, attention = self.score_head(user, history, mask, cands, features[:, :c_len])
         METRICS.inference_seconds.labels("ranker", self.provider).observe(
             time.perf_counter() - start
         )

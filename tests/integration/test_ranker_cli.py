@@ -111,8 +111,8 @@ def test_train_then_export_writes_a_servable_manifest(workspace: dict[str, Path]
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = load_ranker_manifest(workspace["root"] / "data" / "models" / "ranker")
     assert manifest.opset >= 17
-    assert {g.precision for g in manifest.graphs["scorer"]} == {"fp32", "fp16", "int8"}
-    fp32 = manifest.graph("scorer", "fp32").parity
+    assert {g.precision for g in manifest.graphs["score_head"]} == {"fp32", "fp16", "int8"}
+    fp32 = manifest.graph("score_head", "fp32").parity
     assert fp32 is not None and fp32.max_abs_error < 1e-4
     # The default config enriches items and writes profiles: the ranker takes the
     # profile feature, and the manifest says what the LLM added to its training.

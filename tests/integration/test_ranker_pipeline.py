@@ -10,16 +10,16 @@ from typing import Any
 import pytest
 
 from genre.export import export_ranker
-from genre.model_export.ranker import RankerConfig
+from genre.model_export.ranker import RankerShape
 from genre.schemas.ranker_manifest import load_ranker_manifest
 from tests.integration.conftest import Pipeline, catalog, click, running_pipeline
 from tests.ranker_checkpoints import write_random_checkpoint
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(300)]
 
-CFG = RankerConfig(text_dim=384, n_ids=25, dim=16, heads=2, history_len=50)
+CFG = RankerShape(text_dim=384, n_ids=25, dim=16, heads=2, history_len=50)
 #: The same ranker with the LLM profile feature, as `genre train` makes with profiles on.
-CFG_PROFILE = RankerConfig(text_dim=384, n_ids=25, dim=16, heads=2, history_len=50, n_features=3)
+CFG_PROFILE = RankerShape(text_dim=384, n_ids=25, dim=16, heads=2, history_len=50, n_features=3)
 
 
 def _deploy(root: Path, model_dir: Path, seed: int, *, profile: bool = False) -> str:

@@ -20,7 +20,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from genre.export import export_ranker  # noqa: E402
 from genre.model_export import ranker_export as rx  # noqa: E402
-from genre.model_export.ranker import GenreRanker, RankerConfig  # noqa: E402
+from genre.model_export.ranker import GenreRanker, RankerShape  # noqa: E402
 from genre.schemas.manifest import ManifestError, sha256_file, verify_files  # noqa: E402
 from genre.schemas.ranker_manifest import (  # noqa: E402
     RANKER_GRAPHS,
@@ -29,11 +29,11 @@ from genre.schemas.ranker_manifest import (  # noqa: E402
 )
 from genre.workers.ranker import OnnxRanker  # noqa: E402
 
-CFG = RankerConfig(text_dim=32, n_ids=20, dim=16, heads=2, n_features=2, history_len=8)
+CFG = RankerShape(text_dim=32, n_ids=20, dim=16, heads=2, n_features=2, history_len=8)
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
-def _write_checkpoint(path: Path, cfg: RankerConfig = CFG, vocab_size: int | None = None) -> Path:
+def _write_checkpoint(path: Path, cfg: RankerShape = CFG, vocab_size: int | None = None) -> Path:
     """A blob with save_checkpoint's keys; weights perturbed so no module is degenerate."""
     torch.manual_seed(0)
     model = GenreRanker(cfg)
@@ -82,7 +82,7 @@ def test_files_verify_and_manifest_round_trips(exported: Any) -> None:
     # nothing left behind by the staging directory
     assert [p.name for p in out.parent.iterdir() if "staging" in p.name] == []
     assert json.loads((out / "vocab.json").read_text()) == [f"item-{i}" for i in range(19)]
-    assert manifest.version == "r" + sha256_file(out / "scorer.onnx")[:12]
+    assert manifest.version == "r" + sha256_file(out / "score_head.onnx")[:12]
     assert manifest.config == CFG.to_dict()
     assert manifest.feature_names == ["trending", "co"]
     assert manifest.metrics == {"ndcg@10": 0.25}
@@ -109,7 +109,7 @@ def test_three_graphs_three_precisions_with_contract_io(exported: Any) -> None:
     want_inputs = {
         "item_tower": [("text", ["items", t]), ("ids", ["items"])],
         "user_encoder": [("history", ["batch", "history", d]), ("mask", ["batch", "history"])],
-        "scorer": [
+        "score_head": [
             ("user", ["batch", d]),
             ("history", ["batch", "history", d]),
             ("mask", ["batch", "history"]),
@@ -120,7 +120,7 @@ def test_three_graphs_three_precisions_with_contract_io(exported: Any) -> None:
     want_outputs = {
         "item_tower": [("item", ["items", d])],
         "user_encoder": [("user", ["batch", d])],
-        "scorer": [
+        "score_head": [
             ("scores", ["batch", "candidates"]),
             ("attention", ["batch", "candidates", "history"]),
         ],
@@ -136,7 +136,7 @@ def test_three_graphs_three_precisions_with_contract_io(exported: Any) -> None:
             dtypes = {s.name: s.dtype for s in [*entry.inputs, *entry.outputs]}
             assert dtypes.pop("ids", "tensor(int64)") == "tensor(int64)"
             assert set(dtypes.values()) == {"tensor(float)"}
-    fp16 = onnx.load(str(out / "scorer.fp16.onnx"))
+    fp16 = onnx.load(str(out / "score_head.fp16.onnx"))
     assert {i.data_type for i in fp16.graph.initializer} == {onnx.TensorProto.FLOAT16}
     int8_ops = {n.op_type for n in onnx.load(str(out / "item_tower.int8.onnx")).graph.node}
     assert "MatMulInteger" in int8_ops and "Gemm" not in int8_ops
@@ -152,11 +152,11 @@ def test_parity_recorded(exported: Any) -> None:
             par = manifest.graph(g, p).parity
             assert par is not None, manifest.training["export"]["notes"]
             assert np.isfinite(par.max_abs_error) and par.max_abs_error < 1.0
-    scorer = manifest.graph("scorer", "fp32").parity
+    scorer = manifest.graph("score_head", "fp32").parity
     assert scorer is not None and scorer.top10_agreement == 1.0
     assert manifest.graph("item_tower", "fp32").parity.top10_agreement is None  # type: ignore[union-attr]
     for p in ("fp16", "int8"):
-        assert manifest.graph("scorer", p).parity.top10_agreement > 0.5  # type: ignore[union-attr, operator]
+        assert manifest.graph("score_head", p).parity.top10_agreement > 0.5  # type: ignore[union-attr, operator]
 
 
 @pytest.mark.parametrize(("batch", "history", "candidates"), [(1, 3, 5), (6, CFG.history_len, 37)])
@@ -195,11 +195,11 @@ def test_tampered_file_fails_verification(exported: Any, tmp_path: Path) -> None
     copy = tmp_path / "model"
     shutil.copytree(out, copy)
     verify_files(copy, manifest)  # type: ignore[arg-type]
-    target = copy / "scorer.int8.onnx"
+    target = copy / "score_head.int8.onnx"
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF
     target.write_bytes(bytes(data))
-    with pytest.raises(ManifestError, match=r"scorer\.int8\.onnx: sha256"):
+    with pytest.raises(ManifestError, match=r"score_head\.int8\.onnx: sha256.*`genre export ranker`"):
         verify_files(copy, manifest)  # type: ignore[arg-type]
     (copy / "vocab.json").unlink()
     with pytest.raises(ManifestError, match=r"vocab\.json: missing"):
@@ -210,13 +210,13 @@ def test_fp32_parity_gate_blocks_the_manifest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ckpt = _write_checkpoint(tmp_path / "ranker.pt")
-    original = rx.TorchRanker.scorer
+    original = rx.TorchRanker.score_head
 
     def drifted(self: rx.TorchRanker, *args: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores, attention = original(self, *args)
         return scores + 1e-3, attention
 
-    monkeypatch.setattr(rx.TorchRanker, "scorer", drifted)
+    monkeypatch.setattr(rx.TorchRanker, "score_head", drifted)
     out = tmp_path / "model"
     with pytest.raises(ManifestError, match="parity check failed: fp32"):
         export_ranker(ckpt, out, precisions=("fp32",))
@@ -230,10 +230,10 @@ def test_reexport_replaces_and_subset_of_precisions(exported: Any, tmp_path: Pat
     shutil.copytree(out, copy)
     again = export_ranker(ckpt, copy, precisions=("fp32", "int8"))
     assert again.version == first.version  # same checkpoint -> same scorer bytes -> same id
-    assert {e.precision for e in again.graphs["scorer"]} == {"fp32", "int8"}
+    assert {e.precision for e in again.graphs["score_head"]} == {"fp32", "int8"}
     verify_files(copy, load_ranker_manifest(copy))  # type: ignore[arg-type]
     with pytest.raises(ManifestError, match="no fp16"):
-        again.graph("scorer", "fp16")
+        again.graph("score_head", "fp16")
 
 
 def test_bad_arguments_and_inconsistent_checkpoint(tmp_path: Path) -> None:
@@ -263,13 +263,13 @@ def test_parity_runs_the_serving_runner(tmp_path: Path) -> None:
         assert version == manifest.version
         assert model_dir != out and "staging" in model_dir.name  # before install
         assert not manifest_written
-    assert manifest.graph("scorer", "int8").parity is not None
+    assert manifest.graph("score_head", "int8").parity is not None
 
 
 class _DriftedRanker(OnnxRanker):
     """A serving runner whose scorer is off by 1e-3: parity must catch it."""
 
-    def scorer(
+    def score_head(
         self,
         user: np.ndarray,
         history: np.ndarray,
@@ -277,7 +277,7 @@ class _DriftedRanker(OnnxRanker):
         candidates: np.ndarray,
         features: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
-        scores, attention = super().scorer(user, history, mask, candidates, features)
+        scores, attention = super().score_head(user, history, mask, candidates, features)
         return scores + 1e-3, attention
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from genre.core.config import RankerTrainSettings
 from genre.model_export.metrics import RankingMetrics, ndcg_at_k, target_ranks, top_k
-from genre.model_export.ranker import GenreRanker, RankerConfig
+from genre.model_export.ranker import GenreRanker, RankerShape
 from genre.model_export.replay import (
     TEST,
     TRAIN,
@@ -22,7 +23,6 @@ from genre.model_export.replay import (
 )
 from genre.model_export.train import (
     RankerInputs,
-    TrainConfig,
     TrainingSampler,
     score_queries,
     torch_threads,
@@ -115,7 +115,7 @@ def test_target_ranks_count_ties_against_the_target_and_skip_excluded() -> None:
 
 def _tiny_model(seed: int = 0) -> GenreRanker:
     torch.manual_seed(seed)
-    model = GenreRanker(RankerConfig(text_dim=8, n_ids=5, dim=16, heads=2, history_len=6))
+    model = GenreRanker(RankerShape(text_dim=8, n_ids=5, dim=16, heads=2, history_len=6))
     return model.eval()
 
 
@@ -145,7 +145,7 @@ def test_features_move_scores() -> None:
     model = _tiny_model()
     # Give the direct feature path a clear positive weight: more popular -> higher.
     with torch.no_grad():
-        model.scorer.linear_features.weight.fill_(1.0)
+        model.score_head.linear_features.weight.fill_(1.0)
     text = torch.zeros(1, 3, 8)
     ids = torch.zeros(1, 3, dtype=torch.long)
     mask = torch.zeros(1, 6)
@@ -163,7 +163,9 @@ def trained():
     data = build_interactions(items, events)
     text = np.random.default_rng(0).standard_normal((data.n_items, 8)).astype(np.float32)
     spec = FeatureSpec(history_len=10)
-    cfg = TrainConfig(epochs=12, patience=4, batch_size=32, negatives=8, dim=16, heads=2, lr=5e-3)
+    cfg = RankerTrainSettings(
+        epochs=12, patience=4, batch_size=32, negatives=8, dim=16, heads=2, lr=5e-3
+    )
     replay = StreamReplay(data, spec, text)
     sampler = TrainingSampler(data.n_items, cfg.negatives, cfg.seed)
     valid, test = [], []

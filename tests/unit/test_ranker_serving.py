@@ -12,12 +12,12 @@ import torch
 
 from genre.core.telemetry import METRICS
 from genre.export import export_ranker
-from genre.model_export.ranker import GenreRanker, RankerConfig
+from genre.model_export.ranker import GenreRanker, RankerShape
 from genre.schemas.manifest import ManifestError
 from genre.workers.ranker import OnnxRanker, RankerHandle
 from tests.ranker_checkpoints import write_random_checkpoint
 
-CFG = RankerConfig(text_dim=32, n_ids=11, dim=16, heads=2, history_len=8)
+CFG = RankerShape(text_dim=32, n_ids=11, dim=16, heads=2, history_len=8)
 VOCAB = [f"item-{i}" for i in range(10)]
 
 
@@ -68,7 +68,7 @@ def test_serving_scores_match_pytorch(exported: Path) -> None:
             c = all_reps[[index[x] for x in cands]].unsqueeze(0)
             user = model.user_encoder(h, mask)
             f = torch.from_numpy(feats[b : b + 1, : len(cands)])
-            scores, _ = model.scorer(user, h, mask, c, f)
+            scores, _ = model.score_head(user, h, mask, c, f)
             np.testing.assert_allclose(out.scores[b, : len(cands)], scores[0].numpy(), atol=1e-4)
     assert out.attention.shape == (3, 3, 3)
     assert np.allclose(out.attention[1], 0.0, atol=1e-6)  # cold user attends to nothing real
@@ -86,9 +86,9 @@ def test_item_representations_are_cached_and_forgotten(exported: Path) -> None:
 
 def test_a_tampered_model_is_refused(tmp_path: Path) -> None:
     model_dir = _export(tmp_path, seed=0)
-    scorer = model_dir / "scorer.onnx"
+    scorer = model_dir / "score_head.onnx"
     scorer.write_bytes(scorer.read_bytes()[:-10] + b"0123456789")
-    with pytest.raises(ManifestError, match=r"scorer\.onnx"):
+    with pytest.raises(ManifestError, match=r"score_head\.onnx"):
         OnnxRanker(model_dir, "fp32", "cpu")
     with pytest.raises(ManifestError, match="no fp16"):
         OnnxRanker(_export(tmp_path, seed=0, name="other"), "fp16", "cpu")
