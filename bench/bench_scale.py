@@ -29,7 +29,7 @@ default 1k, 5k, 10k, 20k clicks/s) runs for ``--duration-s`` seconds in turn:
 Items are ``--items`` synthetic items (``genre produce --synthetic``'s generator)
 with random unit vectors written straight into each worker's Qdrant local folder,
 as bench_stream does: encoding is measured by bench_encoder. With local mode
-every worker needs the whole catalogue in its own folder (see the README's
+every worker needs the whole catalogue in its own folder (see docs/limitations.md,
 known limitations), so the bench copies it; a Qdrant server needs no copy.
 Everything runs on this machine's cores: the broker, the workers and the
 producer compete for them, which the CPU figures show.

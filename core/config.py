@@ -300,8 +300,9 @@ class RankerSettings(_Section):
     threads: int | None = Field(default=None, ge=1)
     reload_s: float = Field(default=5.0, gt=0)
     #: Candidates the ranker re-ranks per user: the best of the blend over every
-    #: source (0: all of them). The blend is cheap and keeps recall (see the README's
-    #: pre-ranking figures); the ranker's time grows with the candidates.
+    #: source (0: all of them). The blend is cheap and keeps recall (see the
+    #: pre-ranking figures in docs/performance.md); the ranker's time grows with the
+    #: candidates.
     rank_candidates: int = Field(default=100, ge=0)
     train: RankerTrainSettings = RankerTrainSettings()
 

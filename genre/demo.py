@@ -66,7 +66,7 @@ def _assigned_consumer(conf: dict[str, str], topic: str) -> Consumer:
     """A consumer reading every partition of ``topic`` from the start, without a group.
 
     Observers need no group: joining one costs ~30 s on the embedded broker
-    (see the README's known limitations), and they must not miss early records.
+    (see docs/limitations.md), and they must not miss early records.
     """
     consumer = Consumer(
         {**conf, "group.id": f"genre-demo-{os.getpid()}", "enable.auto.commit": False}

@@ -102,7 +102,7 @@ def test_a_broker_that_lost_its_data_stops_the_worker_loudly(
     Faust notices that its tables are ahead of the (now empty) changelogs and
     stops instead of carrying on with state the broker no longer backs. The
     stop is the point: nothing is lost silently. (Apache Kafka keeps its data
-    across restarts; see the README's known limitations.)
+    across restarts; see docs/limitations.md.)
     """
     p = own_pipeline
     p.send_clicks([click(f"lost-{i}", "lost-user", f"space-{i}") for i in range(3)])

@@ -199,7 +199,8 @@ def test_tampered_file_fails_verification(exported: Any, tmp_path: Path) -> None
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF
     target.write_bytes(bytes(data))
-    with pytest.raises(ManifestError, match=r"score_head\.int8\.onnx: sha256.*`genre export ranker`"):
+    tampered = r"score_head\.int8\.onnx: sha256.*`genre export ranker`"
+    with pytest.raises(ManifestError, match=tampered):
         verify_files(copy, manifest)  # type: ignore[arg-type]
     (copy / "vocab.json").unlink()
     with pytest.raises(ManifestError, match=r"vocab\.json: missing"):
