@@ -102,7 +102,28 @@ class EmbeddedBrokerConfig(_Section):
     durable: bool = False
 
 
-#: Fetch wait on the durable embedded broker (see ``KafkaConfig._durable_fetch_wait``).
+#: What each broker flavour needs from GENRE's clients. tansu (the embedded broker):
+#: table recovery probes each changelog's true end (tansu 0.6 reports "start of the
+#: last batch + 1" as the end offset); a 6 s session timeout, because tansu holds a
+#: new group member for about half of it before assigning partitions; and a short
+#: fetch wait, because tansu answers a waiting fetch only when the wait expires.
+#: Apache Kafka needs none of that: Kafka's own defaults.
+BROKER_FLAVORS: dict[str, dict[str, int | bool]] = {
+    "apache": {
+        "exact_end_offsets": False,
+        "session_timeout_ms": 45_000,
+        "heartbeat_interval_ms": 3_000,
+        "fetch_max_wait_ms": 500,
+    },
+    "tansu": {
+        "exact_end_offsets": True,
+        "session_timeout_ms": 6_000,
+        "heartbeat_interval_ms": 1_000,
+        "fetch_max_wait_ms": 10,
+    },
+}
+
+#: Fetch wait on the durable embedded broker (see ``KafkaConfig._resolve_flavor``).
 DURABLE_FETCH_WAIT_MS = 250
 
 
@@ -111,27 +132,56 @@ class KafkaConfig(_Section):
 
     bootstrap_servers: str = "127.0.0.1:19092"
     connect_timeout_s: float = Field(default=10.0, gt=0)
-    #: Table recovery probes each changelog's true end with a fetch. Needed on
-    #: the embedded broker (tansu 0.6 reports "start of the last batch + 1" as
-    #: the end offset, so recovery would stop short); harmless on Apache Kafka.
-    exact_end_offsets: bool = True
-    #: Longest time a stream consumer's fetch waits at the broker for data. The
-    #: embedded broker answers only when the wait expires, so this bounds the
-    #: latency each topic hop adds; Apache Kafka answers as data arrives.
-    #: (With ``embedded.durable`` and no value of its own: ``DURABLE_FETCH_WAIT_MS``.)
-    fetch_max_wait_ms: int = Field(default=10, ge=1, le=10_000)
+    #: Which broker GENRE talks to: ``apache`` (Apache Kafka and compatible brokers)
+    #: or ``tansu`` (the embedded broker, with its workarounds: ``BROKER_FLAVORS``).
+    #: ``auto``: tansu when ``bootstrap_servers`` is the embedded broker's address.
+    flavor: Literal["auto", "apache", "tansu"] = "auto"
+    #: Longest time a stream consumer's fetch waits at the broker for data (null:
+    #: the flavour's; 10 ms on tansu, 250 ms on durable tansu, 500 ms on Apache Kafka).
+    fetch_max_wait_ms: int | None = Field(default=None, ge=1, le=10_000)
     security: KafkaSecurity = KafkaSecurity()
     embedded: EmbeddedBrokerConfig = EmbeddedBrokerConfig()
     topics: TopicsConfig = TopicsConfig()
 
     @model_validator(mode="after")
-    def _durable_fetch_wait(self) -> KafkaConfig:
-        # On the durable embedded broker every fetch reads its partitions' objects
-        # from the loopback S3 server; a worker polling its ~30 partitions every
-        # 10 ms kept that server so busy that a partition went unread for 10-80 s.
-        if self.embedded.durable and "fetch_max_wait_ms" not in self.model_fields_set:
-            self.fetch_max_wait_ms = DURABLE_FETCH_WAIT_MS
+    def _resolve_flavor(self) -> KafkaConfig:
+        if self.flavor == "auto":
+            embedded = f"{self.embedded.host}:{self.embedded.port}"
+            self.flavor = "tansu" if self.bootstrap_servers == embedded else "apache"
+        if self.fetch_max_wait_ms is None:
+            # On the durable embedded broker every fetch reads its partitions' objects
+            # from the loopback S3 server; a worker polling its ~30 partitions every
+            # 10 ms kept that server so busy that a partition went unread for 10-80 s.
+            durable = self.flavor == "tansu" and self.embedded.durable
+            wait = DURABLE_FETCH_WAIT_MS if durable else self._traits["fetch_max_wait_ms"]
+            self.fetch_max_wait_ms = int(wait)
         return self
+
+    @property
+    def _traits(self) -> dict[str, int | bool]:
+        return BROKER_FLAVORS["tansu" if self.flavor == "tansu" else "apache"]
+
+    @property
+    def exact_end_offsets(self) -> bool:
+        """Whether table recovery must probe each changelog's true end (tansu only)."""
+        return bool(self._traits["exact_end_offsets"])
+
+    @property
+    def session_timeout_ms(self) -> int:
+        """Consumer-group session timeout for this broker flavour."""
+        return int(self._traits["session_timeout_ms"])
+
+    @property
+    def heartbeat_interval_ms(self) -> int:
+        """Consumer-group heartbeat interval for this broker flavour."""
+        return int(self._traits["heartbeat_interval_ms"])
+
+    def group_config(self) -> dict[str, int]:
+        """librdkafka consumer-group timing for this broker flavour."""
+        return {
+            "session.timeout.ms": self.session_timeout_ms,
+            "heartbeat.interval.ms": self.heartbeat_interval_ms,
+        }
 
     def client_config(self) -> dict[str, str]:
         """librdkafka (confluent-kafka) settings for this cluster."""
@@ -151,7 +201,8 @@ class KafkaConfig(_Section):
 
     def consumer_config(self) -> dict[str, str | int]:
         """librdkafka settings for a consumer: the client settings plus the fetch wait."""
-        return {**self.client_config(), "fetch.wait.max.ms": self.fetch_max_wait_ms}
+        wait = self.fetch_max_wait_ms or int(self._traits["fetch_max_wait_ms"])
+        return {**self.client_config(), "fetch.wait.max.ms": wait}
 
 
 class ComponentSpec(_Section):

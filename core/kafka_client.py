@@ -62,13 +62,6 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": False,
 }
 
-#: Consumer-group settings. tansu holds a JoinGroup for about half the session
-#: timeout, so the Kafka default (45 s) would stall every new consumer ~23 s.
-GROUP_DEFAULTS: dict[str, Any] = {
-    "session.timeout.ms": 6_000,
-    "heartbeat.interval.ms": 1_000,
-}
-
 
 class InvalidEvent(ValueError):
     """A record failed validation; ``reason`` is the stable code used for DLQ records."""
@@ -388,7 +381,7 @@ def iter_records(
         "logger": log,
     }
     if group_id is not None:
-        conf.update(GROUP_DEFAULTS)
+        conf.update(kafka.group_config())
     if stop_at_end:
         conf["enable.partition.eof"] = True
     conf.update(config or {})

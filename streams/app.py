@@ -583,11 +583,10 @@ def build_streams(
         web_graph_enabled=False,
         web_stats_enabled=False,
         web_metrics_enabled=False,
-        # The embedded broker holds a new group member for about half the session
-        # timeout before assigning partitions; 6 s keeps start-up to ~3 s and is
-        # still well above the 1 s heartbeat.
-        broker_session_timeout=6.0,
-        broker_heartbeat_interval=1.0,
+        # Per broker flavour (core/config.py BROKER_FLAVORS): 6 s on tansu, which
+        # holds a new member for about half of it; Kafka's own 45 s on Apache Kafka.
+        broker_session_timeout=config.kafka.session_timeout_ms / 1000,
+        broker_heartbeat_interval=config.kafka.heartbeat_interval_ms / 1000,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         # A few ms of linger batches the many small sends of a micro-batch into

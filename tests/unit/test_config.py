@@ -457,3 +457,25 @@ def test_a_durable_embedded_broker_lengthens_the_default_fetch_wait(tmp_path: Pa
     assert load_config(path, environ={}).kafka.fetch_max_wait_ms == 40  # a value of one's own
     path.write_text("kafka: {embedded: {durable: false}}\n")
     assert load_config(path, environ={}).kafka.fetch_max_wait_ms == 10
+
+
+def test_broker_flavor_follows_the_embedded_broker_unless_set(tmp_path: Path) -> None:
+    path = tmp_path / "genre.yaml"
+    path.write_text("kafka: {bootstrap_servers: '127.0.0.1:19092'}\n")
+    tansu = load_config(path, environ={}).kafka
+    assert tansu.flavor == "tansu" and tansu.exact_end_offsets
+    assert tansu.group_config() == {"session.timeout.ms": 6_000, "heartbeat.interval.ms": 1_000}
+    assert tansu.consumer_config()["fetch.wait.max.ms"] == 10
+
+    apache = load_config(path, environ={"GENRE_KAFKA__BOOTSTRAP_SERVERS": "kafka:9092"}).kafka
+    assert apache.flavor == "apache" and not apache.exact_end_offsets
+    assert apache.group_config() == {"session.timeout.ms": 45_000, "heartbeat.interval.ms": 3_000}
+    assert apache.consumer_config()["fetch.wait.max.ms"] == 500
+
+    # An explicit flavour wins over the address: an embedded broker on another port.
+    path.write_text("kafka: {bootstrap_servers: '127.0.0.1:40000', flavor: tansu}\n")
+    assert load_config(path, environ={}).kafka.exact_end_offsets
+    # The workaround switch of before is gone: one setting, with a clear error.
+    path.write_text("kafka: {exact_end_offsets: true}\n")
+    with pytest.raises(ConfigError, match="exact_end_offsets"):
+        load_config(path, environ={})

@@ -625,7 +625,7 @@ def test_worker_environment_maps_to_real_config_keys(compose: dict[str, Any], wo
     assert cfg.qdrant.url == "http://qdrant:6333"
     assert cfg.streams.web_bind == "0.0.0.0"
     assert cfg.streams.web_port == GenreConfig().streams.web_port
-    assert cfg.kafka.exact_end_offsets is False
+    assert cfg.kafka.flavor == "apache" and cfg.kafka.exact_end_offsets is False
     providers = "cuda" if worker in GPU_WORKERS else "cpu"
     assert cfg.encoder.providers == cfg.ranker.providers == providers
     assert Path(cfg.data_dir).is_absolute()
@@ -916,7 +916,7 @@ def test_kafka_cluster_override_points_topics_and_workers_at_the_brokers() -> No
         assert cfg.kafka.bootstrap_servers.split(",") == brokers, worker
         # Everything else stays as in the single-node stack.
         assert cfg.qdrant.url == "http://qdrant:6333"
-        assert cfg.kafka.exact_end_offsets is False
+        assert cfg.kafka.flavor == "apache" and cfg.kafka.exact_end_offsets is False
 
 
 def run_kafka_init(
