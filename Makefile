@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[train,embedded,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[cpu,train,embedded,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -5,17 +5,30 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
+
+#: The two ONNX Runtime builds GENRE installs as the mutually exclusive `cpu` and
+#: `gpu` extras; both ship the same `onnxruntime` import package.
+RUNTIME_EXTRAS = {"onnxruntime": "cpu", "onnxruntime-gpu": "gpu"}
+RUNTIME_FIX = (
+    "install exactly one ONNX Runtime: pip install 'genre-recsys[cpu]' or, on a CUDA "
+    "machine, pip install 'genre-recsys[gpu]'"
+)
+GPU_FIX = "pip uninstall -y onnxruntime && pip install 'genre-recsys[gpu]'"
+
+try:
+    import onnxruntime as ort
+except ImportError as exc:  # neither extra installed
+    raise ImportError(f"onnxruntime is not installed: {RUNTIME_FIX}") from exc
 
 log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-GPU_FIX = "pip install 'genre-recsys[gpu]'"
 
 _ALIASES = {
     "cpu": CPU,
@@ -42,8 +55,32 @@ class ProviderError(RuntimeError):
     """Raised when a requested execution provider is unavailable or silently dropped."""
 
 
+def installed_runtimes() -> list[str]:
+    """The ONNX Runtime distributions installed (``onnxruntime``, ``onnxruntime-gpu``)."""
+    found = []
+    for dist in RUNTIME_EXTRAS:
+        try:
+            metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(dist)
+    return found
+
+
+def check_one_runtime(installed: Sequence[str]) -> None:
+    """Raise ProviderError when both ONNX Runtime builds are installed side by side."""
+    if len(installed) > 1:
+        raise ProviderError(
+            f"both {' and '.join(installed)} are installed; they share the `onnxruntime` "
+            "package, so whichever was installed last is the one that runs. Fix: pip "
+            "uninstall -y onnxruntime onnxruntime-gpu, then "
+            f"{RUNTIME_FIX.removeprefix('install exactly one ONNX Runtime: ')}"
+        )
+
+
 def available_providers() -> list[str]:
     """Execution providers compiled into the installed onnxruntime build."""
+    check_one_runtime(installed_runtimes())
     return list(ort.get_available_providers())
 
 

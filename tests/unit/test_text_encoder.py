@@ -256,3 +256,22 @@ def test_export_refuses_weights_that_are_not_the_pinned_ones(monkeypatch, tmp_pa
     refused = r"has sha256 [0-9a-f]{64}, expected 0{64}.*force-reinstall"
     with pytest.raises(ManifestError, match=refused):
         encoder_export._weights_source(None)
+
+
+def test_cpu_and_gpu_runtimes_are_exclusive_extras() -> None:
+    import tomllib
+
+    from genre.core.onnx_runtime import ProviderError, check_one_runtime, installed_runtimes
+
+    root = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert extras["cpu"] == ["onnxruntime>=1.20"] and extras["gpu"] == ["onnxruntime-gpu>=1.20"]
+    runtimes = [d for d in project["dependencies"] if d.startswith("onnxruntime")]
+    assert runtimes == [], "the base package must leave the choice of runtime to the extras"
+    cpu_elsewhere = [e for e, deps in extras.items() if e != "cpu" and "onnxruntime>=1.20" in deps]
+    assert cpu_elsewhere == [], "only the cpu extra may pull the CPU runtime"
+    assert installed_runtimes() == ["onnxruntime"]  # this machine: the cpu extra only
+    check_one_runtime(["onnxruntime-gpu"])
+    with pytest.raises(ProviderError, match=r"both onnxruntime and onnxruntime-gpu.*uninstall"):
+        check_one_runtime(["onnxruntime", "onnxruntime-gpu"])
