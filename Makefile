@@ -11,7 +11,7 @@ EVENTS ?= 20000
 RANKER ?= auto
 RANKER_DIR := .cache/models/ranker
 
-.PHONY: install demo test test-fast lint schemas bench ranker evaluate clean
+.PHONY: install system-deps demo test test-fast lint schemas bench ranker evaluate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,8 +40,13 @@ evaluate: $(STAMP)
 	$(BIN)/genre export encoder > /dev/null
 	$(BIN)/genre evaluate --json
 
+# System tools the suite needs besides .venv (Prometheus, for the dashboard test);
+# installed with apt-get as root or through sudo, a no-op when already on PATH.
+system-deps:
+	bash deploy/install-system-deps.sh
+
 # Lint, then the whole suite: unit, integration (real broker), end-to-end.
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/genre export encoder > /dev/null
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider

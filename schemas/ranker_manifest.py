@@ -18,13 +18,13 @@ import json
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genre.schemas.manifest import ManifestError, ManifestFile, TensorSpec
 
-RANKER_KIND = "ranker"
+RANKER_KIND: Final = "ranker"
 RANKER_GRAPHS = ("item_tower", "user_encoder", "score_head")
 Precision = Literal["fp32", "fp16", "int8"]
 RANKER_HINT = "run `genre train` then `genre export ranker` to rebuild it"
@@ -81,7 +81,7 @@ class RankerManifest(_Strict):
         have = [g.precision for g in self.graphs.get(name, [])]
         raise ManifestError(
             f"ranker {self.version} has no {precision} {name!r} graph (has: {have or 'none'}); "
-            f"choose one of those in scorer.ranker.precision or {RANKER_HINT}"
+            f"choose one of those in ranker.precision or {RANKER_HINT}"
         )
 
 
@@ -91,9 +91,15 @@ def load_ranker_manifest(model_dir: Path | str) -> RankerManifest:
     if not path.is_file():
         raise ManifestError(f"no manifest.json in {Path(model_dir)}; {RANKER_HINT}")
     try:
-        return RankerManifest.model_validate_json(path.read_bytes())
+        manifest = RankerManifest.model_validate_json(path.read_bytes())
     except ValidationError as exc:
         raise ManifestError(f"{path} is not a valid ranker manifest: {exc}; {RANKER_HINT}") from exc
+    if sorted(manifest.graphs) != sorted(RANKER_GRAPHS):
+        raise ManifestError(
+            f"{path} lists the graphs {sorted(manifest.graphs)}, but this GENRE serves "
+            f"{list(RANKER_GRAPHS)}: the ranker was exported by another version; {RANKER_HINT}"
+        )
+    return manifest
 
 
 def write_ranker_manifest(model_dir: Path | str, manifest: RankerManifest) -> Path:

@@ -49,8 +49,12 @@ def test_demo_json_summary(encoder_dir: Path, tmp_path: Path) -> None:
     assert summary["users_with_recommendations"] == summary["users_seen"] > 0
     assert summary["throughput_eps"] > 0
     assert set(summary["latency_ms"]) == {"p50", "p95", "p99"}
-    assert 0 <= summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"]
-    assert 0.0 <= summary["online_hit_rate_at_10"] <= 1.0
+    latency = summary["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] < 60_000  # within the drain
+    # No bound on online_hit_rate_at_10 here: 600 clicks replayed at 300/s from cold
+    # users give 0.0 (a user's next click mostly comes before the list for the last
+    # one); `make demo` (20,000 clicks at 100/s) is where it is measured.
+    assert isinstance(summary["online_hit_rate_at_10"], float)
     assert "GENRE demo" in out.stderr  # the summary table
     assert sum(summary["model_versions"].values()) == summary["recommendations_out"]
     assert summary["window"] == "last 600 of 100000 clicks"

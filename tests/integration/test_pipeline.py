@@ -206,19 +206,33 @@ def _check_users_in_qdrant(p: Pipeline) -> None:
 
 
 def test_metrics_page_exports_every_stage(pipeline: Pipeline) -> None:
-    text = pipeline.worker.metrics_text()
-    for name in (
-        "genre_events_in_total",
-        "genre_events_out_total",
-        "genre_items_encoded_total",
-        "genre_agent_batch_seconds_bucket",
-        "genre_click_to_recommendation_ms_bucket",
-        "genre_inference_seconds_bucket",
-        "genre_qdrant_seconds_bucket",
-        "genre_candidates_total",
-        "genre_model_info",
+    """Every stage's metrics carry samples from this traffic, not just HELP lines."""
+    from .conftest import catalog
+
+    w = pipeline.worker
+    clicks = pipeline.topics.clicks.name
+    before = w.metric("genre_events_in_total", topic=clicks)
+    lists_before = w.metric("genre_click_to_recommendation_ms_count")
+    pipeline.send_clicks(
+        [click("met-e1", "met-u1", "crime-0"), click("met-e2", "met-u1", "crime-1")]
+    )
+    pipeline.recommendations(until_triggers={"met-e2"})
+    w.wait_metric("genre_click_to_recommendation_ms_count", lists_before + 1, timeout_s=20)
+
+    assert w.metric("genre_events_in_total", topic=clicks) >= before + 2
+    assert w.metric("genre_events_out_total", topic=pipeline.topics.recommendations.name) >= 1
+    assert w.metric("genre_items_encoded_total") >= len(catalog())
+    for histogram in (
+        "genre_agent_batch_seconds",
+        "genre_inference_seconds",
+        "genre_qdrant_seconds",
+        "genre_hop_ms",
     ):
-        assert name in text, name
+        count = w.metric(f"{histogram}_count")
+        assert count > 0, f"{histogram}: no observations"
+        assert w.metric(f"{histogram}_sum") > 0, f"{histogram}: observations sum to 0"
+    assert w.metric("genre_candidates_total") > 0
+    assert w.metric("genre_model_info") >= 1  # an info gauge: 1 per loaded model
 
 
 def test_memory_page_counts_tables_and_caches(pipeline: Pipeline) -> None:

@@ -126,3 +126,17 @@ def test_required_ranker_must_exist(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="genre train"):
         RankerHandle(tmp_path / "absent", "fp32", "cpu", None, required=True)
     assert RankerHandle(tmp_path / "absent", "fp32", "cpu", None, required=False).current is None
+
+
+def test_a_ranker_exported_with_other_graph_names_is_refused(tmp_path: Path) -> None:
+    import json
+
+    from genre.schemas.ranker_manifest import load_ranker_manifest
+
+    model_dir = _export(tmp_path, seed=0)
+    path = model_dir / "manifest.json"
+    data = json.loads(path.read_text())
+    data["graphs"]["scorer"] = data["graphs"].pop("score_head")
+    path.write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match=r"another version.*genre export ranker"):
+        load_ranker_manifest(model_dir)
