@@ -100,13 +100,13 @@ class FeatureSpec:
 
     def drift(self, trained: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
         """Stream rules that differ from those a model was trained with:
-        name -> (trained value, this spec's value). Keys the manifest lacks are skipped
-        (older manifests recorded fewer); evaluation-only fields are ignored."""
+        name -> (trained value, this spec's value); a rule the manifest does not record
+        counts as drift (None, value). Evaluation-only fields are ignored."""
         mine = self.as_manifest()
         out = {}
         for key in STREAM_RULES:
-            if key in trained and _normalise(trained[key]) != _normalise(mine[key]):
-                out[key] = (trained[key], mine[key])
+            if key not in trained or _normalise(trained[key]) != _normalise(mine[key]):
+                out[key] = (trained.get(key), mine[key])
         return out
 
 

@@ -650,11 +650,12 @@ def test_spec_drift_names_changed_stream_rules_only() -> None:
     drift = served.drift(trained)
     assert set(drift) == {"max_neighbours", "click_weights"}
     assert drift["max_neighbours"] == (100, 50)
-    # evaluation-only fields, the feature names, and keys an older manifest lacks: no drift
+    # evaluation-only fields and the feature names: no drift
     other = FeatureSpec(popularity_half_lives=(1.0,), feature_names=("co_click",))
     assert other.drift(trained) == {}
-    older = {k: v for k, v in trained.items() if k != "co_click_recent"}
-    assert FeatureSpec(co_click_recent=3).drift(older) == {}
+    # a stream rule the manifest does not record is drift too: nothing says it matched
+    partial = {k: v for k, v in trained.items() if k != "co_click_recent"}
+    assert FeatureSpec().drift(partial) == {"co_click_recent": (None, 10)}
     assert set(FeatureSpec(co_click_recent=3).drift(trained)) == {"co_click_recent"}
 
 
