@@ -494,6 +494,28 @@ class LLMConfig(_Section):
         return self
 
 
+class ApiConfig(_Section):
+    """The pull API (``genre api``): where it listens, who may call it, how much it takes."""
+
+    bind: str = "127.0.0.1"
+    port: int = Field(default=6080, ge=0, le=65535)
+    #: Bearer token every /v1 route requires (unset: open; /metrics and /ready stay open).
+    token: SecretStr | None = None
+    #: Requests per second per client IP (token bucket; 0 turns the limit off) ...
+    rate_limit_per_s: float = Field(default=2000.0, ge=0)
+    #: ... and how many may come at once (the bucket's size).
+    rate_limit_burst: int = Field(default=200, ge=1)
+    #: Largest POST /v1/events body, in bytes (413 past it).
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+    #: Most events one POST /v1/events may carry (413 past it).
+    max_events: int = Field(default=500, ge=1, le=100_000)
+    #: How long a POST waits for the broker to acknowledge its events (the Kafka client
+    #: retries meanwhile) before answering 503 with the ids not accepted.
+    delivery_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    #: Largest ``k`` of GET /v1/items/{item_id}/similar.
+    max_k: int = Field(default=100, ge=1, le=10_000)
+
+
 class GenreConfig(_Section):
     """The whole configuration tree of ``genre.yaml``."""
 
@@ -507,6 +529,7 @@ class GenreConfig(_Section):
     ranker: RankerSettings = RankerSettings()
     demo: DemoConfig = DemoConfig()
     llm: LLMConfig = LLMConfig()
+    api: ApiConfig = ApiConfig()
 
     #: Where the file came from, for error messages; not a YAML key.
     _source: str = "<defaults>"
