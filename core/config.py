@@ -286,6 +286,21 @@ class CandidateSourceSpec(_Section):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class DiversityConfig(_Section):
+    """The scorer's diversity re-ranking (``core.features.diversity``): MMR over item
+    vectors and a popularity penalty that lifts the long tail. Off (``enabled: false``,
+    or ``mmr_lambda: 1`` with ``popularity_weight: 0``) keeps today's lists exactly."""
+
+    enabled: bool = False
+    #: 1: relevance only; lower trades relevance for dissimilarity to items picked.
+    mmr_lambda: float = Field(default=0.9, ge=0.0, le=1.0)
+    #: Penalty on log-scaled popularity (the decayed trending count) relative to the
+    #: candidates' most popular; 0: none.
+    popularity_weight: float = Field(default=0.0, ge=0.0, le=10.0)
+    #: How many of the ranked best candidates are re-ranked (at least ``top_k``).
+    candidates: int = Field(default=50, ge=1, le=1000)
+
+
 class ScorerConfig(_Section):
     """The scorer worker: candidate sources, blend, filters, list size, batching."""
 
@@ -310,6 +325,16 @@ class ScorerConfig(_Section):
     #: Most users waiting for that write; past it the oldest are dropped (counted in
     #: ``genre_fallbacks_total{stage="users-write",reason="backlog"}``).
     users_max_pending: int = Field(default=20_000, ge=1)
+    diversity: DiversityConfig = DiversityConfig()
+
+    @model_validator(mode="after")
+    def _diversity_fits(self) -> ScorerConfig:
+        if self.diversity.enabled and self.diversity.candidates < self.top_k:
+            raise ValueError(
+                f"scorer.diversity.candidates ({self.diversity.candidates}) must be at least "
+                f"scorer.top_k ({self.top_k}): the list is picked from them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_sources(self) -> ScorerConfig:
