@@ -39,8 +39,10 @@ __all__ = [
     "ConsumeStats",
     "DeliveryError",
     "InvalidEvent",
+    "click_message",
     "iter_recommendations",
     "iter_records",
+    "producer_config",
 ]
 
 log = logging.getLogger("genre.kafka")
@@ -82,6 +84,23 @@ class DeliveryError(RuntimeError):
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def click_message(click: ClickEvent) -> tuple[bytes, bytes]:
+    """The (value, key) a click is produced with: compact JSON, keyed by its user id
+    (UTF-8), so with ``PRODUCER_DEFAULTS``' murmur2 partitioner it lands in the
+    partition that holds the user's state. ``ClickProducer`` and the pull API share it."""
+    return click.to_bytes(), click.user_id.encode()
+
+
+def producer_config(
+    kafka: KafkaConfig, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """librdkafka settings of a click producer: the client config, ``PRODUCER_DEFAULTS``
+    (murmur2 keys, acks=all), then ``overrides``."""
+    conf: dict[str, Any] = {**kafka.client_config(), **PRODUCER_DEFAULTS, **(overrides or {})}
+    conf.setdefault("logger", log)
+    return conf
 
 
 def _validate(model: type[T], record: T | Mapping[str, Any]) -> T:
@@ -126,9 +145,7 @@ class ClickProducer:
     ) -> None:
         self.kafka = kafka
         self.dedup_size = dedup_size
-        conf: dict[str, Any] = {**kafka.client_config(), **PRODUCER_DEFAULTS, **(config or {})}
-        conf.setdefault("logger", log)
-        self._producer = Producer(conf)
+        self._producer = Producer(producer_config(kafka, config))
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self._errors: list[str] = []
@@ -149,13 +166,9 @@ class ClickProducer:
             self._seen[click.event_id] = None
             if len(self._seen) > self.dedup_size:
                 self._seen.popitem(last=False)
+        value, key = click_message(click)
         try:
-            self._produce(
-                self.kafka.topics.clicks.name,
-                click.to_bytes(),
-                click.user_id.encode(),
-                event_id=click.event_id,
-            )
+            self._produce(self.kafka.topics.clicks.name, value, key, event_id=click.event_id)
         except BaseException:
             self._forget(click.event_id)
             raise
