@@ -170,6 +170,28 @@ def worker(
 
 
 @app.command()
+def api(
+    config: ConfigOpt = None,
+    loglevel: Annotated[str, typer.Option(help="Log level")] = "info",
+) -> None:
+    """Serve the pull API (latest lists, similar items, posting clicks) on api.bind:api.port
+    (docs/api.md); Ctrl-C stops it."""
+    from confluent_kafka import KafkaException
+
+    from genre.workers.api_service import run_api
+
+    cfg = _config(config)
+    logging.basicConfig(
+        level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    try:
+        run_api(cfg)
+    except (KafkaException, OSError) as exc:
+        console.print(f"[red]api cannot start:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
 def reset(
     config: ConfigOpt = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation")] = False,
@@ -303,8 +325,21 @@ def evaluate(
             "items plus user profiles, on the same split and seed (llm.backend answers)"
         ),
     ] = None,
+    diversity_sweep: Annotated[
+        str | None,
+        typer.Option(
+            help="Lambdas for the scorer's diversity step over GENRE's scores, e.g. "
+            "1,0.9,0.8 (each may add :popularity_weight, e.g. 0.9:0.2); writes the "
+            "accuracy/diversity frontier (diversity_frontier.json and .png)"
+        ),
+    ] = None,
+    from_checkpoint: Annotated[
+        bool,
+        typer.Option(help="With --diversity-sweep: GENRE from ranker.checkpoint, not trained"),
+    ] = False,
 ) -> None:
-    """GENRE ranker vs baselines on a temporal split with full ranking (HR@10, NDCG@10, MRR)."""
+    """GENRE ranker vs baselines on a temporal split with full ranking (HR@10, NDCG@10, MRR,
+    intra-list diversity, coverage, novelty and the Gini index of exposure)."""
     from genre.model_export.pipeline import run_ablation, run_evaluate
 
     cfg = _config(config)
@@ -327,6 +362,9 @@ def evaluate(
             }
             typer.echo(json.dumps({**result, "ablation": short, "detail": result["ablation"]}))
         return
+    if diversity_sweep is not None or from_checkpoint:
+        _evaluate_frontier(cfg, log, names, out, diversity_sweep or "", from_checkpoint, epochs)
+        return
     try:
         summary = run_evaluate(
             cfg,
@@ -343,6 +381,37 @@ def evaluate(
     console.print(f"report: {summary['report']['markdown']} and {summary['report']['plot']}")
     if as_json:
         typer.echo(json.dumps(summary))
+
+
+def _evaluate_frontier(
+    cfg: Any,
+    log: Any,
+    names: list[str] | None,
+    out: Path,
+    sweep: str,
+    from_checkpoint: bool,
+    epochs: int | None,
+) -> None:
+    """``genre evaluate --diversity-sweep``: the frontier; prints its JSON."""
+    from genre.model_export.frontier import parse_sweep, run_frontier
+
+    try:
+        rules = parse_sweep(sweep, cfg)
+        summary = run_frontier(
+            cfg,
+            log,
+            rules,
+            models=names,
+            out_dir=out,
+            console=console,  # type: ignore[arg-type]
+            from_checkpoint=from_checkpoint,
+            epochs=epochs,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]cannot evaluate:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    console.print(f"report: {summary['report']['json']} and {summary['report']['plot']}")
+    typer.echo(json.dumps(summary))
 
 
 @data_app.command("fetch")

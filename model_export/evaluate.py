@@ -16,6 +16,7 @@ Protocol (the same for every model, in one run):
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from genre.core.config import RankerTrainSettings
+from genre.core.features.diversity import DiversityRule, diversify
 from genre.model_export.baselines import Baseline, build_baselines
-from genre.model_export.metrics import RankingMetrics
+from genre.model_export.metrics import K, RankingMetrics, top_k
 from genre.model_export.replay import (
     PROFILE_FEATURE,
     TEST,
@@ -56,7 +58,7 @@ BLEND = "blend"
 #: The score of an item outside a candidate set: below any real score, and finite so
 #: the ranking metrics do not take it for an excluded (already seen) item.
 NOT_A_CANDIDATE = -1e30
-REPORTED = ("hr@10", "ndcg@10", "mrr", "coverage@10")
+REPORTED = ("hr@10", "ndcg@10", "mrr", "coverage@10", "ild@10", "novelty@10", "gini@10")
 
 
 def make_progress(console: Console | None = None) -> Progress:
@@ -89,6 +91,13 @@ class GenreModel(Baseline):
         self.sampler = TrainingSampler(data.n_items, self.train_cfg.negatives, self.train_cfg.seed)
         return self.sampler
 
+    def load(self, result: TrainResult, text_vectors: np.ndarray) -> None:
+        """Use an already trained ranker (a checkpoint): ``fit`` then keeps it."""
+        self.result = result
+        self.inputs = RankerInputs(text_vectors, result.id_of_item)
+        self.history = result.history
+        self.params = {"best_epoch": result.best_epoch, "from": "checkpoint"}
+
     def fit(
         self,
         data: Interactions,
@@ -98,6 +107,8 @@ class GenreModel(Baseline):
         seed: int = 0,
         progress: Progress | None = None,
     ) -> None:
+        if self.result is not None:
+            return  # loaded from a checkpoint: no training
         if self.sampler is None:
             raise RuntimeError("GenreModel.start() must run before the replay pass")
         train_set = self.sampler.build()
@@ -163,6 +174,8 @@ def evaluate_models(
     console: Console | None = None,
     profiles: ProfileTrack | None = None,
     plan: CandidatePlan | None = None,
+    genre_model: GenreModel | None = None,
+    diversity: Sequence[DiversityRule] = (),
 ) -> EvalReport:
     """Fit every model on the same split and measure them on the same test clicks.
 
@@ -171,6 +184,9 @@ def evaluate_models(
     adds the blend itself (``blend``), GENRE re-ranking only the blend's best
     ``rank_candidates`` (``genre@blend<N>``, what the worker serves) and the share of
     test clicks whose item the candidates hold (``extra["candidate_recall"]``).
+    ``genre_model``: a GENRE ranker already trained (``GenreModel.load``), kept as is.
+    ``diversity``: rules the scorer's diversity step applies to GENRE's scores, each
+    reported as its own row (``diversity_name``): the accuracy/diversity frontier.
     """
     spec = spec or FeatureSpec()
     if profiles is not None and PROFILE_FEATURE not in spec.feature_names:
@@ -178,7 +194,7 @@ def evaluate_models(
     train = train or RankerTrainSettings()
     start = time.perf_counter()
     models: list[Baseline] = build_baselines(baselines, **(baseline_overrides or {}))
-    genre = GenreModel(train, spec) if include_genre else None
+    genre = (genre_model or GenreModel(train, spec)) if include_genre else None
     if genre is not None:
         models.insert(0, genre)
     if not models:
@@ -191,8 +207,9 @@ def evaluate_models(
         raise ValueError(f"every split needs clicks, got {split}; use a longer click log")
     end_valid = int(data.indices(VALID)[-1]) + 1
     with make_progress(console) as progress:
+        trains = genre if genre is not None and genre.result is None else None
         valid = _replay_train_valid(
-            data, text_vectors, spec, genre, end_valid, valid_stride, progress, profiles
+            data, text_vectors, spec, trains, end_valid, valid_stride, progress, profiles
         )
         fit_seconds: dict[str, float] = {}
         for model in models:
@@ -201,7 +218,7 @@ def evaluate_models(
             fit_seconds[model.name] = round(time.perf_counter() - t0, 1)
         del valid
         results, recall = _replay_test(
-            data, text_vectors, spec, models, chunk, progress, profiles, plan
+            data, text_vectors, spec, models, chunk, progress, profiles, plan, diversity
         )
     return EvalReport(
         dataset=dataset,
@@ -256,14 +273,23 @@ def _replay_test(
     progress: Progress,
     profiles: ProfileTrack | None,
     plan: CandidatePlan | None = None,
+    diversity: Sequence[DiversityRule] = (),
 ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     replay = StreamReplay(data, spec, text_vectors, profiles)
-    metrics = {m.name: RankingMetrics(data.n_items) for m in models}
+    train_counts = np.bincount(data.items[data.split == TRAIN], minlength=data.n_items)
+
+    def new_metrics() -> RankingMetrics:
+        return RankingMetrics(data.n_items, vectors=text_vectors, train_counts=train_counts)
+
+    metrics = {m.name: new_metrics() for m in models}
     served = f"{GENRE}@blend{plan.rank_candidates}" if plan is not None else ""
     if plan is not None:
-        metrics[BLEND] = RankingMetrics(data.n_items)
+        metrics[BLEND] = new_metrics()
         if GENRE in metrics:
-            metrics[served] = RankingMetrics(data.n_items)
+            metrics[served] = new_metrics()
+    rules = list(diversity) if GENRE in metrics else []
+    for rule in rules:
+        metrics[diversity_name(rule)] = new_metrics()
     hits = {"union": 0, "prerank": 0, "queries": 0}
     buffer: list[QueryBatch] = []
 
@@ -275,6 +301,11 @@ def _replay_test(
             metrics[model.name].add(scores, batch)
             if model.name == GENRE and batch.prerank is not None:
                 metrics[served].add(np.where(batch.prerank, scores, NOT_A_CANDIDATE), batch)
+            if model.name == GENRE:
+                popularity = trending_of(batch, spec)
+                for rule in rules:
+                    reranked = rerank_scores(scores, batch, rule, text_vectors, popularity)
+                    metrics[diversity_name(rule)].add(reranked, batch)
         if batch.blend is not None and batch.prerank is not None:
             blended = np.where(np.isnan(batch.blend), NOT_A_CANDIDATE, batch.blend)
             metrics[BLEND].add(blended, batch)
@@ -304,6 +335,42 @@ def _replay_test(
     return {name: m.result() for name, m in metrics.items()}, recall
 
 
+def diversity_name(rule: DiversityRule) -> str:
+    """The report row of GENRE re-ranked by ``rule``."""
+    return f"{GENRE}+mmr(lambda={rule.mmr_lambda:g},pop={rule.popularity_weight:g})"
+
+
+def trending_of(batch: QueryBatch, spec: FeatureSpec) -> np.ndarray:
+    """Float [B, n_items]: each item's decayed trending count, the popularity the
+    scorer's exposure control reads (``trending_scores``)."""
+    if "trending" in spec.feature_names:
+        return batch.features[..., spec.feature_names.index("trending")]
+    return batch.popularity[spec.trending_half_life_s]
+
+
+def rerank_scores(
+    scores: np.ndarray,
+    batch: QueryBatch,
+    rule: DiversityRule,
+    vectors: np.ndarray,
+    popularity: np.ndarray,
+    k: int = K,
+) -> np.ndarray:
+    """``scores`` with each query's best ``rule.candidates`` unseen items re-ordered by the
+    scorer's diversity step (``core.features.diversity.diversify``), lifted above the rest
+    so the ranking metrics see the re-ranked list."""
+    best = top_k(scores, batch, rule.candidates)  # [B, N], in score order
+    rows = np.arange(len(batch))[:, None]
+    cand = np.take_along_axis(np.where(batch.exclude, -np.inf, scores), best, axis=1)
+    order = diversify(cand, vectors[best], rule, k, popularity[rows, best])
+    out = np.array(scores, np.float64)
+    finite = out[np.isfinite(out)]
+    lift = (finite.max() if finite.size else 0.0) + 1.0
+    n = best.shape[1]
+    out[rows, np.take_along_axis(best, order, axis=1)] = lift + (n - np.arange(n))
+    return out
+
+
 def results_table(report: EvalReport) -> Table:
     """The results as a rich table, best NDCG@10 first."""
     table = Table(title=f"{report.dataset}: temporal split {report.split}, full ranking")
@@ -311,7 +378,7 @@ def results_table(report: EvalReport) -> Table:
     for key in REPORTED:
         table.add_column(key, justify="right")
     for name, row in sorted(report.models.items(), key=lambda kv: -kv[1]["ndcg@10"]):
-        table.add_row(name, *(f"{row[k]:.4f}" for k in REPORTED))
+        table.add_row(name, *(f"{row[k]:.4f}" if k in row else "-" for k in REPORTED))
     return table
 
 
@@ -334,7 +401,7 @@ def write_report(report: EvalReport, out_dir: Path) -> tuple[Path, Path]:
         "|---|" + "---:|" * (len(REPORTED) + 1),
     ]
     for name, row in ranked:
-        cells = " | ".join(f"{row[k]:.4f}" for k in REPORTED)
+        cells = " | ".join(f"{row[k]:.4f}" if k in row else "-" for k in REPORTED)
         lines.append(f"| {name} | {cells} | {report.fit_seconds.get(name, 0):.1f} |")
     lines += ["", "Chosen parameters:", ""]
     lines += [f"- {name}: {report.params.get(name, {})}" for name, _ in ranked]

@@ -1,4 +1,13 @@
-"""Full-ranking metrics: every item the user has not interacted with is a candidate."""
+"""Full-ranking metrics: every item the user has not interacted with is a candidate.
+
+Beyond accuracy (HR, NDCG, MRR), each model's top-K lists are measured for
+intra-list diversity (mean pairwise cosine distance of the item text vectors,
+the rule the live scorer's ``genre_list_diversity`` observes), catalogue
+coverage, novelty (mean self-information ``-log2`` of an item's share of the
+training clicks, add-one smoothed so an item without training clicks is finite)
+and the Gini index of exposure (0: every item shown equally often, towards 1:
+a few items take every slot).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from genre.core.features.diversity import intra_list_diversity_batch
 from genre.model_export.replay import QueryBatch
 
 K = 10
@@ -38,14 +48,37 @@ def top_k(scores: np.ndarray, batch: QueryBatch, k: int = K) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
+def gini(exposure: np.ndarray) -> float:
+    """Gini index of non-negative counts (one per catalogue item); 0 when all are zero."""
+    x = np.sort(np.asarray(exposure, np.float64))
+    n, total = len(x), x.sum()
+    if n == 0 or total <= 0:
+        return 0.0
+    i = np.arange(1, n + 1)
+    return float(((2 * i - n - 1) * x).sum() / (n * total))
+
+
+def self_information(train_counts: np.ndarray) -> np.ndarray:
+    """Float64 [n_items]: ``-log2`` of each item's add-one smoothed share of training clicks."""
+    counts = np.asarray(train_counts, np.float64)
+    return -np.log2((counts + 1.0) / (counts.sum() + len(counts)))
+
+
 @dataclass
 class RankingMetrics:
-    """Accumulates HR@K, NDCG@K, MRR and coverage@K over query batches."""
+    """Accumulates HR@K, NDCG@K, MRR and coverage@K over query batches, plus
+    ILD@K, novelty@K and the Gini index of exposure when given the item ``vectors``
+    and the training click ``train_counts``."""
 
     n_items: int
     k: int = K
+    vectors: np.ndarray | None = None
+    train_counts: np.ndarray | None = None
     ranks: list[np.ndarray] = field(default_factory=list)
     recommended: set[int] = field(default_factory=set)
+    ild: list[np.ndarray] = field(default_factory=list)
+    novelty: list[np.ndarray] = field(default_factory=list)
+    exposure: np.ndarray | None = None
 
     def add(self, scores: np.ndarray, batch: QueryBatch) -> None:
         """Score one batch (``scores``: float [B, n_items])."""
@@ -53,6 +86,20 @@ class RankingMetrics:
         best = top_k(scores, batch, self.k)
         shown = np.take_along_axis(~batch.exclude, best, axis=1)  # never count seen items
         self.recommended.update(np.unique(best[shown]).tolist())
+        self.add_lists(best, shown)
+
+    def add_lists(self, best: np.ndarray, shown: np.ndarray) -> None:
+        """Beyond-accuracy figures of lists ``best`` (int [B, K]); ``shown`` masks real slots."""
+        if self.exposure is None:
+            self.exposure = np.zeros(self.n_items, np.float64)
+        np.add.at(self.exposure, best[shown], 1.0)
+        if self.vectors is not None:
+            vectors = np.where(shown[..., None], self.vectors[best], 0.0)
+            self.ild.append(intra_list_diversity_batch(vectors))
+        if self.train_counts is not None:
+            info = self_information(self.train_counts)[best]
+            per_list = (info * shown).sum(axis=1) / np.maximum(shown.sum(axis=1), 1)
+            self.novelty.append(per_list)
 
     def result(self) -> dict[str, float]:
         """The metrics so far, rounded to 4 decimals, plus the query count."""
@@ -60,13 +107,20 @@ class RankingMetrics:
         if ranks.size == 0:
             raise ValueError("no queries were scored")
         hit = ranks <= self.k
-        return {
+        out: dict[str, float] = {
             f"hr@{self.k}": round(float(hit.mean()), 4),
             f"ndcg@{self.k}": round(float((hit / np.log2(ranks + 1.0)).mean()), 4),
             "mrr": round(float((1.0 / ranks).mean()), 4),
             f"coverage@{self.k}": round(len(self.recommended) / self.n_items, 4),
-            "queries": int(ranks.size),
         }
+        if self.ild:
+            out[f"ild@{self.k}"] = round(float(np.concatenate(self.ild).mean()), 4)
+        if self.novelty:
+            out[f"novelty@{self.k}"] = round(float(np.concatenate(self.novelty).mean()), 4)
+        if self.exposure is not None:
+            out[f"gini@{self.k}"] = round(gini(self.exposure), 4)
+        out["queries"] = int(ranks.size)
+        return out
 
 
 def ndcg_at_k(scores: np.ndarray, batch: QueryBatch, k: int = K) -> float:
