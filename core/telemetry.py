@@ -42,6 +42,7 @@ LABEL_TASK = "task"
 LABEL_OUTCOME = "outcome"
 LABEL_HOP = "hop"
 LABEL_ROUTE = "route"
+LABEL_STATUS = "status"
 
 #: Milliseconds; dense below 100 ms where healthy latencies live.
 LATENCY_MS_BUCKETS = (
@@ -66,6 +67,8 @@ LATENCY_MS_BUCKETS = (
     5000,
     10000,
 )
+#: Milliseconds, for pull API requests: a lookup takes well under one.
+API_MS_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 25, 50, 100, 250, 1000, 5000)
 #: Seconds, for short blocking calls (model runs, Qdrant calls, agent batches).
 CALL_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 #: Micro-batch sizes, powers of two up to the largest configured batch.
@@ -111,6 +114,10 @@ class Metrics:
     enrichment_pending: Gauge
     profiles_generated: Counter
     gc_seconds: Counter
+    # The pull API (``genre api``; docs/api.md).
+    api_requests: Counter
+    api_request_ms: Histogram
+    api_events: Counter
 
 
 def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
@@ -337,6 +344,34 @@ def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
             "Time the interpreter spent in garbage collection, by generation (0, 1, 2); "
             "every stage of the process stands still meanwhile.",
             ["generation"],
+            namespace=ns,
+            registry=registry,
+        ),
+        # The pull API (``genre api``): requests by route template and status, their
+        # latency, and the click events it took in.
+        api_requests=Counter(
+            "api_requests",
+            "Pull API requests by route (the route template; other: no route matched) "
+            "and HTTP status.",
+            [LABEL_ROUTE, LABEL_STATUS],
+            namespace=ns,
+            registry=registry,
+        ),
+        api_request_ms=Histogram(
+            "api_request_ms",
+            "Pull API request time in the server, from the request read to the answer "
+            "written, by route.",
+            [LABEL_ROUTE],
+            namespace=ns,
+            registry=registry,
+            buckets=API_MS_BUCKETS,
+        ),
+        api_events=Counter(
+            "api_events",
+            "Click events posted to the pull API, by outcome (accepted: acknowledged by "
+            "the broker; invalid: refused with a reason; not_accepted: the broker did not "
+            "acknowledge in time, the client was told to send again).",
+            [LABEL_OUTCOME],
             namespace=ns,
             registry=registry,
         ),
