@@ -71,6 +71,8 @@ LATENCY_MS_BUCKETS = (
 API_MS_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 25, 50, 100, 250, 1000, 5000)
 #: Seconds, for short blocking calls (model runs, Qdrant calls, agent batches).
 CALL_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+#: Intra-list diversity (mean pairwise cosine distance), mostly between 0.3 and 0.9.
+DIVERSITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.9, 1.0)
 #: Micro-batch sizes, powers of two up to the largest configured batch.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 #: Seconds, for LLM calls: a cache-cold generation takes from ~0.1 s to the call timeout.
@@ -105,6 +107,7 @@ class Metrics:
     consumer_lag: Gauge
     online_clicks: Counter
     online_hits: Counter
+    list_diversity: Histogram
     llm_calls: Counter
     llm_cache_hits: Counter
     llm_fallbacks: Counter
@@ -272,6 +275,14 @@ def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
             "the scorer (hit rate = hits / clicks).",
             namespace=ns,
             registry=registry,
+        ),
+        list_diversity=Histogram(
+            "list_diversity",
+            "Intra-list diversity of each published list: the mean pairwise cosine "
+            "distance of its items' vectors (0: all alike; scorer.diversity raises it).",
+            namespace=ns,
+            registry=registry,
+            buckets=DIVERSITY_BUCKETS,
         ),
         consumer_lag=Gauge(
             "consumer_lag",

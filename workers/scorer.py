@@ -33,6 +33,7 @@ from genre.core.features import (
 )
 from genre.core.features.candidates import Candidates, blend, ranked
 from genre.core.features.ids import seen_rows
+from genre.core.features.ranking import trending_scores
 from genre.core.features.spec import PROFILE_FEATURE, RANKER_FEATURES
 from genre.core.registry import Registry
 from genre.core.telemetry import METRICS
@@ -45,6 +46,7 @@ from genre.streams.batching import ack_events, take_ready
 from genre.streams.score_context import ScoreContext, SubmittedBatch, from_request
 from genre.streams.views import ScorerViews
 from genre.workers.candidates import CoClickSource, build_sources, count_candidates
+from genre.workers.diversity import DiversityStep, diversity_rule, list_diversity
 from genre.workers.ranker import OnnxRanker, RankerHandle
 
 log = logging.getLogger("genre.scorer")
@@ -221,6 +223,10 @@ class ScorerWorker:
             check_ranker_features(ranker.current, config)
         self.top_k = cfg.top_k
         self.rank_candidates = config.ranker.rank_candidates
+        rule = diversity_rule(cfg.diversity)
+        self.diversity = DiversityStep(rule, cfg.top_k, config.encoder.dim) if rule else None
+        #: Items ranked per user: the diversity step picks the list from its candidates.
+        self.list_len = max(cfg.top_k, rule.candidates) if rule else cfg.top_k
         self.sources = build_sources(config, views, self.features)
         self.ranking = RANKINGS.create(cfg.name)
         self.blend = BlendRanking()
@@ -253,11 +259,33 @@ class ScorerWorker:
         if ranked is None:
             ranked = [
                 self.ranking.rank(
-                    [(name, w, cands[i]) for name, w, cands in per_source], keep, self.top_k
+                    [(name, w, cands[i]) for name, w, cands in per_source], keep, self.list_len
                 )
                 for i, keep in enumerate(keeps)
             ]
+        if self.diversity is not None:
+            ranked = self._diversify(self.diversity, ranked)
         return self._lists(batch, ranked, version, started)
+
+    def _diversify(self, step: DiversityStep, ranked: list[list[Scored]]) -> list[list[Scored]]:
+        """``scorer.diversity``: each list picked from its best candidates by MMR and the
+        exposure control (``core.features.diversity``, as ``genre evaluate`` replays it)."""
+        start = time.perf_counter()
+        now = self.views.clock.now()
+        rules = self.features.graph_rules()
+        cache: dict[str, float] = {}
+
+        def vectors(ids: Sequence[str]) -> dict[str, np.ndarray]:
+            stored, _ = self.views.items.cached(ids)
+            return {item: v.vector for item, v in stored.items()}
+
+        def popularity(ids: Sequence[str]) -> np.ndarray:
+            return trending_scores(rules, self.views.graph.state, ids, now, cache)
+
+        lists = [[(s.item_id, s.score) for s in lst] for lst in ranked]
+        orders = step.order(lists, vectors, popularity)
+        METRICS.inference_seconds.labels("diversity", "cpu").observe(time.perf_counter() - start)
+        return [[lst[j] for j in order] for lst, order in zip(ranked, orders, strict=True)]
 
     def _candidates(self, batch: Sequence[ScoreContext]) -> list[SourceCandidates]:
         per_source = []
@@ -325,6 +353,9 @@ class ScorerWorker:
                 "hops": timings,
             }
             ids = [s.item_id for s in scored]
+            ild = list_diversity([items[i].vector for i in ids if i in items])
+            if ild is not None:
+                METRICS.list_diversity.observe(ild)
             out.append(ScoredList(ctx, ids, orjson.dumps(record), now, timings))
         return out
 
@@ -363,7 +394,7 @@ class ScorerWorker:
         lists = []
         for i, (hist, cands) in enumerate(zip(histories, candidates, strict=True)):
             scores = out.scores[i, : len(cands)]
-            top = np.argsort(-scores, kind="stable")[: self.top_k]
+            top = np.argsort(-scores, kind="stable")[: self.list_len]
             attention = out.attention[i, :, h_len - len(hist) :] if hist else None
             lists.append(
                 [
