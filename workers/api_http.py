@@ -80,7 +80,8 @@ async def measured(request: web.Request, handler: Handler) -> web.StreamResponse
 def guards(api: ApiConfig) -> Any:
     """The middleware that enforces ``api.token`` and the per-IP rate limit on /v1 routes."""
     limiter = RateLimiter(api.rate_limit_per_s, api.rate_limit_burst)
-    token = api.token.get_secret_value() if api.token is not None else None
+    # An empty token (``GENRE_API__TOKEN=``, as compose passes an unset variable) is none.
+    token = (api.token.get_secret_value() if api.token is not None else "") or None
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -51,6 +51,7 @@ EXPECTED_SERVICES = {
     "llm",
     "prometheus",
     "grafana",
+    "api",
 }
 #: What `docker compose up` starts with no profile: the single-node stack, one
 #: CPU worker service per role.
@@ -63,6 +64,7 @@ DEFAULT_SERVICES = {
     "scorer",
     "prometheus",
     "grafana",
+    "api",
 }
 PROFILES = {
     "gpu": {"scorer-gpu", "item-encoder-gpu"},
@@ -1115,7 +1117,10 @@ def test_prometheus_scrapes_every_worker_on_the_web_port(compose: dict[str, Any]
     assert web_port == 6066
     targets = prometheus_dns_targets()
     workers = worker_services(compose)
-    assert set(targets) == set(workers), "every worker service, and nothing else, via DNS"
+    # The pull API (`genre api`) is its own job, on api.port.
+    assert targets.pop("api") == ("genre-api", GenreConfig().api.port)
+    assert command_words(_services(compose)["api"]) == ["api"]
+    assert set(targets) == set(workers), "every worker service and the API, nothing else"
     for service, role in workers.items():
         assert targets[service] == (ROLE_JOBS[role], web_port), service
     for job in prom["scrape_configs"]:
