@@ -62,6 +62,7 @@ lint: $(STAMP)
 
 schemas: $(STAMP)
 	$(BIN)/python -c "from genre.schemas.jsonschema import write_all; write_all()"
+	$(BIN)/python -c "from genre.schemas.openapi import write_openapi; write_openapi()"
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_encoder.py
