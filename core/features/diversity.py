@@ -87,7 +87,7 @@ def diversify(
     if rule.popularity_weight and popularity is not None:
         gain = gain - rule.popularity_weight * exposure(popularity, valid)
     lam = float(rule.mmr_lambda)
-    sims = np.einsum("bnd,bmd->bnm", vectors.astype(np.float32), vectors.astype(np.float32))
+    vecs = np.asarray(vectors, np.float32)
     value = np.where(valid, lam * gain, _TAKEN)
     max_sim = np.zeros((b, n))
     rows = np.arange(b)
@@ -101,7 +101,9 @@ def diversify(
         pick = base[rows, at]
         step_of[rows[took], pick[took]] = step
         value[rows, pick] = _TAKEN
-        max_sim = np.maximum(max_sim, np.where(took[:, None], sims[rows, pick], -np.inf))
+        # Similarity to the new pick only: k x N per row, not the whole N x N matrix.
+        sims = np.einsum("bnd,bd->bn", vecs, vecs[rows, pick])
+        max_sim = np.maximum(max_sim, np.where(took[:, None], sims, -np.inf))
     rank_in_base = np.empty((b, n), np.int64)
     rank_in_base[rows[:, None], base] = np.arange(n)
     key = np.where(step_of >= 0, step_of, n + rank_in_base)
