@@ -279,3 +279,13 @@ def test_broker_away_answers_503_naming_the_ids() -> None:
         _serve(config.api, sender)(body)
     finally:
         sender.close(0.1)
+
+
+def test_empty_token_means_no_token() -> None:
+    """``GENRE_API__TOKEN=`` (compose passes an unset GENRE_API_TOKEN as empty) leaves it open."""
+
+    async def body(client: TestClient) -> None:
+        resp = await client.get("/v1/users/u1/recommendations")
+        assert resp.status == 200
+
+    _serve(ApiConfig(token=""))(body)
