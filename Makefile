@@ -49,6 +49,7 @@ system-deps:
 test: $(STAMP) system-deps
 	$(BIN)/genre export encoder > /dev/null
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # Unit tests only (real ONNX sessions, no broker): about 80 s on 2 cores.
@@ -59,6 +60,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 schemas: $(STAMP)
 	$(BIN)/python -c "from genre.schemas.jsonschema import write_all; write_all()"

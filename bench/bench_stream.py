@@ -114,7 +114,7 @@ def serve_naive(cfg: GenreConfig, mode: str, events: int, result_path: Path) -> 
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
         topic_partitions=cfg.kafka.topics.clicks.partitions,
-        broker_session_timeout=cfg.kafka.session_timeout_ms / 1000,
+        broker_session_timeout=cfg.kafka.group_session_ms / 1000,
         broker_heartbeat_interval=cfg.kafka.heartbeat_interval_ms / 1000,
         logging_config=None,
     )

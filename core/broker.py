@@ -125,8 +125,8 @@ def _admin(bootstrap: str, timeout_s: float) -> object:
             "socket.connection.setup.timeout.ms": ms,
             "reconnect.backoff.max.ms": 200,
             "log_level": 0,
-            "logger": _NullLogger(),
-        }
+        },
+        logger=_NullLogger(),
     )
 
 
@@ -206,6 +206,12 @@ def ensure_topics(
         for name, fut in futures.items():
             try:
                 fut.result(timeout=max(0.1, deadline - time.monotonic()))
+            except TimeoutError as exc:
+                raise BrokerError(
+                    f"{bootstrap} did not create topic {name!r} within {timeout_s:.0f}s; "
+                    "a broker without CreateTopics (or whose ACLs forbid it) needs the "
+                    "topics created beforehand, as docker-compose.yml's kafka-init does"
+                ) from exc
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
                 if getattr(err, "code", lambda: None)() != KafkaError.TOPIC_ALREADY_EXISTS:

@@ -171,7 +171,7 @@ def llm_inputs(
                 )
             info["profiles_origin"] = _origins(answers)
             kept = [a.value for a in answers if a.value.interests]
-            row_of = {}
+            row_of: dict[tuple[int, ...], int] = {}
             for key, a in zip(unique, answers, strict=True):
                 if a.value.interests:
                     row_of[key] = len(row_of)

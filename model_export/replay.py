@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -515,7 +516,7 @@ def snapshot(
     evaluator calls it one event at a time and stacks (``stack_queries``).
     """
     data = replay.data
-    rows = []
+    rows: list[dict[str, Any]] = []
     for e in events:
         u, now = int(data.users[e]), float(data.ts[e])
         rows.append(

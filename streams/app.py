@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import faust
 import numpy as np
@@ -23,6 +23,7 @@ from faust.serializers import codecs
 from faust.stores import STORES
 from faust.stores import rocksdb as faust_rocksdb
 from faust.tables import TableManager
+from faust.transport.consumer import Consumer
 from yarl import URL
 
 from genre.core.catalog import ItemCatalog
@@ -585,7 +586,7 @@ def build_streams(
         web_metrics_enabled=False,
         # Per broker flavour (core/config.py BROKER_FLAVORS): 6 s on tansu, which
         # holds a new member for about half of it; Kafka's own 45 s on Apache Kafka.
-        broker_session_timeout=config.kafka.session_timeout_ms / 1000,
+        broker_session_timeout=config.kafka.group_session_ms / 1000,
         broker_heartbeat_interval=config.kafka.heartbeat_interval_ms / 1000,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
@@ -710,6 +711,9 @@ USERS_SAMPLE_S = 15.0
 
 def _add_pages(streams: GenreStreams) -> None:
     app = streams.app
+    # The pages' ``type: ignore[arg-type]``: Faust types a page handler as returning
+    # its abstract faust.web.Response, but its aiohttp driver serves the aiohttp
+    # web.Response a handler returns (Faust's own Web.json() casts one the same way).
 
     @app.timer(USERS_SAMPLE_S)
     async def sample_users_tracked() -> None:
@@ -736,7 +740,8 @@ def _add_pages(streams: GenreStreams) -> None:
     @app.timer(LAG_SAMPLE_S)
     async def sample_consumer_lag() -> None:
         """Export lag per assigned partition: high watermark minus the committed offset."""
-        consumer = app.consumer
+        # The concrete Consumer: its offset bookkeeping is not on the ConsumerT interface.
+        consumer = cast(Consumer, app.consumer)
         # Table changelogs are read by recovery/global-table readers that commit no
         # offsets, so "committed" means nothing there; only source topics count.
         changelogs = {t.changelog_topic.get_topic_name() for t in app.tables.values()}
@@ -750,7 +755,7 @@ def _add_pages(streams: GenreStreams) -> None:
             lag = max(0, highwater - (committed or 0))
             METRICS.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
 
-    @app.page("/metrics")
+    @app.page("/metrics")  # type: ignore[arg-type]  # see _add_pages
     async def metrics(web_view: Any, request: Any) -> web.Response:
         body, content_type = render()
         return web.Response(body=body, headers={"Content-Type": content_type})
@@ -762,7 +767,7 @@ def _add_pages(streams: GenreStreams) -> None:
             None if table is None or isinstance(table.data, RocksDBStore) else len(table.data)
         )
 
-    @app.page("/debug/memory")
+    @app.page("/debug/memory")  # type: ignore[arg-type]  # see _add_pages
     async def memory(web_view: Any, request: Any) -> web.Response:
         """RSS, entries in each table and cache, and allocation sites under PYTHONTRACEMALLOC."""
         refused = debug_refusal(request, streams.config.streams.debug_token)
@@ -789,11 +794,14 @@ def _add_pages(streams: GenreStreams) -> None:
         )
         return web.json_response(report)
 
-    @app.page("/ready")
+    @app.page("/ready")  # type: ignore[arg-type]  # see _add_pages
     async def ready(web_view: Any, request: Any) -> web.Response:
         components = dict(streams.ready)
         components["rebalanced"] = not app.rebalancing
-        components["tables_recovered"] = app.tables.recovery.completed.is_set()
+        # app.tables is the TableManager setting (TableManager or ExactEndTableManager);
+        # ``recovery`` is on the class, not on the TableManagerT interface.
+        tables = cast(TableManager, app.tables)
+        components["tables_recovered"] = tables.recovery.completed.is_set()
         is_ready = all(components.values())
         return web.json_response(
             {"ready": is_ready, "components": components}, status=200 if is_ready else 503

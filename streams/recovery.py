@@ -72,7 +72,8 @@ def exact_end_offsets(
                 msg = consumer.poll(0.2)
                 if msg is None:
                     continue
-                if msg.error() and msg.error().code() != KafkaError._PARTITION_EOF:
+                err = msg.error()
+                if err is not None and err.code() != KafkaError._PARTITION_EOF:
                     continue
                 key = (msg.topic(), msg.partition())
                 if key in pending:

@@ -259,3 +259,15 @@ class Transport(faust_aiokafka.Transport):
     """The aiokafka transport with short fetch waits (``genre-kafka://host:port``)."""
 
     Consumer = ShortFetchConsumer
+
+    async def _really_create_topic(
+        self, owner: Any, client: Any, topic: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # Faust sends CreateTopics for every topic it declares, existing or not. A
+        # broker that does not offer CreateTopics (librdkafka's mock cluster) or a
+        # Kafka cluster whose ACLs forbid it then stops the worker at start, even
+        # though every topic is there. Only topics missing from metadata are created.
+        if topic in (await client.fetch_all_metadata()).topics():
+            owner.log.debug("topic %r exists: not creating it", topic)
+            return None
+        return await super()._really_create_topic(owner, client, topic, *args, **kwargs)

@@ -68,14 +68,16 @@ class AnnSource:
         """Nothing to refresh."""
 
     def generate(self, batch: Sequence[ScoreContext]) -> list[Candidates]:
-        queries = [self.query_vector(c) for c in batch]
-        with_vec = [i for i, q in enumerate(queries) if q is not None and len(q)]
+        queries = {
+            i: q for i, c in enumerate(batch) if (q := self.query_vector(c)) is not None and len(q)
+        }
+        with_vec = list(queries)
         out: list[Candidates] = [NO_CANDIDATES] * len(batch)
         if not with_vec:
             return out
         # Over-fetch so that filtering seen items still leaves candidates; capped
         # (heavy users have seen hundreds of items; co_click and trending cover them).
-        vectors = np.stack([queries[i] for i in with_vec]).astype(np.float32, copy=False)
+        vectors = np.stack(list(queries.values())).astype(np.float32, copy=False)
         extra = min(max(_seen_count(batch[i]) for i in with_vec), self.max_overfetch)
         found = self.views.search.search(vectors, self.limit + extra)
         for i, (ids, scores) in zip(with_vec, found, strict=True):

@@ -10,6 +10,7 @@ raw text and is retried every ``llm.items.retry_s``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -102,7 +103,7 @@ class ItemEncoderWorker:
                 out.append(self._usable(item, task.result()))
             else:
                 self._waiting[item.item_id] = item
-                task.add_done_callback(lambda t, item=item: self._on_landed(item, t))
+                task.add_done_callback(functools.partial(self._on_landed, item))
                 out.append(None)
         return out
 
@@ -148,8 +149,8 @@ class ItemEncoderWorker:
                 return
             if task.cancelled():
                 future.cancel()
-            elif task.exception() is not None:
-                future.set_exception(task.exception())  # type: ignore[arg-type]
+            elif (exc := task.exception()) is not None:
+                future.set_exception(exc)
             else:
                 future.set_result(task.result())
 
@@ -162,15 +163,16 @@ class ItemEncoderWorker:
             task.add_done_callback(lambda t, f=future: finish(t, f))
 
     def _on_landed(self, item: ItemUpsert, task: asyncio.Future[Any]) -> None:
-        if task.cancelled() or self._waiting.get(item.item_id) is not item:
+        key = item.item_id
+        if task.cancelled() or self._waiting.get(key) is not item:
             return  # superseded by a newer upsert or a delete
-        del self._waiting[item.item_id]
+        del self._waiting[key]
         if task.exception() is not None:  # the client never raises; a bug must not be lost
-            log.error("enrichment of %s raised", item.item_id, exc_info=task.exception())
+            log.error("enrichment of %s raised", key, exc_info=task.exception())
             METRICS.items_enriched.labels("failed").inc()
             self._queue_retry(item)
             return
-        self._landed[item.item_id] = (item, task.result())
+        self._landed[key] = (item, task.result())
         self._landed_event.set()
 
     async def reencode_landed(self) -> int:
@@ -206,7 +208,7 @@ class ItemEncoderWorker:
         batch = [self._retry.popitem(last=False)[1] for _ in range(count)]
         for item in batch:
             self._waiting[item.item_id] = item
-            self._submit(item).add_done_callback(lambda t, item=item: self._on_landed(item, t))
+            self._submit(item).add_done_callback(functools.partial(self._on_landed, item))
         return len(batch)
 
     async def _store(

@@ -199,12 +199,27 @@ def write_config(tmp: Path, bootstrap: str, encoder_dir: Path, **overrides: Any)
     return path
 
 
-def start_pipeline(tmp: Path, bootstrap: str, encoder_dir: Path, **overrides: Any) -> Pipeline:
-    """Create topics, start a worker, load the test catalog and wait until it is encoded."""
+def start_pipeline(
+    tmp: Path,
+    bootstrap: str,
+    encoder_dir: Path,
+    *,
+    create_topics: Callable[[GenreConfig], None] | None = None,
+    env: dict[str, str] | None = None,
+    **overrides: Any,
+) -> Pipeline:
+    """Create topics, start a worker, load the test catalog and wait until it is encoded.
+
+    ``create_topics(config)`` replaces ``ensure_genre_topics`` (for a broker without
+    CreateTopics); ``env`` is extra environment for the worker process.
+    """
     path = write_config(tmp, bootstrap, encoder_dir, **overrides)
     config = load_config(path, environ={})
-    ensure_genre_topics(bootstrap, config.kafka.topics)
-    worker = WorkerProcess(path, config.streams.web_port, tmp / "worker.log").start(120)
+    if create_topics is None:
+        ensure_genre_topics(bootstrap, config.kafka.topics)
+    else:
+        create_topics(config)
+    worker = WorkerProcess(path, config.streams.web_port, tmp / "worker.log", env=env).start(120)
     pipeline = Pipeline(config, path, worker)
     items = catalog()
     try:

@@ -472,6 +472,11 @@ def test_broker_flavor_follows_the_embedded_broker_unless_set(tmp_path: Path) ->
     assert apache.group_config() == {"session.timeout.ms": 45_000, "heartbeat.interval.ms": 3_000}
     assert apache.consumer_config()["fetch.wait.max.ms"] == 500
 
+    short = load_config(
+        path, environ={"GENRE_KAFKA__FLAVOR": "apache", "GENRE_KAFKA__SESSION_TIMEOUT_MS": "6000"}
+    ).kafka
+    assert short.group_config() == {"session.timeout.ms": 6_000, "heartbeat.interval.ms": 2_000}
+
     # An explicit flavour wins over the address: an embedded broker on another port.
     path.write_text("kafka: {bootstrap_servers: '127.0.0.1:40000', flavor: tansu}\n")
     assert load_config(path, environ={}).kafka.exact_end_offsets
