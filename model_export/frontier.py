@@ -180,6 +180,17 @@ def plot_frontier(summary: dict[str, Any], out_dir: Path) -> Path:
             continue
         ax.scatter([row["ild@10"]], [row["ndcg@10"]], marker="x")
         ax.annotate(name, (row["ild@10"], row["ndcg@10"]), fontsize=7)
+    target = summary.get("target") or {}
+    if target.get("baseline_ild@10"):
+        ax.axvline(target["baseline_ild@10"] * (1 + ILD_GAIN), ls="--", lw=0.8, color="grey")
+        ax.axhline(target["best_ndcg@10"] * (1 - NDCG_TOLERANCE), ls="--", lw=0.8, color="grey")
+        ax.annotate(
+            "target: right of and above the dashed lines",
+            (0.01, 0.01),
+            xycoords="axes fraction",
+            fontsize=7,
+            color="grey",
+        )
     ax.set_xlabel("intra-list diversity@10 (mean pairwise cosine distance)")
     ax.set_ylabel("NDCG@10")
     ax.set_title(f"{summary['dataset']}: accuracy/diversity frontier (labels: lambda)")
