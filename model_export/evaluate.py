@@ -208,15 +208,17 @@ def evaluate_models(
     end_valid = int(data.indices(VALID)[-1]) + 1
     with make_progress(console) as progress:
         trains = genre if genre is not None and genre.result is None else None
-        valid = _replay_train_valid(
-            data, text_vectors, spec, trains, end_valid, valid_stride, progress, profiles
-        )
-        fit_seconds: dict[str, float] = {}
-        for model in models:
-            t0 = time.perf_counter()
-            model.fit(data, valid, text_vectors, seed=train.seed, progress=progress)
-            fit_seconds[model.name] = round(time.perf_counter() - t0, 1)
-        del valid
+        to_fit = [m for m in models if m is not genre or trains is not None]
+        fit_seconds: dict[str, float] = {m.name: 0.0 for m in models}
+        if to_fit:  # a loaded GENRE alone needs no train + valid replay
+            valid = _replay_train_valid(
+                data, text_vectors, spec, trains, end_valid, valid_stride, progress, profiles
+            )
+            for model in to_fit:
+                t0 = time.perf_counter()
+                model.fit(data, valid, text_vectors, seed=train.seed, progress=progress)
+                fit_seconds[model.name] = round(time.perf_counter() - t0, 1)
+            del valid
         results, recall = _replay_test(
             data, text_vectors, spec, models, chunk, progress, profiles, plan, diversity
         )
