@@ -173,7 +173,7 @@ def _export_ranker(history: int, out: Path, console: Console) -> Path:
 
 def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     from genre.workers.ranker import RankerHandle
-    from genre.workers.score_head import ScorerWorker
+    from genre.workers.scorer import ScorerWorker
     from genre.workers.service import tune_gc
 
     base = load_config(args.config) if args.config else load_config(None)
@@ -208,11 +208,11 @@ def measure(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 shutil.rmtree(work, ignore_errors=True)
             progress.advance(task)
     return {
-        "bench": "score_head",
+        "bench": "scorer",
         "machine": f"{os.cpu_count()} cores ({cpu_name()}), ONNX Runtime CPU provider, 1 thread",
         "users": args.users,
         "items": args.items,
-        "sources": [c.name for c in base.score_head.candidates],
+        "sources": [c.name for c in base.scorer.candidates],
         "rank_candidates": base.ranker.rank_candidates,
         "rows": rows,
         "summary": {

@@ -544,6 +544,64 @@ class ApiConfig(_Section):
     max_k: int = Field(default=100, ge=1, le=10_000)
 
 
+class ArmSpec(_Section):
+    """One arm of an A/B experiment: an overlay of the scorer config and a traffic share."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    #: Traffic share under the fixed policy (normalised over the arms); the bandit
+    #: starts from equal shares instead.
+    share: float = Field(default=1.0, gt=0)
+    #: Keys of the ``scorer`` section this arm changes (candidates and weights,
+    #: filters, diversity, top_k ...); the rest is the base config's.
+    scorer: dict[str, Any] = Field(default_factory=dict)
+    #: ``inherit``: the learned ranker as ``ranker.enabled`` says; ``off``: the blend.
+    ranker: Literal["inherit", "off"] = "inherit"
+
+
+class ExperimentsConfig(_Section):
+    """A/B arms: how users are split between scorer configurations."""
+
+    #: Off (the default): no experiment, every list comes from ``scorer``.
+    enabled: bool = False
+    #: Salt of the user hash; a new salt reshuffles every user.
+    salt: str = Field(default="genre-ab", min_length=1)
+    #: ``fixed``: the arms' shares; ``thompson``: a bandit that moves traffic to the arm
+    #: with more online hits, keeping ``floor`` of it on every arm.
+    policy: Literal["fixed", "thompson"] = "fixed"
+    floor: float = Field(default=0.1, ge=0, le=0.5)
+    #: Seconds between re-allocations under ``thompson``.
+    update_s: float = Field(default=10.0, gt=0)
+    #: The default pair: the learned ranker against the blend, half each.
+    arms: list[ArmSpec] = Field(
+        default_factory=lambda: [
+            ArmSpec(name="ranker", share=0.5),
+            ArmSpec(name="blend", share=0.5, ranker="off"),
+        ]
+    )
+
+    @model_validator(mode="after")
+    def _arms(self) -> ExperimentsConfig:
+        names = [a.name for a in self.arms]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"arm names must be unique; repeated: {dupes}")
+        if self.enabled and len(self.arms) < 2:
+            raise ValueError("an enabled experiment needs at least two arms")
+        if self.arms and self.floor * len(self.arms) > 1:
+            raise ValueError(f"floor {self.floor} x {len(self.arms)} arms exceeds 1")
+        return self
+
+    @property
+    def active(self) -> bool:
+        """Whether lists are split between arms."""
+        return self.enabled and len(self.arms) >= 2
+
+    def shares(self) -> dict[str, float]:
+        """The fixed policy's shares, normalised to sum to 1."""
+        total = sum(a.share for a in self.arms)
+        return {a.name: a.share / total for a in self.arms}
+
+
 class GenreConfig(_Section):
     """The whole configuration tree of ``genre.yaml``."""
 
@@ -558,6 +616,33 @@ class GenreConfig(_Section):
     demo: DemoConfig = DemoConfig()
     llm: LLMConfig = LLMConfig()
     api: ApiConfig = ApiConfig()
+    experiments: ExperimentsConfig = ExperimentsConfig()
+
+    @model_validator(mode="after")
+    def _arm_overlays(self) -> GenreConfig:
+        for i, arm in enumerate(self.experiments.arms):
+            try:
+                self.arm_config(arm.name)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise ValueError(
+                    f"experiments.arms[{i}] ({arm.name}): scorer.{where}: {first['msg']}"
+                ) from None
+        return self
+
+    def arm_config(self, name: str) -> GenreConfig:
+        """This config as arm ``name`` sees it: its scorer overlay applied, and the
+        ranker off when the arm says so."""
+        arm = next((a for a in self.experiments.arms if a.name == name), None)
+        if arm is None:
+            known = [a.name for a in self.experiments.arms]
+            raise KeyError(f"no arm {name!r} in experiments.arms (have {known})")
+        scorer = ScorerConfig.model_validate({**self.scorer.model_dump(), **arm.scorer})
+        update: dict[str, Any] = {"scorer": scorer}
+        if arm.ranker == "off":
+            update["ranker"] = self.ranker.model_copy(update={"enabled": "off"})
+        return self.model_copy(update=update)
 
     #: Where the file came from, for error messages; not a YAML key.
     _source: str = "<defaults>"

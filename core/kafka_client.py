@@ -364,7 +364,13 @@ def _caught_up(consumer: Consumer, at_end: set[int]) -> bool:
     return bool(assigned) and assigned <= at_end
 
 
-def iter_records(
+def iter_records(kafka: KafkaConfig, topic: str, model: type[T], **kwargs: Any) -> Iterator[T]:
+    """Yield ``model`` records from ``topic`` (see ``iter_timed_records``)."""
+    for _, record in iter_timed_records(kafka, topic, model, **kwargs):
+        yield record
+
+
+def iter_timed_records(
     kafka: KafkaConfig,
     topic: str,
     model: type[T],
@@ -377,8 +383,9 @@ def iter_records(
     stats: ConsumeStats | None = None,
     on_invalid: Callable[[Message, Rejection], None] | None = None,
     config: Mapping[str, Any] | None = None,
-) -> Iterator[T]:
-    """Yield ``model`` records from ``topic``; invalid ones are logged, counted and skipped.
+) -> Iterator[tuple[float, T]]:
+    """Yield ``(record timestamp in Unix seconds, record)`` pairs of ``model`` records
+    from ``topic``; invalid ones are logged, counted and skipped.
 
     Without ``group_id`` all partitions are assigned directly (no consumer group,
     no commits); with it the consumer joins the group and auto-commits.
@@ -451,7 +458,7 @@ def iter_records(
                     on_invalid(msg, result)
             else:
                 stats.yielded += 1
-                yield result
+                yield msg.timestamp()[1] / 1000.0, result
                 if max_records is not None and stats.yielded >= max_records:
                     return
     finally:

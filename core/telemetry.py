@@ -43,6 +43,7 @@ LABEL_OUTCOME = "outcome"
 LABEL_HOP = "hop"
 LABEL_ROUTE = "route"
 LABEL_STATUS = "status"
+LABEL_ARM = "arm"
 
 #: Milliseconds; dense below 100 ms where healthy latencies live.
 LATENCY_MS_BUCKETS = (
@@ -121,6 +122,13 @@ class Metrics:
     api_requests: Counter
     api_request_ms: Histogram
     api_events: Counter
+    # A/B arms (``experiments``; core/experiments.py).
+    arm_lists: Counter
+    arm_online_clicks: Counter
+    arm_online_hits: Counter
+    arm_latency_ms: Histogram
+    arm_share: Gauge
+    arm_coverage: Gauge
 
 
 def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
@@ -383,6 +391,51 @@ def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
             "the broker; invalid: refused with a reason; not_accepted: the broker did not "
             "acknowledge in time, the client was told to send again).",
             [LABEL_OUTCOME],
+            namespace=ns,
+            registry=registry,
+        ),
+        # A/B arms: each arm's lists, online clicks and hits (a click counts for the arm
+        # of the list the user had), latency, traffic share and catalogue coverage.
+        arm_lists=Counter(
+            "arm_lists",
+            "Lists published, by A/B arm.",
+            [LABEL_ARM],
+            namespace=ns,
+            registry=registry,
+        ),
+        arm_online_clicks=Counter(
+            "arm_online_clicks",
+            "Clicks made while the user had a list of this arm.",
+            [LABEL_ARM],
+            namespace=ns,
+            registry=registry,
+        ),
+        arm_online_hits=Counter(
+            "arm_online_hits",
+            "Of those clicks, the ones on an item of that list (online HR@10 = hits / clicks).",
+            [LABEL_ARM],
+            namespace=ns,
+            registry=registry,
+        ),
+        arm_latency_ms=Histogram(
+            "arm_latency_ms",
+            "Click to published list, in ms, by A/B arm.",
+            [LABEL_ARM],
+            namespace=ns,
+            registry=registry,
+            buckets=LATENCY_MS_BUCKETS,
+        ),
+        arm_share=Gauge(
+            "arm_share",
+            "Share of users the allocation policy sends to each arm (fixed or the bandit's).",
+            [LABEL_ARM],
+            namespace=ns,
+            registry=registry,
+        ),
+        arm_coverage=Gauge(
+            "arm_coverage",
+            "Distinct items this worker's lists of each arm have shown since it started.",
+            [LABEL_ARM],
             namespace=ns,
             registry=registry,
         ),

@@ -31,6 +31,8 @@ app.add_typer(config_app, name="config")
 app.add_typer(export_app, name="export")
 app.add_typer(data_app, name="data")
 app.add_typer(tail_app, name="tail")
+experiments_app = typer.Typer(no_args_is_help=True, help="A/B arms: compare them.")
+app.add_typer(experiments_app, name="experiments")
 
 console = Console(stderr=True)
 ConfigOpt = Annotated[
@@ -755,6 +757,10 @@ def demo(
     window: Annotated[
         str | None, typer.Option(help="Replay the first or last clicks (default demo.window)")
     ] = None,
+    arms: Annotated[
+        bool,
+        typer.Option("--arms", help="Run the A/B arms of `experiments` (default: ranker vs blend)"),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="End with a JSON summary line")] = False,
 ) -> None:
     """Replay MovieLens-100k through the whole pipeline and report what came out."""
@@ -769,6 +775,7 @@ def demo(
             sources=sources,
             ranker=ranker,
             window=window,
+            arms=arms,
             console=console,
         )
     except DemoError as exc:
@@ -776,6 +783,37 @@ def demo(
         raise typer.Exit(1) from None
     if as_json:
         typer.echo(json.dumps(summary))
+
+
+@experiments_app.command("report")
+def experiments_report(
+    config: ConfigOpt = None,
+    k: Annotated[int, typer.Option(help="List length a hit counts in")] = 10,
+    timeout_s: Annotated[
+        float, typer.Option(help="Give up on a topic after this long without a record")
+    ] = 30.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
+) -> None:
+    """Each arm's online HR@k with 95% intervals, and the test of the difference,
+    from every list and click on the broker."""
+    from confluent_kafka import KafkaException
+
+    from genre.core.broker import BrokerError
+    from genre.report import print_arms, read_arms
+
+    cfg = _config(config)
+    try:
+        summary = read_arms(cfg, k, timeout_s, console)
+    except (BrokerError, KafkaException) as exc:
+        console.print(
+            f"[red]could not read the topics on {cfg.kafka.bootstrap_servers}:[/red] "
+            f"{escape(str(exc))}; is the broker up (`genre broker`)?"
+        )
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        print_arms(console, summary)
 
 
 def main() -> None:

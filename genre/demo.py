@@ -9,7 +9,6 @@ a consumer thread records every recommendation; 6. drain, then measure.
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import os
 import shutil
@@ -30,8 +29,10 @@ from rich.table import Table
 
 from genre.core.broker import EmbeddedBroker, ensure_genre_topics, free_port
 from genre.core.config import GenreConfig
+from genre.core.experiments import ListSeen, arms_summary, online_outcomes, overall_hit_rate
 from genre.core.kafka_client import ClickProducer, iter_records
 from genre.process import WorkerProcess, WorkerProcessError
+from genre.report import print_arms
 from genre.schemas import DeadLetter, Recommendation
 
 
@@ -43,9 +44,7 @@ class DemoError(RuntimeError):
 class RecLog:
     """Recommendations consumed by the demo, with their arrival times."""
 
-    by_user: dict[str, list[tuple[float, list[str]]]] = field(
-        default_factory=lambda: defaultdict(list)
-    )
+    by_user: dict[str, list[ListSeen]] = field(default_factory=lambda: defaultdict(list))
     arrivals: dict[str, float] = field(default_factory=dict)  # trigger_event_id -> consumed_at
     count: int = 0
     bad: int = 0
@@ -55,7 +54,7 @@ class RecLog:
 
     def add(self, rec: Recommendation, at: float) -> None:
         with self.lock:
-            self.by_user[rec.user_id].append((at, [i.item_id for i in rec.items]))
+            self.by_user[rec.user_id].append((at, [i.item_id for i in rec.items], rec.arm))
             self.arrivals.setdefault(rec.trigger_event_id, at)
             self.count += 1
             self.last_at = at
@@ -113,21 +112,6 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {f"p{q}": round(float(np.percentile(arr, q)), 2) for q in (50, 95, 99)}
 
 
-def online_hit_rate(
-    clicks: list[tuple[str, str, float]], by_user: dict[str, list[tuple[float, list[str]]]], k: int
-) -> float:
-    """Share of clicks whose item was in that user's latest top-k list consumed before the click."""
-    if not clicks:
-        return 0.0
-    times = {u: [t for t, _ in lists] for u, lists in by_user.items()}
-    hits = 0
-    for user, item, produced_at in clicks:
-        idx = bisect.bisect_left(times.get(user, []), produced_at) - 1
-        if idx >= 0 and item in by_user[user][idx][1][:k]:
-            hits += 1
-    return hits / len(clicks)
-
-
 def _demo_config(
     cfg: GenreConfig,
     run_dir: Path,
@@ -135,6 +119,7 @@ def _demo_config(
     web_port: int,
     sources: str | None,
     ranker: str | None = None,
+    arms: bool = False,
 ) -> tuple[GenreConfig, Path]:
     data = cfg.model_dump(mode="json")
     data["data_dir"] = str(run_dir)  # the worker keeps its state in the run folder
@@ -147,6 +132,8 @@ def _demo_config(
     data["ranker"]["checkpoint"] = str(cfg.path(cfg.ranker.checkpoint))
     if ranker:
         data["ranker"]["enabled"] = ranker
+    if arms:
+        data["experiments"]["enabled"] = True
     if sources:
         wanted = [s.strip() for s in sources.split(",") if s.strip()]
         specs = {c["name"]: c for c in data["scorer"]["candidates"]}
@@ -185,6 +172,7 @@ def run_demo(
     sources: str | None = None,
     ranker: str | None = None,
     window: str | None = None,
+    arms: bool = False,
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Run the demo; returns the summary (also printed as a table).
@@ -192,7 +180,9 @@ def run_demo(
     ``window`` picks the clicks replayed: ``last`` (default) the most recent
     ``events`` of the dataset, which follow the ranker's training window (the
     first 80%), so a trained ranker is measured on clicks it never saw;
-    ``first`` the earliest ones. ``ranker`` overrides ``ranker.enabled``.
+    ``first`` the earliest ones. ``ranker`` overrides ``ranker.enabled``; ``arms``
+    turns the A/B experiment on (``experiments``: by default the ranker against the
+    blend) and reports each arm's online HR@10.
     """
     from genre.model_export.datasets import DatasetError, as_click_events, fetch_ml100k, load_ml100k
 
@@ -220,7 +210,7 @@ def run_demo(
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     port, web_port = free_port(), free_port()
-    dcfg, dcfg_path = _demo_config(cfg, run_dir, port, web_port, sources, ranker)
+    dcfg, dcfg_path = _demo_config(cfg, run_dir, port, web_port, sources, ranker, arms)
     window = window or cfg.demo.window
     if window not in ("first", "last"):
         raise DemoError(f"window must be 'first' or 'last', got {window!r}")
@@ -330,6 +320,7 @@ def run_demo(
         for eid, at in rec_log.arrivals.items()
         if eid in produced_at
     ]
+    outcomes = online_outcomes(clicks, rec_log.by_user, 10)
     summary = {
         "events_in": len(clicks),
         "events_consumed_by_worker": int(events_in),
@@ -340,7 +331,8 @@ def run_demo(
         "throughput_eps": round(len(clicks) / max(end - start, 1e-9), 1),
         "replay_rate_eps": rate_eps,
         "latency_ms": _percentiles(latencies),
-        "online_hit_rate_at_10": round(online_hit_rate(clicks, rec_log.by_user, 10), 4),
+        "online_hit_rate_at_10": round(overall_hit_rate(outcomes), 4),
+        "arms": arms_summary(outcomes) if dcfg.experiments.active else None,
         "sources": [c.name for c in dcfg.scorer.candidates],
         "window": f"{window} {n_events} of {len(ml)} clicks",
         "model_versions": dict(sorted(rec_log.versions.items(), key=lambda kv: -kv[1])),
@@ -391,10 +383,14 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
     table.add_column("measure")
     table.add_column("value", justify="right")
     for key, value in summary.items():
+        if key == "arms":
+            continue  # its own table below
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
         table.add_row(key, str(value))
     console.print(table)
+    if summary.get("arms"):
+        print_arms(console, summary["arms"])
 
 
-__all__ = ["DemoError", "online_hit_rate", "run_demo"]
+__all__ = ["DemoError", "run_demo"]

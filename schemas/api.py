@@ -31,7 +31,9 @@ class UserRecommendations(_Body):
     generated_at: float = Field(description="Unix epoch seconds when the list was produced.")
     trigger_event_id: str = Field(description="The click that made this list.")
     arm: str | None = Field(
-        default=None, description="The experiment arm that made the list (none exist yet: null)."
+        default=None,
+        description="The A/B arm that made the list (experiments.arms); null without an "
+        "experiment.",
     )
 
 

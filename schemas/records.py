@@ -204,6 +204,11 @@ class Recommendation(_Record):
     trigger_event_id: str
     generated_at: float = Field(description="Unix epoch seconds when the list was produced.")
     latency_ms: float = Field(description="From the trigger click's produce time to generation.")
+    arm: str | None = Field(
+        default=None,
+        description="The A/B arm that made the list (experiments.arms); null without an "
+        "experiment.",
+    )
     hops: dict[str, float] | None = Field(
         default=None,
         description="Where latency_ms went, in ms: ingest (click produced -> taken by the "

@@ -47,7 +47,7 @@ class LatestLists:
             model_version=rec.model_version,
             generated_at=rec.generated_at,
             trigger_event_id=rec.trigger_event_id,
-            arm=None,
+            arm=rec.arm,
         ).model_dump_json()
         self._bodies[rec.user_id] = (rec.generated_at, body.encode())
 

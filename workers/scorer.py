@@ -155,6 +155,7 @@ class ScoredList:
     value: bytes
     generated_at: float
     hops: dict[str, float]
+    arm: str | None = None
 
 
 def explain(scored: Scored, ctx: ScoreContext, items: dict[str, StoredVector]) -> str:
@@ -213,8 +214,11 @@ class ScorerWorker:
         views: ScorerViews,
         model_version: str,
         ranker: RankerHandle | None = None,
+        arm: str | None = None,
     ) -> None:
         cfg = config.scorer
+        #: The A/B arm this scorer serves (``experiments.arms``), named on its lists.
+        self.arm = arm
         self.views = views
         self.config = config
         self.features = FeatureSpec.from_streams(config.streams)
@@ -239,6 +243,10 @@ class ScorerWorker:
         """Refresh the sources' shared state (on the event loop, before a batch)."""
         for source, _ in self.sources:
             source.prepare()
+
+    def observe_arm(self, arm: str, clicks: int, hits: int) -> None:
+        """Online outcome of a list of ``arm``: only an experiment (``ArmedScorer``)
+        keeps them; a list from an experiment since switched off is left uncounted."""
 
     def score(self, batch: Sequence[ScoreContext]) -> list[ScoredList]:
         """Rank, filter and explain one list per context (blocking: the scorer thread)."""
@@ -350,13 +358,14 @@ class ScorerWorker:
                 "trigger_event_id": ctx.trigger_event_id,
                 "generated_at": now,
                 "latency_ms": round(max(0.0, (now - ctx.trigger_produced_at) * 1000.0), 3),
+                "arm": self.arm,
                 "hops": timings,
             }
             ids = [s.item_id for s in scored]
             ild = list_diversity([items[i].vector for i in ids if i in items])
             if ild is not None:
                 METRICS.list_diversity.observe(ild)
-            out.append(ScoredList(ctx, ids, orjson.dumps(record), now, timings))
+            out.append(ScoredList(ctx, ids, orjson.dumps(record), now, timings, self.arm))
         return out
 
     def _rank_learned(
@@ -578,26 +587,44 @@ class UsersWriter:
 def latest_list_entry(scored: ScoredList, previous: Any) -> dict[str, Any]:
     """The ``latest-lists`` value after publishing ``scored``: its items, when it was made,
     and the list before it (what a click made before it was published could hit)."""
+    shown, shown_arm = list_shown_at(previous, scored.generated_at)
     return {
         "items": scored.items,
         "at": scored.generated_at,
-        "prev": list_shown_at(previous, scored.generated_at),
+        "arm": scored.arm,
+        "prev": shown,
+        "prev_arm": shown_arm,
     }
 
 
-def list_shown_at(entry: Any, when: float) -> list[str]:
-    """The items of the user's list that was the latest at ``when`` (Unix seconds).
+def list_shown_at(entry: Any, when: float) -> tuple[list[str], str | None]:
+    """The items and arm of the user's list that was the latest at ``when`` (Unix s).
 
     An online hit is a click on an item of the list the user had when clicking.
     A lagging scorer may have published a newer list since: then the one before
     it counts.
     """
     if entry is None:
-        return []
-    return entry["items"] if entry["at"] <= when else entry["prev"]
+        return [], None
+    if entry["at"] <= when:
+        return entry["items"], entry.get("arm")
+    return entry["prev"], entry.get("prev_arm")
 
 
-def register_scorer(streams: GenreStreams, worker: ScorerWorker) -> None:
+class ListScorer(Protocol):
+    """What the scoring task drives: ``ScorerWorker``, or ``ArmedScorer`` for A/B arms."""
+
+    ranker: RankerHandle | None
+    model_version: str
+
+    def prepare(self) -> None: ...
+
+    def score(self, batch: Sequence[ScoreContext]) -> list[ScoredList]: ...
+
+    def observe_arm(self, arm: str, clicks: int, hits: int) -> None: ...
+
+
+def register_scorer(streams: GenreStreams, worker: ListScorer) -> None:
     """Run ``worker`` in this process: the scoring task, the Qdrant ``users`` writer, the
     ranker's hot reload, and (role ``scorer``) the score-requests agent."""
     pending = streams.pending
@@ -624,8 +651,11 @@ def register_scorer(streams: GenreStreams, worker: ScorerWorker) -> None:
         hits = 0
         for ctx in batch:
             if ctx.clicked_items:
-                shown = list_shown_at(table_get(latest, ctx.user_id), ctx.trigger_produced_at)
-                hits += sum(item in shown for item in ctx.clicked_items)
+                shown, arm = list_shown_at(table_get(latest, ctx.user_id), ctx.trigger_produced_at)
+                got = sum(item in shown for item in ctx.clicked_items)
+                hits += got
+                if arm is not None and shown:
+                    worker.observe_arm(arm, len(ctx.clicked_items), got)
         if hits:
             METRICS.online_hits.inc(hits)
 
@@ -638,6 +668,9 @@ def register_scorer(streams: GenreStreams, worker: ScorerWorker) -> None:
             published = time.time()
             latency_ms = (published - scored.ctx.trigger_produced_at) * 1000.0
             METRICS.click_to_recommendation_ms.observe(latency_ms)
+            if scored.arm is not None:
+                METRICS.arm_lists.labels(scored.arm).inc()
+                METRICS.arm_latency_ms.labels(scored.arm).observe(latency_ms)
             METRICS.hop_ms.labels("publish").observe((published - scored.generated_at) * 1000.0)
             if writer is not None:
                 writer.add(scored, worker.model_version)
@@ -685,6 +718,14 @@ def register_scorer(streams: GenreStreams, worker: ScorerWorker) -> None:
                     await writer.flush()
             finally:
                 await writer.flush()
+
+    reallocate = getattr(worker, "reallocate", None)
+    if reallocate is not None and streams.config.experiments.policy == "thompson":
+
+        @streams.app.timer(streams.config.experiments.update_s)
+        async def reallocate_arms() -> None:
+            shares = await streams.in_model(reallocate)
+            log.info("arm shares now %s", {a: round(v, 3) for a, v in shares.items()})
 
     if worker.ranker is not None:
         handle = worker.ranker

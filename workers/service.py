@@ -28,10 +28,11 @@ from genre.streams.app import (
 )
 from genre.streams.item_vectors import register_item_vector_follower
 from genre.streams.views import views_of
+from genre.workers.experiments import ArmedScorer
 from genre.workers.item_encoder import ItemEncoderWorker, register_item_encoder_agent
 from genre.workers.profiles import ProfileWorker, register_profile_agent
 from genre.workers.ranker import RankerHandle
-from genre.workers.scorer import ScorerWorker, register_scorer
+from genre.workers.scorer import ListScorer, ScorerWorker, register_scorer
 
 log = logging.getLogger("genre.worker")
 
@@ -124,7 +125,11 @@ def build_worker(
         assert encoder is not None
         if llm is not None and config.llm.profiles.enabled:
             register_profile_agent(streams, ProfileWorker(streams, encoder, llm))
-        worker = ScorerWorker(config, views_of(streams), encoder.version, ranker)
+        worker: ListScorer
+        if config.experiments.active:
+            worker = ArmedScorer(config, views_of(streams), encoder.version, ranker)
+        else:
+            worker = ScorerWorker(config, views_of(streams), encoder.version, ranker)
         register_scorer(streams, worker)
     if encoder is not None:
         streams.ready["encoder"] = True

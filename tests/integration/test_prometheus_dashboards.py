@@ -8,7 +8,8 @@ item re-sends and LLM calls flow; then every panel query of deploy/grafana/dashb
 return data (a series whose value is not NaN) unless ``EMPTY_IN_THIS_RUN`` lists it
 with the reason.
 
-The worker's LLM is the local OpenAI-compatible test server in ``flaky`` mode (every
+The worker runs an A/B experiment (two arms under the bandit). Its LLM is the
+local OpenAI-compatible test server in ``flaky`` mode (every
 other request fails), so the LLM panels see calls, errors, fallbacks, cache hits and the
 circuit-breaker gauge; ``scorer.users_max_pending: 1`` under a long ``users_write_s``
 makes the users-write backlog drop lists, a fallback a single healthy worker reaches,
@@ -227,6 +228,9 @@ def scraped_worker(binary: str, bootstrap: str, encoder_dir: Path, tmp: Path) ->
             # Lists wait a minute for the Qdrant users write; past one waiting user the
             # oldest is dropped: genre_fallbacks_total{stage="users-write",reason="backlog"}.
             scorer={"users_write_s": 60.0, "users_max_pending": 1},
+            # Two A/B arms (the default pair; no ranker here, so both blend) under the
+            # bandit, so the arm panels have lists, clicks, shares and coverage.
+            experiments={"enabled": True, "policy": "thompson", "update_s": 1.0},
             llm={
                 "backend": "openai",
                 "base_url": server.base_url,

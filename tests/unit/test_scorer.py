@@ -525,18 +525,19 @@ def test_hops_are_milliseconds_between_the_contexts_times_never_negative() -> No
 
 
 def test_online_hits_count_against_the_list_shown_when_the_user_clicked() -> None:
-    def scored(items: list[str], at: float) -> ScoredList:
-        return ScoredList(_ctx(), items, b"{}", at, {})
+    def scored(items: list[str], at: float, arm: str | None = None) -> ScoredList:
+        return ScoredList(_ctx(), items, b"{}", at, {}, arm)
 
-    assert list_shown_at(None, 100.0) == []
-    first = latest_list_entry(scored(["a", "b"], 100.0), None)
-    assert first == {"items": ["a", "b"], "at": 100.0, "prev": []}
-    second = latest_list_entry(scored(["c"], 200.0), first)
-    assert list_shown_at(second, 250.0) == ["c"]
-    assert list_shown_at(second, 200.0) == ["c"]
-    # Clicked at 150, scored after the 200 list went out: the 100 list was on screen.
-    assert list_shown_at(second, 150.0) == ["a", "b"]
-    assert list_shown_at(second, 50.0) == ["a", "b"]  # the oldest we keep
+    assert list_shown_at(None, 100.0) == ([], None)
+    first = latest_list_entry(scored(["a", "b"], 100.0, "blend"), None)
+    assert first == {"items": ["a", "b"], "at": 100.0, "arm": "blend", "prev": [], "prev_arm": None}
+    second = latest_list_entry(scored(["c"], 200.0, "ranker"), first)
+    assert list_shown_at(second, 250.0) == (["c"], "ranker")
+    assert list_shown_at(second, 200.0) == (["c"], "ranker")
+    # Clicked at 150, scored after the 200 list went out: the 100 list was on screen,
+    # and its arm gets the click.
+    assert list_shown_at(second, 150.0) == (["a", "b"], "blend")
+    assert list_shown_at(second, 50.0) == (["a", "b"], "blend")  # the oldest we keep
     third = latest_list_entry(scored(["d"], 300.0), second)
     assert third["prev"] == ["c"]  # only one list back is kept
 
