@@ -104,7 +104,7 @@ def serve_naive(cfg: GenreConfig, mode: str, events: int, result_path: Path) -> 
     from genre.streams import transport
 
     app_id = f"bench-{mode}-{os.getpid()}"
-    transport.FETCH_MAX_WAIT_MS[app_id] = cfg.kafka.fetch_max_wait_ms
+    transport.FETCH_MAX_WAIT_MS[app_id] = cfg.kafka.fetch_wait_ms
     app = faust.App(
         app_id,
         broker=f"{transport.SCHEME}://{cfg.kafka.bootstrap_servers}",

@@ -165,6 +165,11 @@ class KafkaConfig(_Section):
         return BROKER_FLAVORS["tansu" if self.flavor == "tansu" else "apache"]
 
     @property
+    def fetch_wait_ms(self) -> int:
+        """The fetch wait in force: ``fetch_max_wait_ms`` or the flavour's."""
+        return self.fetch_max_wait_ms or int(self._traits["fetch_max_wait_ms"])
+
+    @property
     def exact_end_offsets(self) -> bool:
         """Whether table recovery must probe each changelog's true end (tansu only)."""
         return bool(self._traits["exact_end_offsets"])
@@ -204,8 +209,7 @@ class KafkaConfig(_Section):
 
     def consumer_config(self) -> dict[str, str | int]:
         """librdkafka settings for a consumer: the client settings plus the fetch wait."""
-        wait = self.fetch_max_wait_ms or int(self._traits["fetch_max_wait_ms"])
-        return {**self.client_config(), "fetch.wait.max.ms": wait}
+        return {**self.client_config(), "fetch.wait.max.ms": self.fetch_wait_ms}
 
 
 class ComponentSpec(_Section):

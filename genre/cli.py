@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from genre.core.synthetic import SyntheticSpec, SyntheticWorkload
+    from genre.model_export.pipeline import ClickLog
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
@@ -275,7 +276,7 @@ _ClicksOpt = Annotated[
 _ItemsOpt = Annotated[Path | None, typer.Option(help="JSONL of ItemUpsert records (with --clicks)")]
 
 
-def _click_log(cfg: GenreConfig, dataset: str, clicks: Path | None, items: Path | None) -> object:
+def _click_log(cfg: GenreConfig, dataset: str, clicks: Path | None, items: Path | None) -> ClickLog:
     from genre.model_export.datasets import DatasetError
     from genre.model_export.pipeline import RankingInputError, load_click_log
     from genre.model_export.replay import ReplayError

@@ -83,8 +83,9 @@ def _consume(conf: dict[str, str], topic: str, log: RecLog, stop: threading.Even
             if msg is None or msg.error():
                 continue
             at = time.time()
+            value = msg.value()
             try:
-                log.add(Recommendation.from_bytes(msg.value()), at)
+                log.add(Recommendation.from_bytes(value if value is not None else b""), at)
             except ValueError:
                 log.bad += 1
     finally:
@@ -145,7 +146,7 @@ def _demo_config(
     # environment (see run_demo), and the masked placeholders are dropped here.
     data["qdrant"]["api_key"] = None
     data["llm"]["api_key"] = None
-    if data["llm"].get("cache_path"):
+    if cfg.llm.cache_path:
         data["llm"]["cache_path"] = str(cfg.path(cfg.llm.cache_path))  # shared across runs
     data["kafka"]["security"] = {}  # the demo's own embedded broker speaks PLAINTEXT
     path = run_dir / "genre.yaml"

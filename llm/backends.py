@@ -145,9 +145,9 @@ class OfflineBackend:
             if cat and cat not in categories:
                 categories.append(cat)
         for word in _ranked(scores):
-            cat = LEXICON.get(word)
-            if cat and cat not in categories:
-                categories.append(cat)
+            mapped = LEXICON.get(word)
+            if mapped and mapped not in categories:
+                categories.append(mapped)
         categories = categories[:CATEGORIES_MAX]
 
         head = clean_text(title, 200) or "Untitled item"

@@ -7,7 +7,7 @@ import importlib.metadata
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,9 +35,11 @@ class ParityEncoder(Protocol):
     """What the parity check needs from the serving-side encoder."""
 
     tokenizer: Any
-    providers: list[str]
 
-    def encode(self, texts: Any, batch_size: int = ...) -> np.ndarray: ...
+    @property
+    def providers(self) -> list[str]: ...
+
+    def encode(self, texts: Sequence[str], batch_size: int = ...) -> np.ndarray: ...
 
 
 #: Builds the serving-side encoder over a not-yet-verified export directory.

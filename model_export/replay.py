@@ -454,11 +454,11 @@ class StreamReplay:
                 self.pop[in_graph], self.pop_ts[in_graph], now, self.spec.trending_half_life_s
             )
             order = in_graph[np.argsort(-pops, kind="stable")[: source.limit * 4]]
-            top = Candidates(
+            trending = Candidates(
                 self.rows[order],
                 decayed(self.pop[order], self.pop_ts[order], now, self.spec.trending_half_life_s),
             )
-            return top.take(first_unseen(top.rows, state.seen, source.limit))
+            return trending.take(first_unseen(trending.rows, state.seen, source.limit))
         raise ReplayError(f"the evaluation cannot replay candidate source {source.name!r}")
 
     def user_vector(self, user: int) -> np.ndarray:

@@ -176,7 +176,7 @@ async def _fold(
         )
     sent = await streams.send_partitioned(
         topics.co_clicks,
-        [(e.item_id, [e.item_id, list(e.neighbours), e.clicks, e.ts]) for e in result.evidence],
+        [(e.item_id, (e.item_id, list(e.neighbours), e.clicks, e.ts)) for e in result.evidence],
         CoClicks.encode,
     )
     METRICS.events_out.labels(topics.co_clicks.get_topic_name()).inc(sent)

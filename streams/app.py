@@ -608,7 +608,7 @@ def build_streams(
             internal=False,
         )
 
-    transport.FETCH_MAX_WAIT_MS[app_id] = config.kafka.fetch_max_wait_ms
+    transport.FETCH_MAX_WAIT_MS[app_id] = config.kafka.fetch_wait_ms
     t = config.kafka.topics
     transport.CHUNKED_TOPICS[app_id] = frozenset(
         spec.name

@@ -211,7 +211,7 @@ async def ready(request: web.Request) -> web.StreamResponse:
     state: ApiState = request.app[STATE]
     follower = state.follower
     caught_up = follower is not None and follower.ready.is_set() and follower.error is None
-    body = {
+    body: dict[str, Any] = {
         "ready": caught_up,
         "users": len(state.lists),
         "items": len(state.index),

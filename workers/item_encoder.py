@@ -14,7 +14,7 @@ import functools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -160,7 +160,7 @@ class ItemEncoderWorker:
                 continue
             await slots.acquire()
             task = asyncio.ensure_future(llm.enrich_item(item))
-            task.add_done_callback(lambda t, f=future: finish(t, f))
+            task.add_done_callback(functools.partial(finish, future=future))
 
     def _on_landed(self, item: ItemUpsert, task: asyncio.Future[Any]) -> None:
         key = item.item_id
@@ -212,7 +212,7 @@ class ItemEncoderWorker:
         return len(batch)
 
     async def _store(
-        self, upserts: list[ItemUpsert], enrichments: list[LLMResult[ItemEnrichment] | None]
+        self, upserts: list[ItemUpsert], enrichments: Sequence[LLMResult[ItemEnrichment] | None]
     ) -> None:
         texts = [
             item.encoder_text() if e is None else enriched_text(item, e.value)

@@ -382,9 +382,7 @@ class ScorerWorker:
         for i, keep in enumerate(keeps):
             blended = blend([(w, cands[i]) for _, w, cands in per_source])
             rows = blended.rows
-            pre = ranked(
-                blended, keep(rows), self.rank_candidates, lambda k, rows=rows: ids[rows[k]]
-            )
+            pre = ranked(blended, keep(rows), self.rank_candidates, _namer(ids, rows))
             origins.append({ids[rows[k]]: names[blended.source[k]] for k in pre.tolist()})
         histories = [list(ctx.history[-ranker.history_len :]) for ctx in batch]
         needed = {x for o in origins for x in o} | {x for h in histories for x in h}
@@ -465,6 +463,15 @@ class ScorerWorker:
                 popularity=popularity,
             )
         return features
+
+
+def _namer(ids: Sequence[str], rows: np.ndarray) -> Callable[[int], str]:
+    """Position in a blend -> its item id (for ``ranked``'s tie-breaks)."""
+
+    def name_of(k: int) -> str:
+        return ids[rows[k]]
+
+    return name_of
 
 
 def ranker_spec(ranker: OnnxRanker, serving: FeatureSpec) -> FeatureSpec:
