@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -782,8 +783,12 @@ def load_config(
     *,
     overrides: dict[str, Any] | None = None,
     environ: dict[str, str] | None = None,
+    overlays: Sequence[str | Path] = (),
 ) -> GenreConfig:
-    """Load and validate the configuration; raises ``ConfigError`` with the key and fix."""
+    """Load and validate the configuration; raises ``ConfigError`` with the key and fix.
+
+    ``overlays``: YAML files merged over the file in order (mappings key by key, lists
+    replaced whole), before the environment: e.g. the ``genre tune`` best setting."""
     file = find_config_file(path, environ)
     data: dict[str, Any] = {}
     source = "<built-in defaults>"
@@ -805,6 +810,9 @@ def load_config(
                 f"{file} must hold a mapping of sections, got {type(loaded).__name__}"
             )
         data = loaded
+    for overlay in overlays:
+        data = _merge(data, _read_overlay(Path(overlay)))
+        source += f" + overlay {overlay}"
     env = _env_overrides(dict(os.environ) if environ is None else environ)
     if env:
         source += " (+ GENRE_* environment overrides)"
@@ -818,3 +826,17 @@ def load_config(
     config._source = source
     config._base_dir = base_dir
     return config
+
+
+def _read_overlay(file: Path) -> dict[str, Any]:
+    """One overlay file as a mapping; ``ConfigError`` saying what is wrong with it."""
+    if not file.is_file():
+        raise ConfigError(f"overlay {file} does not exist; pass --overlay with an existing file")
+    try:
+        loaded = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"overlay {file} is not valid YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        kind = type(loaded).__name__
+        raise ConfigError(f"overlay {file} must hold a mapping of sections, got {kind}")
+    return loaded

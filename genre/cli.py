@@ -40,19 +40,27 @@ ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="genre.yaml to use (default: ./genre.yaml)")
 ]
 
+OverlayOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--overlay",
+        help="YAML overlay merged over the config, in order (e.g. genre tune's best.yaml)",
+    ),
+]
 
-def _config(path: Path | None) -> GenreConfig:
+
+def _config(path: Path | None, overlays: list[Path] | None = None) -> GenreConfig:
     try:
-        return load_config(path)
+        return load_config(path, overlays=overlays or ())
     except ConfigError as exc:
         console.print("[red]config error:[/red]", escape(str(exc)))
         raise typer.Exit(2) from None
 
 
 @config_app.command("show")
-def config_show(config: ConfigOpt = None) -> None:
+def config_show(config: ConfigOpt = None, overlay: OverlayOpt = None) -> None:
     """Print the effective configuration (secrets hidden)."""
-    cfg = _config(config)
+    cfg = _config(config, overlay)
     console.print(f"# effective configuration from {cfg.source}")
     typer.echo(yaml.safe_dump(cfg.public_dump(), sort_keys=False))
 
@@ -60,6 +68,7 @@ def config_show(config: ConfigOpt = None) -> None:
 @app.command()
 def broker(
     config: ConfigOpt = None,
+    overlay: OverlayOpt = None,
     port: Annotated[int | None, typer.Option(help="Port (default: kafka.embedded.port)")] = None,
     durable: Annotated[
         bool | None,
@@ -73,7 +82,7 @@ def broker(
     """Run the embedded Kafka-compatible broker on 127.0.0.1 until Ctrl-C."""
     from genre.core.broker import BrokerError, EmbeddedBroker, ensure_genre_topics
 
-    cfg = _config(config)
+    cfg = _config(config, overlay)
     emb = cfg.kafka.embedded
     log_path = cfg.path("broker.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,6 +139,7 @@ def broker(
 @app.command()
 def worker(
     config: ConfigOpt = None,
+    overlay: OverlayOpt = None,
     loglevel: Annotated[str, typer.Option(help="Faust log level")] = "info",
     role: Annotated[
         str,
@@ -150,7 +160,7 @@ def worker(
     from genre.schemas.manifest import ManifestError
     from genre.workers.service import run_worker
 
-    cfg = _config(config)
+    cfg = _config(config, overlay)
     logging.basicConfig(
         level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -291,6 +301,7 @@ def _click_log(cfg: GenreConfig, dataset: str, clicks: Path | None, items: Path 
 @app.command()
 def train(
     config: ConfigOpt = None,
+    overlay: OverlayOpt = None,
     dataset: Annotated[str, typer.Option(help="Dataset: ml-100k")] = "ml-100k",
     clicks: _ClicksOpt = None,
     items: _ItemsOpt = None,
@@ -300,7 +311,7 @@ def train(
     """Train the GENRE ranker on a click log (temporal split, early stopping); print JSON."""
     from genre.model_export.pipeline import run_train
 
-    cfg = _config(config)
+    cfg = _config(config, overlay)
     log = _click_log(cfg, dataset, clicks, items)
     out = out_dir or cfg.path("reports/train")
     summary = run_train(cfg, log, out_dir=out, console=console, epochs=epochs)  # type: ignore[arg-type]
@@ -310,6 +321,7 @@ def train(
 @app.command()
 def evaluate(
     config: ConfigOpt = None,
+    overlay: OverlayOpt = None,
     dataset: Annotated[str, typer.Option(help="Dataset: ml-100k")] = "ml-100k",
     clicks: _ClicksOpt = None,
     items: _ItemsOpt = None,
@@ -345,7 +357,7 @@ def evaluate(
     intra-list diversity, coverage, novelty and the Gini index of exposure)."""
     from genre.model_export.pipeline import run_ablation, run_evaluate
 
-    cfg = _config(config)
+    cfg = _config(config, overlay)
     log = _click_log(cfg, dataset, clicks, items)
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
     out = out_dir or cfg.path("reports/evaluate")
@@ -384,6 +396,53 @@ def evaluate(
     console.print(f"report: {summary['report']['markdown']} and {summary['report']['plot']}")
     if as_json:
         typer.echo(json.dumps(summary))
+
+
+@app.command()
+def tune(
+    config: ConfigOpt = None,
+    overlay: OverlayOpt = None,
+    dataset: Annotated[str, typer.Option(help="Dataset: ml-100k")] = "ml-100k",
+    clicks: _ClicksOpt = None,
+    items: _ItemsOpt = None,
+    what: Annotated[
+        str,
+        typer.Option(
+            help="blend: sources, weights, limits, half-lives, history, diversity, scored by "
+            "the replay without training (seconds a trial); ranker: also trains the ranker "
+            "per trial (15-25 min each on 2 cores), pruned on per-epoch validation NDCG@10"
+        ),
+    ] = "blend",
+    trials: Annotated[int, typer.Option(help="Trials to run now (a resumed study adds them)")] = 20,
+    timeout: Annotated[float | None, typer.Option(help="Stop starting trials after s")] = None,
+    sampler: Annotated[str, typer.Option(help="tpe or random")] = "tpe",
+    seed: Annotated[int, typer.Option(help="Sampler seed")] = 0,
+    study: Annotated[str, typer.Option(help="Study name: <out-dir>/<study>.db")] = "genre",
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Study folder (default: <data_dir>/tune)")
+    ] = None,
+) -> None:
+    """Search the config with Optuna on the validation split; write the best setting as a
+    YAML overlay (for --overlay), its test figures and a report; print JSON."""
+    from genre.model_export.tune_run import TuneOptions, run_tune
+
+    cfg = _config(config, overlay)
+    log = _click_log(cfg, dataset, clicks, items)
+    if what not in ("blend", "ranker"):
+        console.print(f"[red]unknown --what {escape(what)!r}[/red]; use blend or ranker")
+        raise typer.Exit(2)
+    if trials < 0:
+        console.print("[red]--trials must be 0 or more[/red]")
+        raise typer.Exit(2)
+    opts = TuneOptions(what, trials, timeout, sampler, seed, study)  # type: ignore[arg-type]
+    try:
+        summary = run_tune(cfg, log, opts, out_dir=out_dir or cfg.path("tune"), console=console)
+    except ValueError as exc:
+        console.print(f"[red]cannot tune:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    files = summary["files"]
+    console.print(f"overlay: {files['overlay']}; report: {files['markdown']}")
+    typer.echo(json.dumps(summary, default=str))
 
 
 def _evaluate_frontier(

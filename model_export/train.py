@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,8 +149,13 @@ def train_ranker(
     spec: FeatureSpec,
     cfg: RankerTrainSettings,
     progress: Progress | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
-    """Train with sampled softmax; keep the weights of the best validation NDCG@10."""
+    """Train with sampled softmax; keep the weights of the best validation NDCG@10.
+
+    ``on_epoch(epoch, valid_ndcg)`` is called after each epoch's validation (``genre
+    tune`` reports it to Optuna; an exception it raises, such as a pruned trial, ends
+    training)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     id_of_item = id_mapping(data)
@@ -193,6 +198,8 @@ def train_ranker(
         result.history.append(
             {"epoch": epoch, "loss": float(np.mean(losses)), "valid_ndcg@10": val}
         )
+        if on_epoch is not None:
+            on_epoch(epoch, val)
         if val > best:
             best, stale, result.best_epoch = val, 0, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

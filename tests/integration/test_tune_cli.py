@@ -1,0 +1,44 @@
+"""`genre tune --what blend` end to end on a small click log: the study, the overlay
+(which `genre evaluate --overlay` takes as is), the report, and resuming."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .test_ranker_cli import genre, workspace
+
+pytest.importorskip("optuna")
+pytestmark = pytest.mark.timeout(300)
+
+__all__ = ["workspace"]  # the fixture, shared with test_ranker_cli
+
+
+def test_tune_blend_writes_overlay_and_report_and_resumes(workspace: dict[str, Path]) -> None:
+    cfg = ["-c", str(workspace["config"])]
+    log = ["--clicks", str(workspace["clicks"]), "--items", str(workspace["items"])]
+    out = workspace["root"] / "tune"
+    args = ["tune", *cfg, *log, "--what", "blend", "--study", "t", "--out-dir", str(out)]
+    done = genre(*args, "--trials", "3", "--seed", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["trials"] == 3 and summary["best"]["valid_ndcg@10"] >= 0.0
+    assert summary["base_valid_ndcg@10"] is not None  # trial 0: the config as it is
+    assert set(summary["test"]) == {"base", "tuned"}
+    assert "trial   0" in done.stderr and "best" in done.stderr
+    for name in ("t.db", "t.best.yaml", "t.report.json", "t.report.md", "t.history.png"):
+        assert (out / name).stat().st_size > 0, name
+
+    overlay = ["--overlay", str(out / "t.best.yaml")]
+    shown = genre("config", "show", *cfg, *overlay)
+    assert shown.returncode == 0 and "overlay" in shown.stderr, shown.stderr[-2000:]
+
+    again = genre(*args, "--trials", "2", "--sampler", "random")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout.strip().splitlines()[-1])["trials"] == 5
+    assert "trial   4" in again.stderr
+
+    wrong = genre(*args, "--trials", "1", "--what", "ranker")
+    assert wrong.returncode == 2 and "tunes 'blend'" in wrong.stdout + wrong.stderr
