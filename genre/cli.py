@@ -418,6 +418,13 @@ def tune(
     sampler: Annotated[str, typer.Option(help="tpe or random")] = "tpe",
     seed: Annotated[int, typer.Option(help="Sampler seed")] = 0,
     study: Annotated[str, typer.Option(help="Study name: <out-dir>/<study>.db")] = "genre",
+    reuse: Annotated[
+        int,
+        typer.Option(
+            help="blend: trials per replayed stream spec (after a new replay, reuse-1 trials "
+            "keep its half-lives and tune the rest from the cached replay, in seconds)"
+        ),
+    ] = 4,
     out_dir: Annotated[
         Path | None, typer.Option(help="Study folder (default: <data_dir>/tune)")
     ] = None,
@@ -431,10 +438,10 @@ def tune(
     if what not in ("blend", "ranker"):
         console.print(f"[red]unknown --what {escape(what)!r}[/red]; use blend or ranker")
         raise typer.Exit(2)
-    if trials < 0:
-        console.print("[red]--trials must be 0 or more[/red]")
+    if trials < 0 or reuse < 1:
+        console.print("[red]--trials must be 0 or more and --reuse 1 or more[/red]")
         raise typer.Exit(2)
-    opts = TuneOptions(what, trials, timeout, sampler, seed, study)  # type: ignore[arg-type]
+    opts = TuneOptions(what, trials, timeout, sampler, seed, study, reuse)  # type: ignore[arg-type]
     try:
         summary = run_tune(cfg, log, opts, out_dir=out_dir or cfg.path("tune"), console=console)
     except ValueError as exc:

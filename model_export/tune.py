@@ -5,10 +5,12 @@ list entry by its ``name``) with its range. ``search_space`` lists the knobs of
 one mode:
 
 * ``blend``: what the blend-served path reads, evaluated by the replay without
-  training: per-source weights and limits, the stream's half-lives and history
-  length, the diversity step.
-* ``ranker``: the ranker's training hyper-parameters and the stream rules its
-  features come from; each trial trains the ranker.
+  training: per-source weights and limits, the stream's half-lives, the diversity
+  step.
+* ``ranker``: the ranker's training hyper-parameters, the history length it
+  attends over and the half-lives of its features; each trial trains the ranker.
+  ``ranker.rank_candidates`` is not searched: the validation figure ranks every
+  item, so it cannot see the pre-ranking cut.
 
 ``trial_config`` turns a trial's parameters into a validated ``GenreConfig``;
 ``overlay_of`` writes only the keys that differ from the base config (a changed
@@ -30,9 +32,9 @@ MODES: tuple[Mode, ...] = ("blend", "ranker")
 DAY = 86400.0
 #: Half-lives are choices, not ranges: the replay's state depends on them only, so
 #: trials that share them share one replay (``tune_blend.ValidationCache``).
-HALF_LIVES_EDGE = (DAY, 3 * DAY, 7 * DAY, 30 * DAY)
-HALF_LIVES_TRENDING = (6 * 3600.0, DAY, 3 * DAY, 7 * DAY)
-HALF_LIVES_USER = (6 * 3600.0, DAY, 7 * DAY, 30 * DAY)
+HALF_LIVES_EDGE = (DAY, 7 * DAY, 30 * DAY)
+HALF_LIVES_TRENDING = (6 * 3600.0, DAY, 7 * DAY)
+HALF_LIVES_USER = (6 * 3600.0, DAY, 7 * DAY)
 HISTORY_SIZES = (20, 50, 100)
 
 
@@ -73,7 +75,6 @@ def search_space(cfg: GenreConfig, mode: Mode) -> list[Knob]:
         raise ValueError(f"unknown tuning mode {mode!r}; use one of {list(MODES)}")
     s = cfg.streams
     knobs = [
-        _choice("streams.history_size", HISTORY_SIZES, s.history_size),
         _choice("streams.edge_half_life_s", HALF_LIVES_EDGE, s.edge_half_life_s),
         _choice("streams.trending_half_life_s", HALF_LIVES_TRENDING, s.trending_half_life_s),
     ]
@@ -100,6 +101,9 @@ def search_space(cfg: GenreConfig, mode: Mode) -> list[Knob]:
     else:
         t = cfg.ranker.train
         knobs += [
+            # The history the ranker attends over; the blend's sources read the last
+            # few items (co_click) or the seen set only, so blend mode leaves it.
+            _choice("streams.history_size", HISTORY_SIZES, s.history_size),
             _choice("ranker.train.dim", (32, 64, 128), t.dim),
             Knob("ranker.train.lr", "float", min(3e-4, t.lr), max(3e-3, t.lr), log=True),
             _choice("ranker.train.negatives", (32, 64, 128), t.negatives),

@@ -27,6 +27,7 @@ from genre.core.config import GenreConfig
 from genre.core.features import decayed
 from genre.core.features.candidates import Candidates, best_unseen, blend, source_specs
 from genre.core.features.diversity import DiversityRule
+from genre.core.features.ids import seen_rows
 from genre.model_export.evaluate import NOT_A_CANDIDATE, rerank_scores
 from genre.model_export.metrics import RankingMetrics
 from genre.model_export.pipeline import feature_spec
@@ -124,7 +125,12 @@ def gather(
 
 
 def _widest(
-    replay: StreamReplay, name: str, params: Mapping[str, Any], user: int, now: float, limit: int
+    replay: StreamReplay,
+    name: str,
+    params: Mapping[str, Any],
+    user: int,
+    now: float,
+    limit: int,
 ) -> tuple[tuple[np.ndarray, np.ndarray], Any]:
     """One source's candidates at ``limit``, as ``StreamReplay._source`` computes them,
     in an order whose prefixes are that source's answer at any smaller limit."""
@@ -151,7 +157,7 @@ def _widest(
         pops = decayed(replay.pop[in_graph], replay.pop_ts[in_graph], now, hl)
         order = in_graph[np.argsort(-pops, kind="stable")[: limit * 4]]
         values = decayed(replay.pop[order], replay.pop_ts[order], now, hl)
-        unseen = ~replay.seen_mask(user)[order]
+        unseen = ~np.isin(replay.rows[order], seen_rows(state.seen))  # as first_unseen
         return (order.astype(np.int64), np.asarray(values, np.float64)), unseen
     raise ValueError(f"genre tune cannot replay candidate source {name!r}")
 

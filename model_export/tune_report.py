@@ -18,7 +18,7 @@ def write_report(study: Any, summary: dict[str, Any], paths: dict[str, Path]) ->
     summary["history"] = [
         {"number": t.number, "value": t.value, "state": t.state.name}
         for t in study.trials
-        if t.value is not None or t.state.name != "COMPLETE"
+        if t.state.name != "WAITING"
     ]
     paths["json"].write_text(json.dumps(summary, indent=2, default=str) + "\n")
     paths["markdown"].write_text(markdown(summary))

@@ -37,6 +37,10 @@ class TuneOptions:
     sampler: str = "tpe"
     seed: int = 0
     study: str = "genre"
+    #: blend: trials that share each new replay: after a trial replays a new stream
+    #: spec, ``reuse - 1`` trials with the same stream rules are queued (the sampler
+    #: picks the rest), each scored from the cached replay in seconds.
+    reuse: int = 1
 
 
 def study_paths(out_dir: Path, study: str) -> dict[str, Path]:
@@ -58,20 +62,24 @@ def open_study(path: Path, opts: TuneOptions) -> Any:
     if opts.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {opts.sampler!r}; use one of {list(SAMPLERS)}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = (
-        optuna.samplers.TPESampler(seed=opts.seed)
-        if opts.sampler == "tpe"
-        else optuna.samplers.RandomSampler(seed=opts.seed)
-    )
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
         study_name=opts.study,
         storage=f"sqlite:///{path}",
         direction="maximize",
-        sampler=sampler,
         pruner=pruner,
         load_if_exists=True,
+    )
+    for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        # Left running by a run that was killed (one process per study file): failed.
+        study._storage.set_trial_state_values(stale._trial_id, optuna.trial.TrialState.FAIL)
+    # A resumed study draws on from seed + trials so far, not the first run's draws again.
+    seed = opts.seed + len(study.trials)
+    study.sampler = (
+        optuna.samplers.TPESampler(seed=seed)
+        if opts.sampler == "tpe"
+        else optuna.samplers.RandomSampler(seed=seed)
     )
     mode = study.user_attrs.get("mode")
     if mode is None:
@@ -109,9 +117,6 @@ def run_tune(
         def score(trial: Any, tuned: GenreConfig) -> dict[str, Any]:
             return ranker_validation(tuned, valid_data, llm.vectors, valid_profiles, trial)
 
-    if not study.trials:
-        study.enqueue_trial(defaults(cfg, knobs))  # trial 0: the config as it is
-
     def objective(trial: Any) -> float:
         tuned = trial_config(cfg, suggest(trial, knobs))
         result = score(trial, tuned)
@@ -121,11 +126,17 @@ def run_tune(
 
     def report(study: Any, trial: Any) -> None:
         console.print(_trial_line(study, trial))
+        if opts.mode == "blend" and trial.user_attrs.get("cached") is False:
+            stream = {k: v for k, v in trial.params.items() if k.startswith("streams.")}
+            for _ in range(opts.reuse - 1):
+                study.enqueue_trial(stream)
 
     console.print(
         f"study {opts.study} ({opts.mode}, {opts.sampler}, seed {opts.seed}) in {paths['db']}: "
         f"{len(study.trials)} trials so far; validation clicks only"
     )
+    if not study.trials:
+        study.enqueue_trial(defaults(cfg, knobs))  # trial 0: the config as it is
     study.optimize(objective, n_trials=opts.trials, timeout=opts.timeout_s, callbacks=[report])
     return finish(cfg, study, opts, data, llm, paths, console, log)
 
@@ -221,7 +232,7 @@ def finish(
         "mode": opts.mode,
         "sampler": opts.sampler,
         "seed": opts.seed,
-        "trials": len(study.trials),
+        "trials": sum(t.state != optuna.trial.TrialState.WAITING for t in study.trials),
         "completed": len(done),
         "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
         "seconds_per_trial": _seconds(done),

@@ -152,3 +152,12 @@ def test_a_resumed_study_continues_the_numbering(tmp_path: Path) -> None:
     assert [t.number for t in again.trials] == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="tunes 'blend'"):
         open_study(db, TuneOptions(mode="ranker", study="s"))
+
+
+def test_a_trial_left_running_by_a_killed_run_is_failed_on_resume(tmp_path: Path) -> None:
+    db = tmp_path / "k.db"
+    opts = TuneOptions(mode="blend", study="k")
+    study = open_study(db, opts)
+    study.ask()  # never told: as if the process died mid-trial
+    again = open_study(db, opts)
+    assert [t.state for t in again.trials] == [optuna.trial.TrialState.FAIL]
