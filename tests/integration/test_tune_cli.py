@@ -42,3 +42,20 @@ def test_tune_blend_writes_overlay_and_report_and_resumes(workspace: dict[str, P
 
     wrong = genre(*args, "--trials", "1", "--what", "ranker")
     assert wrong.returncode == 2 and "tunes 'blend'" in wrong.stdout + wrong.stderr
+
+
+def test_tune_ranker_trains_per_trial_and_reports_test_figures(
+    workspace: dict[str, Path],
+) -> None:
+    cfg = ["-c", str(workspace["config"])]
+    log = ["--clicks", str(workspace["clicks"]), "--items", str(workspace["items"])]
+    out = workspace["root"] / "tune-ranker"
+    done = genre(
+        "tune", *cfg, *log, "--what", "ranker", "--trials", "2", "--study", "r",
+        "--out-dir", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["mode"] == "ranker" and summary["completed"] + summary["pruned"] == 2
+    assert {"ndcg@10", "hr@10"} <= set(summary["test"]["tuned"])
+    assert (out / "r.best.yaml").is_file()
