@@ -101,17 +101,21 @@ def broker(
     except BrokerError as exc:
         console.print(f"[red]broker error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
-    kept = f"topics kept in {storage_dir}" if storage_dir else "topics in memory"
-    console.print(
-        f"[green]broker ready[/green] on {b.bootstrap} ({kept}; log: {log_path}); Ctrl-C stops it"
-    )
     stop = False
 
     def _stop(*_: object) -> None:
         nonlocal stop
         stop = True
 
+    # Ctrl-C and SIGTERM only set a flag, from before "ready" is said: a
+    # KeyboardInterrupt raised at an arbitrary point (between the message and the
+    # loop, once in CI) skipped the broker's stop and left the command hanging.
+    signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    kept = f"topics kept in {storage_dir}" if storage_dir else "topics in memory"
+    console.print(
+        f"[green]broker ready[/green] on {b.bootstrap} ({kept}; log: {log_path}); Ctrl-C stops it"
+    )
     died: str | None = None
     try:
         while not stop:
@@ -119,8 +123,6 @@ def broker(
                 died = b.death() or "it stopped"
                 break
             time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
     finally:
         b.stop()
     if died is not None:
