@@ -9,16 +9,48 @@ produced), and is a hit when its item is in that list's top ``k``.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
+from pydantic import BaseModel
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from genre.core.config import GenreConfig
 from genre.core.experiments import ListSeen, arms_summary, online_outcomes
 from genre.core.kafka_client import ConsumeStats, iter_timed_records
 from genre.schemas import ClickEvent, Recommendation
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def _read_whole(
+    cfg: GenreConfig,
+    topic: str,
+    model: type[T],
+    timeout_s: float,
+    stats: ConsumeStats,
+    progress: Progress,
+    task: TaskID,
+    what: str,
+) -> Iterator[tuple[float, T]]:
+    """Every ``model`` record of ``topic`` from the beginning to its end, with its
+    record time, counting progress in ``task``."""
+    progress.update(task, description=f"reading {topic}")
+    records = iter_timed_records(
+        cfg.kafka,
+        topic,
+        model,
+        from_beginning=True,
+        stop_at_end=True,
+        timeout_s=timeout_s,
+        stats=stats,
+    )
+    for n, timed in enumerate(records, 1):
+        yield timed
+        if n % 1000 == 0:
+            progress.update(task, description=f"{n:,} {what} read")
 
 
 def read_arms(cfg: GenreConfig, k: int, timeout_s: float, console: Console) -> dict[str, Any]:
@@ -30,38 +62,29 @@ def read_arms(cfg: GenreConfig, k: int, timeout_s: float, console: Console) -> d
     stats = {"recommendations": ConsumeStats(), "clicks": ConsumeStats()}
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(f"reading {topics.recommendations.name}")
-        for n, (_, rec) in enumerate(
-            iter_timed_records(
-                cfg.kafka,
-                topics.recommendations.name,
-                Recommendation,
-                from_beginning=True,
-                stop_at_end=True,
-                timeout_s=timeout_s,
-                stats=stats["recommendations"],
-            ),
-            1,
+        task = progress.add_task("reading")
+        for _, rec in _read_whole(
+            cfg,
+            topics.recommendations.name,
+            Recommendation,
+            timeout_s,
+            stats["recommendations"],
+            progress,
+            task,
+            "lists",
         ):
             lists[rec.user_id].append((rec.generated_at, [i.item_id for i in rec.items], rec.arm))
-            if n % 1000 == 0:
-                progress.update(task, description=f"{n:,} lists read")
-        progress.update(task, description=f"reading {topics.clicks.name}")
-        for n, (produced_at, click) in enumerate(
-            iter_timed_records(
-                cfg.kafka,
-                topics.clicks.name,
-                ClickEvent,
-                from_beginning=True,
-                stop_at_end=True,
-                timeout_s=timeout_s,
-                stats=stats["clicks"],
-            ),
-            1,
+        for produced_at, click in _read_whole(
+            cfg,
+            topics.clicks.name,
+            ClickEvent,
+            timeout_s,
+            stats["clicks"],
+            progress,
+            task,
+            "clicks",
         ):
             clicks.append((click.user_id, click.item_id, produced_at))
-            if n % 1000 == 0:
-                progress.update(task, description=f"{n:,} clicks read")
     for seen in lists.values():
         seen.sort(key=lambda entry: entry[0])
     summary = arms_summary(online_outcomes(clicks, lists, k))
