@@ -329,7 +329,9 @@ def evaluate(
     items: _ItemsOpt = None,
     models: Annotated[
         str | None,
-        typer.Option(help="Comma-separated subset: genre,popularity,item_knn,content,bpr,sasrec"),
+        typer.Option(
+            help="Comma-separated subset: genre,popularity,item_knn,transitions,content,bpr,sasrec"
+        ),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="GENRE max epochs")] = None,
     quick: Annotated[bool, typer.Option(help="Cap baseline epochs (smoke tests only)")] = False,

@@ -47,6 +47,7 @@ __all__ = [
     "ItemKNN",
     "Popularity",
     "SASRec",
+    "Transitions",
     "build_baselines",
 ]
 
@@ -197,6 +198,44 @@ class ItemKNN(Baseline):
     def score(self, batch: QueryBatch) -> np.ndarray:
         knn = batch.item_knn.astype(np.float64)
         return (knn + TIE_BREAK * _all_time(batch)).astype(np.float32)
+
+
+class Transitions(Baseline):
+    """Item-to-item transitions: how often each item was clicked right after the user's
+    last click, counted online over the whole log so far (``batch.next_item``).
+
+    Items the last click never led to are ordered by recent popularity, at the
+    half-life that is best on validation (a user with no click gets that order).
+    """
+
+    name = "transitions"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fallback = Popularity()
+
+    def fit(
+        self,
+        data: Interactions,
+        valid: QueryBatch,
+        text_vectors: np.ndarray,
+        *,
+        seed: int = 0,
+        progress: Progress | None = None,
+    ) -> None:
+        """Pick the fallback popularity's half-life on ``valid`` (as ``Popularity`` does)."""
+        self.fallback.fit(data, valid, text_vectors, seed=seed)
+        task = _Task(progress, self.name, 1)
+        self.params = {
+            "fallback_half_life_s": self.fallback.params["half_life_s"],
+            "val_ndcg@10": _validate(self.score(valid), valid),
+        }
+        task.finish()
+
+    def score(self, batch: QueryBatch) -> np.ndarray:
+        pop = self.fallback.score(batch).astype(np.float64)
+        pop /= pop.max(axis=1, keepdims=True) + 1.0  # [0, 1): below any transition count
+        return (batch.next_item.astype(np.float64) + pop).astype(np.float32)
 
 
 class ContentCosine(Baseline):
@@ -577,7 +616,7 @@ class SASRec(Baseline):
 
 
 BASELINES: dict[str, type[Baseline]] = {
-    cls.name: cls for cls in (Popularity, ItemKNN, ContentCosine, BPR, SASRec)
+    cls.name: cls for cls in (Popularity, ItemKNN, Transitions, ContentCosine, BPR, SASRec)
 }
 
 

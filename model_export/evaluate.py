@@ -29,7 +29,7 @@ from rich.table import Table
 from genre.core.config import RankerTrainSettings
 from genre.core.features.diversity import DiversityRule, diversify
 from genre.model_export.baselines import Baseline, build_baselines
-from genre.model_export.metrics import K, RankingMetrics, top_k
+from genre.model_export.metrics import SEGMENTS, K, RankingMetrics, top_k
 from genre.model_export.replay import (
     PROFILE_FEATURE,
     TEST,
@@ -219,19 +219,22 @@ def evaluate_models(
                 model.fit(data, valid, text_vectors, seed=train.seed, progress=progress)
                 fit_seconds[model.name] = round(time.perf_counter() - t0, 1)
             del valid
-        results, recall = _replay_test(
+        tested = _replay_test(
             data, text_vectors, spec, models, chunk, progress, profiles, plan, diversity
         )
+    extra: dict[str, Any] = {"segments": tested.segments}
+    if tested.recall:
+        extra["candidate_recall"] = tested.recall
     return EvalReport(
         dataset=dataset,
         split=split,
-        models=results,
+        models=tested.models,
         params={m.name: m.params for m in models},
         fit_seconds=fit_seconds,
         seconds=time.perf_counter() - start,
         seed=train.seed,
         genre=genre,
-        extra={"candidate_recall": recall} if recall else {},
+        extra=extra,
     )
 
 
@@ -266,6 +269,16 @@ def _replay_train_valid(
     return stack_queries(valid)
 
 
+@dataclass
+class TestFigures:
+    """What the test replay measured: per model, overall and per segment
+    (``metrics.SEGMENTS``), and the candidates' recall with a ``CandidatePlan``."""
+
+    models: dict[str, dict[str, float]]
+    segments: dict[str, dict[str, dict[str, float]]]
+    recall: dict[str, float]
+
+
 def _replay_test(
     data: Interactions,
     text_vectors: np.ndarray,
@@ -276,7 +289,7 @@ def _replay_test(
     profiles: ProfileTrack | None,
     plan: CandidatePlan | None = None,
     diversity: Sequence[DiversityRule] = (),
-) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+) -> TestFigures:
     replay = StreamReplay(data, spec, text_vectors, profiles)
     train_counts = np.bincount(data.items[data.split == TRAIN], minlength=data.n_items)
 
@@ -334,7 +347,11 @@ def _replay_test(
             "candidates": round(hits["union"] / n, 4),
             f"blend_top{plan.rank_candidates if plan else 0}": round(hits["prerank"] / n, 4),
         }
-    return {name: m.result() for name, m in metrics.items()}, recall
+    return TestFigures(
+        models={name: m.result() for name, m in metrics.items()},
+        segments={name: m.by_segment(data) for name, m in metrics.items()},
+        recall=recall,
+    )
 
 
 def diversity_name(rule: DiversityRule) -> str:
@@ -384,6 +401,28 @@ def results_table(report: EvalReport) -> Table:
     return table
 
 
+def segments_table(report: EvalReport) -> Table | None:
+    """NDCG@10 of every model per segment (``metrics.SEGMENTS``), best overall first."""
+    segments: dict[str, dict[str, dict[str, float]]] = report.extra.get("segments", {})
+    if not segments:
+        return None
+    names = list(SEGMENTS)
+    first = next(iter(segments.values()))
+    table = Table(title="NDCG@10 by segment (queries)")
+    table.add_column("model")
+    for name in names:
+        table.add_column(f"{name} ({first[name]['queries']})", justify="right")
+    for model, _ in sorted(report.models.items(), key=lambda kv: -kv[1]["ndcg@10"]):
+        if model in segments:
+            row = segments[model]
+            table.add_row(model, *(_ndcg_cell(row[n]) for n in names))
+    return table
+
+
+def _ndcg_cell(figures: dict[str, float]) -> str:
+    return f"{figures['ndcg@10']:.4f}" if "ndcg@10" in figures else "-"
+
+
 def write_report(report: EvalReport, out_dir: Path) -> tuple[Path, Path]:
     """Save the table as markdown and a bar chart PNG; returns both paths."""
     import matplotlib
@@ -405,6 +444,20 @@ def write_report(report: EvalReport, out_dir: Path) -> tuple[Path, Path]:
     for name, row in ranked:
         cells = " | ".join(f"{row[k]:.4f}" if k in row else "-" for k in REPORTED)
         lines.append(f"| {name} | {cells} | {report.fit_seconds.get(name, 0):.1f} |")
+    segments: dict[str, dict[str, dict[str, float]]] = report.extra.get("segments", {})
+    if segments:
+        first = next(iter(segments.values()))
+        lines += [
+            "",
+            "NDCG@10 by segment (queries in brackets; `metrics.SEGMENTS`):",
+            "",
+            "| model | " + " | ".join(f"{n} ({first[n]['queries']})" for n in SEGMENTS) + " |",
+            "|---|" + "---:|" * len(SEGMENTS),
+        ]
+        for name, _ in ranked:
+            if name in segments:
+                cells = " | ".join(_ndcg_cell(segments[name][n]) for n in SEGMENTS)
+                lines.append(f"| {name} | {cells} |")
     lines += ["", "Chosen parameters:", ""]
     lines += [f"- {name}: {report.params.get(name, {})}" for name, _ in ranked]
     md = out_dir / "evaluation.md"

@@ -11,14 +11,20 @@ a few items take every slot).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from genre.core.features.diversity import intra_list_diversity_batch
-from genre.model_export.replay import QueryBatch
+from genre.model_export.replay import TEST, TRAIN, VALID, Interactions, QueryBatch
 
 K = 10
+#: A query's user "has a short history" below this many items in it.
+SHORT_HISTORY = 5
+#: The segments ``segment_masks`` splits test queries into; the first three partition
+#: them by when the user first clicked, the last two cut across.
+SEGMENTS = ("known_users", "new_users_valid", "new_users_test", "short_history", "new_items")
 
 
 def target_ranks(scores: np.ndarray, batch: QueryBatch) -> np.ndarray:
@@ -79,10 +85,15 @@ class RankingMetrics:
     ild: list[np.ndarray] = field(default_factory=list)
     novelty: list[np.ndarray] = field(default_factory=list)
     exposure: np.ndarray | None = None
+    #: Per query, in ``ranks`` order: its event index and its user's history length.
+    events: list[np.ndarray] = field(default_factory=list)
+    history_lens: list[np.ndarray] = field(default_factory=list)
 
     def add(self, scores: np.ndarray, batch: QueryBatch) -> None:
         """Score one batch (``scores``: float [B, n_items])."""
         self.ranks.append(target_ranks(scores, batch))
+        self.events.append(np.asarray(batch.events, np.int64))
+        self.history_lens.append((np.asarray(batch.history) >= 0).sum(axis=1))
         best = top_k(scores, batch, self.k)
         shown = np.take_along_axis(~batch.exclude, best, axis=1)  # never count seen items
         self.recommended.update(np.unique(best[shown]).tolist())
@@ -121,6 +132,44 @@ class RankingMetrics:
             out[f"gini@{self.k}"] = round(gini(self.exposure), 4)
         out["queries"] = int(ranks.size)
         return out
+
+    def by_segment(self, data: Interactions) -> dict[str, dict[str, float]]:
+        """HR@K, NDCG@K and MRR over the queries of each of ``SEGMENTS`` and their count
+        (the count only for a segment without queries)."""
+        ranks = np.concatenate(self.ranks)
+        masks = segment_masks(data, np.concatenate(self.events), np.concatenate(self.history_lens))
+        out: dict[str, dict[str, float]] = {}
+        for name, mask in masks.items():
+            r = ranks[mask]
+            hit = r <= self.k
+            out[name] = {"queries": int(r.size)}
+            if r.size:  # an empty segment has its count only
+                out[name] |= {
+                    f"hr@{self.k}": round(float(hit.mean()), 4),
+                    f"ndcg@{self.k}": round(float((hit / np.log2(r + 1.0)).mean()), 4),
+                    "mrr": round(float((1.0 / r).mean()), 4),
+                }
+        return out
+
+
+def segment_masks(
+    data: Interactions, events: np.ndarray, history_lens: np.ndarray
+) -> Mapping[str, np.ndarray]:
+    """Bool [Q] per segment of ``SEGMENTS`` for queries ``events`` (event indices):
+    users whose first click was in train / valid / test, users with fewer than
+    ``SHORT_HISTORY`` items in their history at query time, and clicks on items no
+    training click had touched (items that arrived after training)."""
+    first = np.zeros(data.n_users, np.int64)
+    users, first_event = np.unique(data.users, return_index=True)  # events are in time order
+    first[users] = first_event
+    first_split = data.split[first[data.users[events]]]
+    return {
+        "known_users": first_split == TRAIN,
+        "new_users_valid": first_split == VALID,
+        "new_users_test": first_split == TEST,
+        "short_history": np.asarray(history_lens) < SHORT_HISTORY,
+        "new_items": ~data.train_items()[data.items[events]],
+    }
 
 
 def ndcg_at_k(scores: np.ndarray, batch: QueryBatch, k: int = K) -> float:

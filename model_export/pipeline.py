@@ -235,7 +235,12 @@ def run_evaluate(
     quick: bool = False,
 ) -> dict[str, Any]:
     """Train GENRE and the baselines on one split, test them all, save reports and checkpoint."""
-    from genre.model_export.evaluate import evaluate_models, results_table, write_report
+    from genre.model_export.evaluate import (
+        evaluate_models,
+        results_table,
+        segments_table,
+        write_report,
+    )
     from genre.model_export.replay import build_interactions
     from genre.model_export.train import save_checkpoint, torch_threads
     from genre.model_export.train import write_report as write_training_report
@@ -274,6 +279,9 @@ def run_evaluate(
         )
     report.extra["llm"] = llm.info
     console.print(results_table(report))
+    by_segment = segments_table(report)
+    if by_segment is not None:
+        console.print(by_segment)
     md, png = write_report(report, out_dir)
     summary = report.summary()
     summary["report"] = {"markdown": str(md), "plot": str(png)}

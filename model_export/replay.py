@@ -283,6 +283,8 @@ class StreamReplay:
         }
         self.co_counts = np.zeros((n, n), np.float32)  # users who clicked both (item-kNN)
         self.item_counts = np.zeros(n, np.float32)
+        #: Item-to-item transitions: how often a user clicked column j right after row i.
+        self.transitions = np.zeros((n, n), np.float32)
         self.clicked: list[list[int]] = [[] for _ in range(data.n_users)]
 
     def run(self, stop: int | None = None) -> Iterator[int]:
@@ -320,6 +322,7 @@ class StreamReplay:
             value[item], last[item] = accumulate(value[item], last[item], ts, 1.0, hl)
         past = self.clicked[u]
         if past:
+            self.transitions[past[-1], item] += 1.0
             rows = np.asarray(past, np.int64)
             self.co_counts[item, rows] += 1.0
             self.co_counts[rows, item] += 1.0
@@ -410,6 +413,14 @@ class StreamReplay:
         norm = np.sqrt(counts[np.asarray(rows, np.int64)])[:, None] * np.sqrt(counts)[None, :]
         return (block / norm).sum(axis=0).astype(np.float32)
 
+    def next_item(self, user: int) -> np.ndarray:
+        """Float32 [n_items]: how often each item was clicked right after the user's last
+        click (the item-to-item transitions baseline), zeros before the first click."""
+        past = self.clicked[user]
+        if not past:
+            return np.zeros(self.data.n_items, np.float32)
+        return self.transitions[past[-1]].copy()
+
     def prerank(self, user: int, now: float, plan: CandidatePlan) -> tuple[np.ndarray, np.ndarray]:
         """The serving scorer's candidates for this user, as its sources and blend gather
         them (``core.features.candidates``): the blend score of every proposed item
@@ -486,6 +497,7 @@ class QueryBatch:
     features: np.ndarray  # float32 [B, n_items, F] the scorer's raw features
     popularity: dict[float, np.ndarray]  # half-life -> float32 [B, n_items]
     item_knn: np.ndarray  # float32 [B, n_items]
+    next_item: np.ndarray  # float32 [B, n_items] transitions from the user's last click
     user_vectors: np.ndarray  # float32 [B, D] decayed-mean text vectors
     #: With a ``CandidatePlan``: the serving blend's score of every candidate of the
     #: configured sources (NaN for items no source proposed), and which of them the
@@ -526,6 +538,7 @@ def snapshot(
                 "features": replay.features(u, slice(None), now),
                 "popularity": {hl: replay.popularity_at(hl, now) for hl in replay.popularity},
                 "item_knn": replay.item_knn(u),
+                "next_item": replay.next_item(u),
                 "user_vectors": replay.user_vector(u).copy(),
                 **(
                     {}
@@ -545,6 +558,7 @@ def snapshot(
         features=np.stack([r["features"] for r in rows]),
         popularity={hl: np.stack([r["popularity"][hl] for r in rows]) for hl in replay.popularity},
         item_knn=np.stack([r["item_knn"] for r in rows]),
+        next_item=np.stack([r["next_item"] for r in rows]),
         user_vectors=np.stack([r["user_vectors"] for r in rows]),
         blend=None if plan is None else np.stack([r["blend"] for r in rows]),
         prerank=None if plan is None else np.stack([r["prerank"] for r in rows]),
@@ -566,6 +580,7 @@ def stack_queries(batches: Sequence[QueryBatch]) -> QueryBatch:
             hl: np.concatenate([b.popularity[hl] for b in batches]) for hl in first.popularity
         },
         item_knn=np.concatenate([b.item_knn for b in batches]),
+        next_item=np.concatenate([b.next_item for b in batches]),
         user_vectors=np.concatenate([b.user_vectors for b in batches]),
         blend=None if first.blend is None else np.concatenate([b.blend for b in batches]),  # type: ignore[misc]
         prerank=None if first.prerank is None else np.concatenate([b.prerank for b in batches]),  # type: ignore[misc]

@@ -220,6 +220,7 @@ def _batch(queries: SplitQueries, lo: int, n: int) -> QueryBatch:
         features=np.zeros((n, 0, 0), np.float32),
         popularity={},
         item_knn=none,
+        next_item=none,
         user_vectors=none,
     )
 

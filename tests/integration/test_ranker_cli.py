@@ -20,7 +20,7 @@ from .conftest import GENRES, catalog
 
 pytestmark = pytest.mark.timeout(600)
 
-MODELS = ("genre", "popularity", "item_knn", "content", "bpr", "sasrec")
+MODELS = ("genre", "popularity", "item_knn", "transitions", "content", "bpr", "sasrec")
 # The serving blend alone, and GENRE re-ranking only the blend's top 100 (what serves).
 SERVING = ("blend", "genre@blend100")
 
@@ -92,6 +92,11 @@ def test_evaluate_ranks_every_model_on_one_split(workspace: dict[str, Path]) -> 
         assert row["queries"] == 24
     # Users stay within one genre of 6 items: content similarity must find the rest.
     assert summary["models"]["content"]["ndcg@10"] > 0.5
+    # Every model's figures per segment; here every test user clicked in train.
+    for name, segments in summary["segments"].items():
+        assert segments["known_users"]["queries"] == 24, name
+        assert segments["new_users_test"]["queries"] == 0, name
+    assert "NDCG@10 by segment" in (out_dir / "evaluation.md").read_text()
     assert (out_dir / "evaluation.md").read_text().count("| ") > 6
     assert (out_dir / "evaluation.png").stat().st_size > 1000
     assert Path(summary["checkpoint"]).is_file()

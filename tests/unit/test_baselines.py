@@ -22,9 +22,10 @@ from genre.model_export.baselines import (
     ItemKNN,
     Popularity,
     SASRec,
+    Transitions,
     build_baselines,
 )
-from genre.model_export.metrics import ndcg_at_k
+from genre.model_export.metrics import RankingMetrics, ndcg_at_k, segment_masks
 from genre.model_export.replay import (
     TEST,
     TRAIN,
@@ -258,7 +259,14 @@ def test_bpr_cold_user_scored_by_item_bias(fitted: dict[str, Baseline], world: W
 def test_build_baselines() -> None:
     models = build_baselines()
     assert [m.name for m in models] == list(BASELINES)
-    assert [type(m) for m in models] == [Popularity, ItemKNN, ContentCosine, BPR, SASRec]
+    assert [type(m) for m in models] == [
+        Popularity,
+        ItemKNN,
+        Transitions,
+        ContentCosine,
+        BPR,
+        SASRec,
+    ]
     (bpr,) = build_baselines(["bpr"], bpr={"epochs": 3})
     assert isinstance(bpr, BPR) and bpr.epochs == 3
     with pytest.raises(ValueError, match="unknown baselines"):
@@ -289,3 +297,63 @@ def test_fit_without_validation_queries(world: World) -> None:
     pop = Popularity()
     pop.fit(world.data, empty, world.text)
     assert pop.half_life == next(iter(world.valid.popularity))
+
+
+def test_transitions_count_what_followed_the_last_click(
+    fitted: dict[str, Baseline], world: World
+) -> None:
+    # Each group walks its cluster in a fixed cycle: what followed item j is always j + 1.
+    data, test = world.data, world.test
+    last = test.history[:, -1]
+    assert (last >= 0).all()
+    for row in range(len(test)):
+        name = data.item_ids[last[row]]
+        group, j = name[1:].split("-")
+        expected = data.item_ids.index(f"i{group}-{(int(j) + 1) % CLUSTER}")
+        assert test.next_item[row].argmax() == expected
+    scores = fitted["transitions"].score(test)
+    # Counts first; the fallback popularity only orders what the counts leave tied.
+    np.testing.assert_array_less(scores - test.next_item, 1.0 + 1e-6)
+    assert (scores >= test.next_item - 1e-6).all()
+    assert ndcg_at_k(scores, test) > 0.9
+    # Before any click: the validated popularity order.
+    model = fitted["transitions"]
+    assert isinstance(model, Transitions)
+    cold = model.score(world.cold)
+    pop = model.fallback.score(world.cold)
+    for row in range(len(world.cold)):
+        np.testing.assert_array_equal(_order(cold[row]), _order(pop[row]))
+
+
+def test_segments_split_queries_by_when_user_and_item_arrived() -> None:
+    items = [ItemUpsert(item_id=f"i{j}", title=f"item {j}", ts=T0) for j in range(6)]
+    # (user, item): 10 events -> 8 train, 1 valid, 1 test.
+    log = [("a", 0), ("a", 1), ("b", 0), ("a", 2), ("b", 1), ("a", 3), ("b", 2), ("b", 3)]
+    log += [("c", 4), ("d", 5)]
+    clicks = [
+        ClickEvent(event_id=f"e{n}", user_id=u, item_id=f"i{i}", ts=T0 + n)
+        for n, (u, i) in enumerate(log)
+    ]
+    data = build_interactions(items, clicks)
+    events = np.arange(len(data))
+    masks = segment_masks(data, events, history_lens=np.arange(len(data)))
+    assert masks["known_users"].tolist() == [True] * 8 + [False, False]
+    assert masks["new_users_valid"].tolist() == [False] * 8 + [True, False]
+    assert masks["new_users_test"].tolist() == [False] * 9 + [True]
+    assert masks["short_history"].tolist() == [True] * 5 + [False] * 5
+    assert masks["new_items"].tolist() == [False] * 8 + [True, True]
+
+
+def test_metrics_by_segment_use_each_segments_own_queries(world: World) -> None:
+    metrics = RankingMetrics(world.data.n_items)
+    perfect = np.zeros((len(world.test), world.data.n_items), np.float32)
+    perfect[np.arange(len(world.test)), world.test.targets] = 1.0
+    metrics.add(perfect, world.test)
+    segments = metrics.by_segment(world.data)
+    assert segments["known_users"] == {
+        "hr@10": 1.0,
+        "ndcg@10": 1.0,
+        "mrr": 1.0,
+        "queries": len(world.test),
+    }
+    assert segments["new_users_test"] == {"queries": 0}
