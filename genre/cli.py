@@ -330,7 +330,8 @@ def evaluate(
     models: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated subset: genre,popularity,item_knn,transitions,content,bpr,sasrec"
+            help="Comma-separated subset: genre,popularity,item_knn,transitions,content,"
+            "bpr,sasrec,lightgcn"
         ),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="GENRE max epochs")] = None,

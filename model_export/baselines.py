@@ -40,7 +40,6 @@ from genre.model_export.replay import TRAIN, Interactions, QueryBatch
 from genre.model_export.train import torch_threads
 
 __all__ = [
-    "BASELINES",
     "BPR",
     "Baseline",
     "ContentCosine",
@@ -48,7 +47,6 @@ __all__ = [
     "Popularity",
     "SASRec",
     "Transitions",
-    "build_baselines",
 ]
 
 #: Weight of the all-time-popularity tie-breaker added to sparse scores.
@@ -613,24 +611,3 @@ class SASRec(Baseline):
         if cold.any():
             out[cold] = _all_time(batch)[cold]
         return out
-
-
-BASELINES: dict[str, type[Baseline]] = {
-    cls.name: cls for cls in (Popularity, ItemKNN, Transitions, ContentCosine, BPR, SASRec)
-}
-
-
-def build_baselines(names: list[str] | None = None, **overrides: dict[str, Any]) -> list[Baseline]:
-    """Instantiate baselines by name (all, in ``BASELINES`` order, when ``names`` is None).
-
-    ``overrides`` maps a baseline name to constructor arguments, e.g.
-    ``build_baselines(["bpr"], bpr={"epochs": 5})``.
-    """
-    names = list(BASELINES) if names is None else list(names)
-    unknown = sorted({*names, *overrides} - set(BASELINES))
-    if unknown:
-        raise ValueError(f"unknown baselines {unknown}; choose from {sorted(BASELINES)}")
-    stray = sorted(set(overrides) - set(names))
-    if stray:
-        raise ValueError(f"overrides given for baselines not being built: {stray}")
-    return [BASELINES[name](**overrides.get(name, {})) for name in names]

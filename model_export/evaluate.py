@@ -28,7 +28,7 @@ from rich.table import Table
 
 from genre.core.config import RankerTrainSettings
 from genre.core.features.diversity import DiversityRule, diversify
-from genre.model_export.baselines import Baseline, build_baselines
+from genre.model_export.baselines import Baseline
 from genre.model_export.metrics import SEGMENTS, K, RankingMetrics, top_k
 from genre.model_export.replay import (
     PROFILE_FEATURE,
@@ -51,6 +51,7 @@ from genre.model_export.train import (
     score_queries,
     train_ranker,
 )
+from genre.model_export.zoo import build_baselines
 
 GENRE = "genre"
 #: The serving scorer's blend over its candidate sources, without the learned ranker.

@@ -254,11 +254,11 @@ def run_evaluate(
     include_genre = not models or "genre" in models
     overrides: dict[str, dict[str, Any]] = {}
     if quick:  # small caps for smoke tests; figures from quick runs are not comparable
-        for name in baselines or ["bpr", "sasrec"]:
-            if name in ("bpr", "sasrec"):
+        for name in baselines or ["bpr", "sasrec", "lightgcn"]:
+            if name in ("bpr", "sasrec", "lightgcn"):
                 overrides[name] = {"epochs": 2}
     threads = cfg.ranker.train.threads
-    for name in ("bpr", "sasrec"):
+    for name in ("bpr", "sasrec", "lightgcn"):
         if threads and (baselines is None or name in baselines):
             overrides.setdefault(name, {})["num_threads"] = threads
     spec = feature_spec(cfg)

@@ -186,7 +186,7 @@ def train_ranker(
         losses = []
         for lo in range(0, len(order), cfg.batch_size):
             rows = order[lo : lo + cfg.batch_size]
-            loss = _step(model, inputs, train_set, rows)
+            loss = _step(model, inputs, train_set, rows, cfg.id_dropout, rng)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -217,16 +217,31 @@ def train_ranker(
 
 
 def _step(
-    model: GenreRanker, inputs: RankerInputs, data: TrainingSet, rows: np.ndarray
+    model: GenreRanker,
+    inputs: RankerInputs,
+    data: TrainingSet,
+    rows: np.ndarray,
+    id_dropout: float = 0.0,
+    rng: np.random.Generator | None = None,
 ) -> torch.Tensor:
     h_text, h_ids, mask = inputs.history(data.history[rows])
     c_text, c_ids = inputs.items(data.candidates[rows])
+    if id_dropout > 0.0:  # the same rate for positives and negatives: no bias either way
+        assert rng is not None
+        h_ids = _hide_ids(h_ids, id_dropout, rng)
+        c_ids = _hide_ids(c_ids, id_dropout, rng)
     features = torch.from_numpy(data.features[rows])
     scores, _ = model(h_text, h_ids, mask, c_text, c_ids, features)
     valid = torch.from_numpy(data.valid[rows])
     scores = scores.masked_fill(~valid, -1e9)
     target = torch.zeros(len(rows), dtype=torch.long)  # the positive is column 0
     return torch.nn.functional.cross_entropy(scores, target)
+
+
+def _hide_ids(ids: torch.Tensor, rate: float, rng: np.random.Generator) -> torch.Tensor:
+    """``ids`` with each entry replaced by the unknown id 0 with probability ``rate``."""
+    hidden = torch.from_numpy(rng.random(tuple(ids.shape)) < rate)
+    return ids.masked_fill(hidden, 0)
 
 
 def save_checkpoint(

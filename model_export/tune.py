@@ -109,6 +109,7 @@ def search_space(cfg: GenreConfig, mode: Mode) -> list[Knob]:
             _choice("ranker.train.negatives", (32, 64, 128), t.negatives),
             Knob("ranker.train.epochs", "int", min(4, t.epochs), max(16, t.epochs)),
             Knob("ranker.train.dropout", "float", 0.0, max(0.3, t.dropout)),
+            Knob("ranker.train.id_dropout", "float", 0.0, max(0.3, t.id_dropout)),
         ]
     return knobs
 

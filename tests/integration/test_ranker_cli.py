@@ -20,7 +20,7 @@ from .conftest import GENRES, catalog
 
 pytestmark = pytest.mark.timeout(600)
 
-MODELS = ("genre", "popularity", "item_knn", "transitions", "content", "bpr", "sasrec")
+MODELS = ("genre", "popularity", "item_knn", "transitions", "content", "bpr", "sasrec", "lightgcn")
 # The serving blend alone, and GENRE re-ranking only the blend's top 100 (what serves).
 SERVING = ("blend", "genre@blend100")
 

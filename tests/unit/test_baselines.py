@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from genre.model_export.baselines import (
-    BASELINES,
     BPR,
     Baseline,
     ContentCosine,
@@ -23,8 +22,8 @@ from genre.model_export.baselines import (
     Popularity,
     SASRec,
     Transitions,
-    build_baselines,
 )
+from genre.model_export.graph_model import LightGCN
 from genre.model_export.metrics import RankingMetrics, ndcg_at_k, segment_masks
 from genre.model_export.replay import (
     TEST,
@@ -38,6 +37,7 @@ from genre.model_export.replay import (
     snapshot,
     stack_queries,
 )
+from genre.model_export.zoo import BASELINES, build_baselines
 from genre.schemas import ClickEvent, ItemUpsert
 
 CLUSTER = 20  # items per cluster
@@ -59,6 +59,9 @@ SAS_ARGS = {
     "patience": 5,
     "num_threads": 1,
 }
+
+LIGHTGCN_ARGS = {"dim": 16, "layers": 2, "epochs": 10, "batch_size": 64, "lr": 0.03}
+LIGHTGCN_ARGS |= {"num_threads": 1}
 
 
 @dataclasses.dataclass
@@ -123,7 +126,7 @@ def _random_ndcg(batch: QueryBatch, n_items: int) -> float:
 
 @pytest.fixture(scope="module")
 def fitted(world: World) -> dict[str, Baseline]:
-    models = build_baselines(bpr=BPR_ARGS, sasrec=SAS_ARGS)
+    models = build_baselines(bpr=BPR_ARGS, sasrec=SAS_ARGS, lightgcn=LIGHTGCN_ARGS)
     for model in models:
         model.fit(world.data, world.valid, world.text, seed=0)
     return {m.name: m for m in models}
@@ -266,6 +269,7 @@ def test_build_baselines() -> None:
         ContentCosine,
         BPR,
         SASRec,
+        LightGCN,
     ]
     (bpr,) = build_baselines(["bpr"], bpr={"epochs": 3})
     assert isinstance(bpr, BPR) and bpr.epochs == 3

@@ -24,6 +24,7 @@ from genre.model_export.replay import (
 from genre.model_export.train import (
     RankerInputs,
     TrainingSampler,
+    _hide_ids,
     score_queries,
     torch_threads,
     train_ranker,
@@ -198,3 +199,13 @@ def test_training_learns_the_walks_and_is_reproducible(trained) -> None:
     np.testing.assert_array_equal(scores, scores_again)
     assert result.history[0]["loss"] > result.history[result.best_epoch - 1]["loss"]
     assert result.id_of_item.max() == data.train_items().sum()
+
+
+def test_id_dropout_hides_ids_at_its_rate_and_only_then() -> None:
+    ids = torch.arange(1, 20_001).reshape(100, 200)
+    hidden = _hide_ids(ids, 0.1, np.random.default_rng(0))
+    share = float((hidden == 0).float().mean())
+    assert 0.09 < share < 0.11
+    kept = hidden != 0
+    assert torch.equal(hidden[kept], ids[kept])  # the rest keep their own id
+    assert torch.equal(_hide_ids(ids, 0.0, np.random.default_rng(0)), ids)
