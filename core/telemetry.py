@@ -96,6 +96,7 @@ class Metrics:
     click_to_recommendation_ms: Histogram
     hop_ms: Histogram
     pending_users: Gauge
+    graph_fold_ins: Gauge
     clicks_routed: Counter
     inference_seconds: Histogram
     candidates: Counter
@@ -213,6 +214,13 @@ def create_metrics(registry: CollectorRegistry = REGISTRY) -> Metrics:
         pending_users=Gauge(
             "pending_users",
             "Users folded and waiting for this process's scorer.",
+            namespace=ns,
+            registry=registry,
+        ),
+        graph_fold_ins=Gauge(
+            "graph_fold_ins",
+            "Items the graph candidate source folded in from live co-click edges (items "
+            "that arrived after the graph model was trained).",
             namespace=ns,
             registry=registry,
         ),

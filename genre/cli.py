@@ -309,12 +309,26 @@ def train(
     items: _ItemsOpt = None,
     epochs: Annotated[int | None, typer.Option(help="Max epochs (default: ranker.train)")] = None,
     out_dir: _EvalOut = None,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="ranker: the GENRE ranker (checkpoint for `genre export ranker`); graph: the "
+            "graph model (LightGCN item embeddings for the `graph` candidate source)"
+        ),
+    ] = "ranker",
 ) -> None:
-    """Train the GENRE ranker on a click log (temporal split, early stopping); print JSON."""
-    from genre.model_export.pipeline import run_train
+    """Train the GENRE ranker or the graph model on a click log (temporal split, early
+    stopping); print JSON."""
+    from genre.model_export.pipeline import run_train, run_train_graph
 
+    if model not in ("ranker", "graph"):
+        console.print(f"[red]--model must be ranker or graph, got {escape(model)!r}[/red]")
+        raise typer.Exit(2)
     cfg = _config(config, overlay)
     log = _click_log(cfg, dataset, clicks, items)
+    if model == "graph":
+        typer.echo(json.dumps(run_train_graph(cfg, log, console=console)))
+        return
     out = out_dir or cfg.path("reports/train")
     summary = run_train(cfg, log, out_dir=out, console=console, epochs=epochs)  # type: ignore[arg-type]
     typer.echo(json.dumps(summary))

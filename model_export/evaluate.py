@@ -27,8 +27,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from genre.core.config import RankerTrainSettings
+from genre.core.features.candidates import SourceSpec
 from genre.core.features.diversity import DiversityRule, diversify
+from genre.core.features.graph_embedding import GraphEmbeddings
 from genre.model_export.baselines import Baseline
+from genre.model_export.graph_model import LightGCN
 from genre.model_export.metrics import SEGMENTS, K, RankingMetrics, top_k
 from genre.model_export.replay import (
     PROFILE_FEATURE,
@@ -59,6 +62,9 @@ BLEND = "blend"
 #: The score of an item outside a candidate set: below any real score, and finite so
 #: the ranking metrics do not take it for an excluded (already seen) item.
 NOT_A_CANDIDATE = -1e30
+#: The graph source the ablation adds to a plan without one (``graph_plans``): the
+#: ``ann`` source's weight and limit.
+GRAPH_ABLATION = SourceSpec("graph", 0.5, 100, {})
 REPORTED = ("hr@10", "ndcg@10", "mrr", "coverage@10", "ild@10", "novelty@10", "gini@10")
 
 
@@ -145,6 +151,8 @@ class EvalReport:
     seed: int
     genre: GenreModel | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The fitted baselines by name (``genre train --model graph`` keeps LightGCN's).
+    baselines: dict[str, Baseline] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The JSON the CLI prints last: {"models": {name: {"hr@10", "ndcg@10", "mrr", ...}}}."""
@@ -184,7 +192,9 @@ def evaluate_models(
     ``plan``: the serving scorer's candidate sources and pre-ranking; the report then
     adds the blend itself (``blend``), GENRE re-ranking only the blend's best
     ``rank_candidates`` (``genre@blend<N>``, what the worker serves) and the share of
-    test clicks whose item the candidates hold (``extra["candidate_recall"]``).
+    test clicks whose item the candidates hold (``extra["candidate_recall"]``). With
+    the graph model evaluated (``lightgcn``), the same two rows again for the plan
+    with the ``graph`` source added, or removed if the plan has it (``graph_plans``).
     ``genre_model``: a GENRE ranker already trained (``GenreModel.load``), kept as is.
     ``diversity``: rules the scorer's diversity step applies to GENRE's scores, each
     reported as its own row (``diversity_name``): the accuracy/diversity frontier.
@@ -195,6 +205,8 @@ def evaluate_models(
     train = train or RankerTrainSettings()
     start = time.perf_counter()
     models: list[Baseline] = build_baselines(baselines, **(baseline_overrides or {}))
+    if plan is not None and plan.uses_graph and not any(isinstance(m, LightGCN) for m in models):
+        models.append(LightGCN())  # the graph source serves its embeddings
     genre = (genre_model or GenreModel(train, spec)) if include_genre else None
     if genre is not None:
         models.insert(0, genre)
@@ -220,8 +232,9 @@ def evaluate_models(
                 model.fit(data, valid, text_vectors, seed=train.seed, progress=progress)
                 fit_seconds[model.name] = round(time.perf_counter() - t0, 1)
             del valid
+        plans = graph_plans(plan, models, data) if plan is not None else {}
         tested = _replay_test(
-            data, text_vectors, spec, models, chunk, progress, profiles, plan, diversity
+            data, text_vectors, spec, models, chunk, progress, profiles, plans, diversity
         )
     extra: dict[str, Any] = {"segments": tested.segments}
     if tested.recall:
@@ -236,6 +249,7 @@ def evaluate_models(
         seed=train.seed,
         genre=genre,
         extra=extra,
+        baselines={m.name: m for m in models if m is not genre},
     )
 
 
@@ -280,6 +294,27 @@ class TestFigures:
     recall: dict[str, float]
 
 
+def graph_plans(
+    plan: CandidatePlan, models: Sequence[Baseline], data: Interactions
+) -> dict[str, CandidatePlan]:
+    """The plans the test replay gathers candidates with, by report suffix: the plan as
+    configured (``""``) and, when a fitted LightGCN is among ``models``, its graph
+    ablation: ``"-graph"`` without the configured ``graph`` source, else ``"+graph"``
+    with one at ``GRAPH_ABLATION`` weight and limit. Each gets the model's embeddings."""
+    lightgcn = next((m for m in models if isinstance(m, LightGCN)), None)
+    if lightgcn is None:
+        return {"": plan}
+    embeddings = GraphEmbeddings.of(
+        [data.item_ids[i] for i in np.flatnonzero(lightgcn.trained_items())],
+        lightgcn.item_embeddings()[lightgcn.trained_items()],
+    )
+    plan = replace(plan, graph=embeddings)
+    if plan.uses_graph:
+        kept = tuple(s for s in plan.sources if s.name != "graph")
+        return {"": plan, "-graph": replace(plan, sources=kept)}
+    return {"": plan, "+graph": replace(plan, sources=(*plan.sources, GRAPH_ABLATION))}
+
+
 def _replay_test(
     data: Interactions,
     text_vectors: np.ndarray,
@@ -288,7 +323,7 @@ def _replay_test(
     chunk: int,
     progress: Progress,
     profiles: ProfileTrack | None,
-    plan: CandidatePlan | None = None,
+    plans: dict[str, CandidatePlan] | None = None,
     diversity: Sequence[DiversityRule] = (),
 ) -> TestFigures:
     replay = StreamReplay(data, spec, text_vectors, profiles)
@@ -298,33 +333,47 @@ def _replay_test(
         return RankingMetrics(data.n_items, vectors=text_vectors, train_counts=train_counts)
 
     metrics = {m.name: new_metrics() for m in models}
+    plans = plans or {}
+    plan = plans.get("")
     served = f"{GENRE}@blend{plan.rank_candidates}" if plan is not None else ""
-    if plan is not None:
-        metrics[BLEND] = new_metrics()
+    for suffix in plans:
+        metrics[BLEND + suffix] = new_metrics()
         if GENRE in metrics:
-            metrics[served] = new_metrics()
+            metrics[served + suffix] = new_metrics()
     rules = list(diversity) if GENRE in metrics else []
     for rule in rules:
         metrics[diversity_name(rule)] = new_metrics()
     hits = {"union": 0, "prerank": 0, "queries": 0}
     buffer: list[QueryBatch] = []
+    #: Per extra plan: the blend and pre-ranking of each buffered query.
+    others: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {s: [] for s in plans if s}
 
     def flush() -> None:
         batch = stack_queries(buffer)
         buffer.clear()
+        variants: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if batch.blend is not None and batch.prerank is not None:
+            variants[""] = (batch.blend, batch.prerank)
+        for suffix, pending in others.items():
+            variants[suffix] = (
+                np.stack([b for b, _ in pending]),
+                np.stack([p for _, p in pending]),
+            )
+            pending.clear()
         for model in models:
             scores = model.score(batch)
             metrics[model.name].add(scores, batch)
-            if model.name == GENRE and batch.prerank is not None:
-                metrics[served].add(np.where(batch.prerank, scores, NOT_A_CANDIDATE), batch)
             if model.name == GENRE:
+                for suffix, (_, prerank) in variants.items():
+                    masked = np.where(prerank, scores, NOT_A_CANDIDATE)
+                    metrics[served + suffix].add(masked, batch)
                 popularity = trending_of(batch, spec)
                 for rule in rules:
                     reranked = rerank_scores(scores, batch, rule, text_vectors, popularity)
                     metrics[diversity_name(rule)].add(reranked, batch)
+        for suffix, (blend, _) in variants.items():
+            metrics[BLEND + suffix].add(np.where(np.isnan(blend), NOT_A_CANDIDATE, blend), batch)
         if batch.blend is not None and batch.prerank is not None:
-            blended = np.where(np.isnan(batch.blend), NOT_A_CANDIDATE, batch.blend)
-            metrics[BLEND].add(blended, batch)
             rows = np.arange(len(batch))
             hits["union"] += int((~np.isnan(batch.blend[rows, batch.targets])).sum())
             hits["prerank"] += int(batch.prerank[rows, batch.targets].sum())
@@ -334,6 +383,9 @@ def _replay_test(
     for e in replay.run():
         if data.split[e] == TEST and data.is_query(e):
             buffer.append(snapshot(replay, [e], plan))
+            for suffix, pending in others.items():
+                user, now = int(data.users[e]), float(data.ts[e])
+                pending.append(replay.prerank(user, now, plans[suffix]))
             if len(buffer) >= chunk:
                 flush()
         if e % 1000 == 0:

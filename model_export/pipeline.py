@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -328,6 +329,61 @@ def run_train(
         "seconds": round(report.seconds, 1),
         "llm": llm.info,
     }
+
+
+#: Where ``genre train --model graph`` writes when no ``graph`` source names a ``dir``.
+GRAPH_DIR = "models/graph"
+
+
+def graph_dir(cfg: GenreConfig) -> Path:
+    """The graph model's folder: the ``dir`` of the configured ``graph`` source, if any."""
+    for source in cfg.scorer.candidates:
+        if source.name == "graph" and "dir" in source.params:
+            return cfg.path(str(source.params["dir"]))
+    return cfg.path(GRAPH_DIR)
+
+
+def run_train_graph(cfg: GenreConfig, log: ClickLog, *, console: Console) -> dict[str, Any]:
+    """Train the graph model (LightGCN) on the temporal split, test it, and write its
+    item embeddings where the ``graph`` candidate source reads them."""
+    from genre.core.features.graph_embedding import save_graph_embeddings
+    from genre.model_export.evaluate import evaluate_models, results_table
+    from genre.model_export.graph_model import LightGCN
+    from genre.model_export.replay import build_interactions
+    from genre.model_export.train import torch_threads
+
+    data = build_interactions(log.items, log.clicks)
+    llm = llm_inputs(cfg, log, data, console, items=cfg.llm.items.enabled, profiles=False)
+    threads = cfg.ranker.train.threads
+    with torch_threads(threads):
+        report = evaluate_models(
+            data,
+            llm.vectors,
+            dataset=log.name,
+            spec=feature_spec(cfg),
+            baselines=["lightgcn"],
+            baseline_overrides={"lightgcn": {"num_threads": threads}} if threads else None,
+            include_genre=False,
+            console=console,
+            plan=candidate_plan(cfg),
+        )
+    console.print(results_table(report))
+    model = report.baselines["lightgcn"]
+    assert isinstance(model, LightGCN)
+    trained = model.trained_items()
+    folder = graph_dir(cfg)
+    info = {
+        "model": "lightgcn",
+        "dataset": log.name,
+        "trained_on": "train split (first 80% of clicks); epochs chosen on validation",
+        "params": model.params,
+        "fit_seconds": report.fit_seconds["lightgcn"],
+        "test": report.models["lightgcn"],
+        "written_at": time.time(),
+    }
+    ids = [data.item_ids[i] for i in np.flatnonzero(trained)]
+    manifest = save_graph_embeddings(folder, ids, model.item_embeddings()[trained], info)
+    return {"dir": str(folder), "manifest": str(manifest), **info, "models": report.models}
 
 
 def fit_genre(

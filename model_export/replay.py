@@ -45,6 +45,7 @@ from genre.core.features.candidates import (
     first_unseen,
     ranked,
 )
+from genre.core.features.graph_embedding import GraphEmbeddings
 from genre.schemas import ClickEvent, ItemUpsert
 
 TRAIN, VALID, TEST = 0, 1, 2
@@ -286,6 +287,8 @@ class StreamReplay:
         #: Item-to-item transitions: how often a user clicked column j right after row i.
         self.transitions = np.zeros((n, n), np.float32)
         self.clicked: list[list[int]] = [[] for _ in range(data.n_users)]
+        # The graph source's embeddings with this replay's fold-ins, and when (event time).
+        self._folded: tuple[GraphEmbeddings, GraphEmbeddings, float] | None = None
 
     def run(self, stop: int | None = None) -> Iterator[int]:
         """Yield event indices in time order (up to ``stop``), applying each after the yield."""
@@ -427,7 +430,7 @@ class StreamReplay:
         (float32 [n_items], NaN elsewhere) and the ``rank_candidates`` best unseen ones
         the learned ranker would re-rank (bool [n_items])."""
         state = self.users[user]
-        per_source = [(s.weight, self._source(s, user, now)) for s in plan.sources]
+        per_source = [(s.weight, self._source(s, user, now, plan.graph)) for s in plan.sources]
         blended = blend(per_source)
         index = self.index_of_row
         positions = np.asarray([index.get(r, -1) for r in blended.rows.tolist()], np.int64)
@@ -443,9 +446,22 @@ class StreamReplay:
         )
         return scores, chosen
 
-    def _source(self, source: SourceSpec, user: int, now: float) -> Candidates:
+    def _source(
+        self, source: SourceSpec, user: int, now: float, graph: GraphEmbeddings | None = None
+    ) -> Candidates:
         """One source's candidates, as the serving source computes them."""
         state = self.users[user]
+        if source.name == "graph":
+            if graph is None:
+                raise ReplayError("the graph source needs the graph model's embeddings")
+            embeddings = self._graph_embeddings(graph, source, now)
+            recent = int(source.params.get("recent_items", self.spec.co_click_recent))
+            query = embeddings.query(state.history, recent)
+            if query is None:
+                return NO_CANDIDATES
+            extra = min(len(state.seen), int(source.params.get("max_overfetch", 100)))
+            ((found, similarity),) = embeddings.search(query[None, :], source.limit + extra)
+            return Candidates(found, similarity)
         if source.name == "co_click":
             recent = int(source.params.get("recent_items", self.spec.co_click_recent))
             scores = self.graph_rules.neighbour_scores(self.graph.get, state.history[-recent:], now)
@@ -471,6 +487,29 @@ class StreamReplay:
             )
             return trending.take(first_unseen(trending.rows, state.seen, source.limit))
         raise ReplayError(f"the evaluation cannot replay candidate source {source.name!r}")
+
+    def _graph_embeddings(
+        self, graph: GraphEmbeddings, source: SourceSpec, now: float
+    ) -> GraphEmbeddings:
+        """``graph`` with the fold-ins of the items the graph holds and training did not,
+        recomputed every ``refresh_s`` of event time (the serving source: wall time)."""
+        refresh_s = float(source.params.get("refresh_s", 5.0))
+        folded = self._folded
+        if folded is not None and folded[0] is graph and now - folded[2] < refresh_s:
+            return folded[1]
+        names = self.data.item_ids
+        untrained = [
+            names[i] for i in np.flatnonzero(self._in_graph) if not graph.is_trained(self.rows[i])
+        ]
+        embeddings = graph.with_fold_ins(
+            untrained,
+            self.graph.get,
+            now,
+            self.graph_rules.edge_half_life_s,
+            int(source.params.get("min_neighbours", 1)),
+        )
+        self._folded = (graph, embeddings, now)
+        return embeddings
 
     def user_vector(self, user: int) -> np.ndarray:
         """The user's decayed-mean text vector (zeros before the first click)."""
@@ -516,6 +555,13 @@ class CandidatePlan:
 
     sources: tuple[SourceSpec, ...]
     rank_candidates: int
+    #: The graph model's embeddings, for a ``graph`` source (trained on the TRAIN split).
+    graph: GraphEmbeddings | None = None
+
+    @property
+    def uses_graph(self) -> bool:
+        """Whether a source is the graph model's (it needs ``graph``)."""
+        return any(s.name == "graph" for s in self.sources)
 
 
 def snapshot(

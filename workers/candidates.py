@@ -12,17 +12,19 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from genre.core.features import FeatureSpec, NeighbourScores
+from genre.core.features import ITEM_IDS, FeatureSpec, NeighbourScores
 from genre.core.features.candidates import (
     NO_CANDIDATES,
     Candidates,
     best_unseen,
     first_unseen,
 )
+from genre.core.features.graph_embedding import EMBEDDINGS_FILE, load_graph_embeddings
 from genre.core.registry import Registry
 from genre.core.telemetry import METRICS
 from genre.streams.score_context import ScoreContext
@@ -179,6 +181,89 @@ class TrendingSource:
         return out
 
 
+@CANDIDATE_SOURCES.register("graph")
+class GraphSource:
+    """Items nearest to the mean graph-model embedding of the user's recent items.
+
+    The embeddings come from ``genre train --model graph`` (LightGCN over the click
+    graph) in ``dir`` (a data path, e.g. ``models/graph``); a new training run is
+    picked up within ``refresh_s``. Items that arrived since are folded in from
+    their live co-click edges every ``refresh_s`` (``GraphEmbeddings.with_fold_ins``),
+    so they can be retrieved from their first co-clicks.
+    """
+
+    name = "graph"
+
+    def __init__(
+        self,
+        views: ScorerViews,
+        features: FeatureSpec,
+        limit: int,
+        dir: str,
+        recent_items: int | None = None,
+        refresh_s: float = 5.0,
+        min_neighbours: int = 1,
+        max_overfetch: int = 100,
+    ) -> None:
+        self.views = views
+        self.limit = limit
+        self.folder = Path(dir)
+        self.recent_items = features.co_click_recent if recent_items is None else recent_items
+        self.refresh_s = refresh_s
+        self.min_neighbours = min_neighbours
+        self.max_overfetch = max_overfetch
+        self.edge_half_life_s = features.edge_half_life_s
+        self._trained, self.info = load_graph_embeddings(self.folder)
+        self._loaded_mtime = self._mtime()
+        self.embeddings = self._trained
+        self._refreshed = -float("inf")
+
+    def _mtime(self) -> float:
+        path = self.folder / EMBEDDINGS_FILE
+        return path.stat().st_mtime if path.exists() else 0.0
+
+    def prepare(self) -> None:
+        """Every ``refresh_s``: reload a newer training run, then fold in the graph's
+        items training did not see. On the event loop: it iterates the graph."""
+        if time.monotonic() - self._refreshed < self.refresh_s:
+            return
+        mtime = self._mtime()
+        if mtime > self._loaded_mtime:
+            self._trained, self.info = load_graph_embeddings(self.folder)
+            self._loaded_mtime = mtime
+        graph = self.views.graph
+        trained = self._trained
+        new_items = [
+            item for item, _ in graph.items() if not trained.is_trained(ITEM_IDS.row(item))
+        ]
+        self.embeddings = trained.with_fold_ins(
+            new_items,
+            graph.state,
+            self.views.clock.now(),
+            self.edge_half_life_s,
+            self.min_neighbours,
+        )
+        METRICS.graph_fold_ins.set(len(self.embeddings) - self.embeddings.trained)
+        self._refreshed = time.monotonic()
+
+    def generate(self, batch: Sequence[ScoreContext]) -> list[Candidates]:
+        embeddings = self.embeddings
+        queries = {
+            i: q
+            for i, ctx in enumerate(batch)
+            if (q := embeddings.query(ctx.history, self.recent_items)) is not None
+        }
+        out: list[Candidates] = [NO_CANDIDATES] * len(batch)
+        if not queries:
+            return out
+        # Each user over-fetches for their own seen items (one product for the batch).
+        wanted = {i: self.limit + min(_seen_count(batch[i]), self.max_overfetch) for i in queries}
+        found = embeddings.search(np.stack(list(queries.values())), max(wanted.values()))
+        for i, (rows, scores) in zip(queries, found, strict=True):
+            out[i] = Candidates(rows[: wanted[i]], scores[: wanted[i]])
+        return out
+
+
 def _seen_count(ctx: ScoreContext) -> int:
     seen = ctx.seen
     return len(seen) if hasattr(seen, "__len__") else len(ctx.history)  # type: ignore[arg-type]
@@ -190,9 +275,10 @@ def build_sources(
     """Instantiate the sources ``config.scorer.candidates`` names, with their blend weights."""
     sources = []
     for spec in config.scorer.candidates:
-        source = CANDIDATE_SOURCES.create(
-            spec.name, views, features, spec.limit, **dict(spec.params)
-        )
+        params = dict(spec.params)
+        if "dir" in params:  # a source's folder is a data path, like every other
+            params["dir"] = str(config.path(params["dir"]))
+        source = CANDIDATE_SOURCES.create(spec.name, views, features, spec.limit, **params)
         sources.append((source, spec.weight))
     return sources
 

@@ -40,10 +40,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
 from genre.core.broker import free_port
+from genre.core.config import GenreConfig
+from genre.core.features.graph_embedding import save_graph_embeddings
 from genre.schemas import ClickEvent
 
 from ..conftest import REPO_ROOT
@@ -217,6 +220,7 @@ def scraped_worker(binary: str, bootstrap: str, encoder_dir: Path, tmp: Path) ->
     """Prometheus first (it sees the worker start and the catalogue load), then the worker
     on the port Prometheus scrapes, its LLM the flaky test endpoint."""
     web_port = free_port()
+    graph_dir = graph_model(tmp)
     with (
         LLMTestServer("flaky") as server,
         running_prometheus(binary, tmp, web_port) as prom,
@@ -227,7 +231,21 @@ def scraped_worker(binary: str, bootstrap: str, encoder_dir: Path, tmp: Path) ->
             streams={"web_port": web_port},
             # Lists wait a minute for the Qdrant users write; past one waiting user the
             # oldest is dropped: genre_fallbacks_total{stage="users-write",reason="backlog"}.
-            scorer={"users_write_s": 60.0, "users_max_pending": 1},
+            # The graph source too, its embeddings covering half the catalogue: the
+            # clicked items without one are folded in (genre_graph_fold_ins).
+            scorer={
+                "users_write_s": 60.0,
+                "users_max_pending": 1,
+                "candidates": [
+                    *(c.model_dump() for c in GenreConfig().scorer.candidates),
+                    {
+                        "name": "graph",
+                        "weight": 0.5,
+                        "limit": 20,
+                        "params": {"dir": graph_dir, "refresh_s": 0.0},
+                    },
+                ],
+            },
             # Two A/B arms (the default pair; no ranker here, so both blend) under the
             # bandit, so the arm panels have lists, clicks, shares and coverage.
             experiments={"enabled": True, "policy": "thompson", "update_s": 1.0},
@@ -245,6 +263,14 @@ def scraped_worker(binary: str, bootstrap: str, encoder_dir: Path, tmp: Path) ->
         ) as p,
     ):
         yield Scraped(p, prom, f"127.0.0.1:{web_port}")
+
+
+def graph_model(tmp: Path) -> str:
+    """A graph model folder with embeddings for the even-numbered items of each genre."""
+    trained = [item.item_id for item in catalog() if int(item.item_id.rsplit("-", 1)[1]) % 2 == 0]
+    vectors = np.random.default_rng(0).standard_normal((len(trained), 8))
+    save_graph_embeddings(tmp / "graph", trained, vectors, {"model": "test"})
+    return str(tmp / "graph")
 
 
 USERS = {f"prom-{genre}": genre for genre in GENRES}
@@ -293,6 +319,7 @@ def send_traffic(p: Pipeline) -> None:
     w.wait_metric("genre_llm_fallbacks_total", 1, timeout_s=30)
     w.wait_metric("genre_profiles_generated_total", 2 * len(USERS), timeout_s=30)
     w.wait_metric("genre_fallbacks_total", 1, timeout_s=30, stage="users-write")
+    w.wait_metric("genre_graph_fold_ins", 1, timeout_s=30)
 
 
 def wait_for_scrapes(prom: Prometheus, after: float) -> None:

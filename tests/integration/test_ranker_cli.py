@@ -21,8 +21,9 @@ from .conftest import GENRES, catalog
 pytestmark = pytest.mark.timeout(600)
 
 MODELS = ("genre", "popularity", "item_knn", "transitions", "content", "bpr", "sasrec", "lightgcn")
-# The serving blend alone, and GENRE re-ranking only the blend's top 100 (what serves).
-SERVING = ("blend", "genre@blend100")
+# The serving blend alone, and GENRE re-ranking only the blend's top 100 (what serves),
+# each again with the graph model's source added (the graph ablation).
+SERVING = ("blend", "genre@blend100", "blend+graph", "genre@blend100+graph")
 
 
 def genre(*args: str, timeout: float = 480) -> Any:
@@ -100,6 +101,40 @@ def test_evaluate_ranks_every_model_on_one_split(workspace: dict[str, Path]) -> 
     assert (out_dir / "evaluation.md").read_text().count("| ") > 6
     assert (out_dir / "evaluation.png").stat().st_size > 1000
     assert Path(summary["checkpoint"]).is_file()
+
+
+def test_train_graph_writes_embeddings_the_graph_source_loads(
+    workspace: dict[str, Path],
+) -> None:
+    from genre.core.features.graph_embedding import load_graph_embeddings
+
+    cfg = ["-c", str(workspace["config"])]
+    log = ["--clicks", str(workspace["clicks"]), "--items", str(workspace["items"])]
+    done = genre("train", *cfg, *log, "--model", "graph")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["model"] == "lightgcn" and summary["test"]["queries"] == 24
+    assert {"blend", "blend+graph", "lightgcn"} <= set(summary["models"])
+    embeddings, info = load_graph_embeddings(Path(summary["dir"]))
+    assert Path(summary["dir"]) == workspace["root"] / "data" / "models" / "graph"
+    assert len(embeddings) == info["items"] > 0 and embeddings.dim == info["dim"]
+    assert np.isfinite(embeddings.vectors).all()
+    # Users stay in one genre: an item's nearest embedded neighbour shares its genre.
+    ids = info_ids(embeddings)
+    nearest = embeddings.vectors @ embeddings.vectors.T
+    np.fill_diagonal(nearest, -np.inf)
+    same = [
+        ids[i].split("-")[0] == ids[int(j)].split("-")[0] for i, j in enumerate(nearest.argmax(1))
+    ]
+    assert np.mean(same) > 0.75
+    bad = genre("train", *cfg, *log, "--model", "nope")
+    assert bad.returncode == 2 and "ranker or graph" in bad.stdout + bad.stderr
+
+
+def info_ids(embeddings: Any) -> list[str]:
+    from genre.core.features.ids import ITEM_IDS
+
+    return [ITEM_IDS.names[r] for r in embeddings.rows]
 
 
 def test_train_then_export_writes_a_servable_manifest(workspace: dict[str, Path]) -> None:

@@ -23,6 +23,14 @@ class Queries:
     def __len__(self) -> int:
         return len(self.targets)
 
+    @property
+    def events(self) -> np.ndarray:
+        return np.arange(len(self.targets))
+
+    @property
+    def history(self) -> np.ndarray:
+        return np.full((len(self.targets), 1), -1)
+
 
 def test_gini_by_hand() -> None:
     assert gini(np.array([1.0, 1.0, 1.0, 1.0])) == 0.0

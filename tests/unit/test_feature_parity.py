@@ -11,6 +11,7 @@ by kind, re-clicks (the history moves the item to its end) and re-sent events.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -158,12 +159,21 @@ def test_stream_and_replay_fold_to_the_same_state_and_features(batch: int) -> No
         np.testing.assert_allclose(dense, replay.features(u, candidates, now), rtol=1e-6)
 
 
-def test_the_evaluation_pre_ranks_the_candidates_the_scorer_would() -> None:
+@pytest.mark.parametrize("with_graph", [False, True], ids=["blend", "blend+graph"])
+def test_the_evaluation_pre_ranks_the_candidates_the_scorer_would(
+    with_graph: bool, tmp_path: Path
+) -> None:
     """The evaluation's replay of the candidate sources and blend (``StreamReplay.prerank``)
-    picks the same items as the live scorer's blend over its real sources."""
+    picks the same items as the live scorer's blend over its real sources; with the graph
+    model's source too, whose embeddings cover only part of the catalogue, so items are
+    folded in from the live graph on both sides."""
     from genre.core.config import GenreConfig
     from genre.core.exact_index import ExactIndex
     from genre.core.features.candidates import source_specs
+    from genre.core.features.graph_embedding import (
+        load_graph_embeddings,
+        save_graph_embeddings,
+    )
     from genre.model_export.replay import CandidatePlan
     from genre.streams.score_context import context_of
     from genre.streams.views import (
@@ -186,9 +196,18 @@ def test_the_evaluation_pre_ranks_the_candidates_the_scorer_would() -> None:
             {"name": "trending", "weight": 0.5, "limit": 4},
         ],
     }
+    items, events, vectors = _log(seed=5, n_items=80, n_users=10)
+    graph_plan = None
+    if with_graph:
+        folder = tmp_path / "graph"
+        trained = [it.item_id for it in items[:50]]  # the other 30 arrive "after training"
+        embedding = np.random.default_rng(3).standard_normal((len(trained), 8))
+        save_graph_embeddings(folder, trained, embedding, {"model": "test"})
+        graph_plan, _ = load_graph_embeddings(folder)
+        source = {"name": "graph", "weight": 0.7, "limit": 6, "params": {"dir": str(folder)}}
+        scorer["candidates"].append(source)  # type: ignore[attr-defined]
     config = GenreConfig(streams=streams, scorer=scorer)
     spec = FeatureSpec.from_streams(config.streams)
-    items, events, vectors = _log(seed=5, n_items=80, n_users=10)
     fold = Fold(spec)
     users: dict = {}
     graph = MemoryGraph()
@@ -230,7 +249,10 @@ def test_the_evaluation_pre_ranks_the_candidates_the_scorer_would() -> None:
         for u in data.user_ids
     ]
     lists = worker.score(contexts)
-    plan = CandidatePlan(source_specs(config.scorer), top)
+    plan = CandidatePlan(source_specs(config.scorer), top, graph=graph_plan)
+    if with_graph:
+        (graph_source,) = [s for s, _ in worker.sources if s.name == "graph"]
+        assert len(graph_source.embeddings) > graph_source.embeddings.trained  # fold-ins
     compared = 0
     for u, scored in enumerate(lists):
         blend_scores, chosen = replay.prerank(u, now, plan)
