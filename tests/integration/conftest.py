@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,11 +171,17 @@ class Pipeline:
 
     def user_state(self, user_id: str) -> dict[str, Any] | None:
         """The latest value of ``user_id`` in the user-state table's changelog topic."""
+        return self.user_states([user_id])[user_id]
+
+    def user_states(self, user_ids: Iterable[str]) -> dict[str, dict[str, Any] | None]:
+        """``user_state`` of each of ``user_ids``, from one read of the changelog (each
+        read waits ``idle_s`` for stragglers: one per user added seconds per user)."""
         topic = f"{self.config.app_id}-user-state-changelog"
-        latest = None
+        latest: dict[str, dict[str, Any] | None] = dict.fromkeys(user_ids)
         for msg in read_topic(self.config, topic, idle_s=2.0):
-            if msg.key() == user_id.encode():
-                latest = orjson.loads(msg.value())
+            user = (msg.key() or b"").decode(errors="replace")
+            if user in latest:
+                latest[user] = orjson.loads(msg.value())
         return latest
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -152,31 +152,42 @@ def test_resent_events_count_once(pipeline: Pipeline) -> None:
     assert sorted(state["recent_events"]) == [f"dup-{i}" for i in range(4)]
 
 
+@pytest.fixture(scope="module")
+def restart_pipeline(
+    broker: Any, encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pipeline]:
+    """A worker for the restart tests alone (they restart it: the module's ``pipeline``
+    would come back without its counters), shared by their variants."""
+    with running_pipeline(tmp_path_factory.mktemp("restart"), broker.bootstrap, encoder_dir) as p:
+        yield p
+
+
 @pytest.mark.parametrize("how", ["stop", "kill"])
 def test_restarted_worker_recovers_tables_from_changelog(
-    fresh_pipeline: Pipeline, how: str
+    restart_pipeline: Pipeline, how: str
 ) -> None:
-    p = fresh_pipeline
-    before = [click(f"rs-{i}", "rs-user", f"space-{i}", ts=1_700_000_100.0 + i) for i in range(5)]
+    # Ids of this variant's own: both variants restart one worker, in turn.
+    p, user = restart_pipeline, f"rs-{how}"
+    before = [click(f"{user}-{i}", user, f"space-{i}", ts=1_700_000_100.0 + i) for i in range(5)]
     p.send_clicks(before)
-    p.recommendations(until_triggers={"rs-4"})
+    p.recommendations(until_triggers={f"{user}-4"})
     if how == "kill":
         p.worker.kill()
         time.sleep(7.0)  # let the killed member's 6 s session expire first
     else:
-        assert p.worker.stop() is not None
+        assert p.worker.stop() == 0, p.worker.log_tail()
     p.worker.start(ready_timeout_s=120)
     after = [
-        click(f"rs-{i}", "rs-user", f"crime-{i - 5}", ts=1_700_000_200.0 + i) for i in range(5, 8)
+        click(f"{user}-{i}", user, f"crime-{i - 5}", ts=1_700_000_200.0 + i) for i in range(5, 8)
     ]
     p.send_clicks(after)
-    recs = p.recommendations(until_triggers={"rs-7"})
-    state = p.user_state("rs-user")
+    recs = p.recommendations(until_triggers={f"{user}-7"})
+    state = p.user_state(user)
     assert state is not None
     # Each accepted event is reflected exactly once, across the restart.
     assert state["clicks"] == 8
     assert state["history"] == [f"space-{i}" for i in range(5)] + [f"crime-{i}" for i in range(3)]
-    final = next(r for r in recs if r.trigger_event_id == "rs-7")
+    final = next(r for r in recs if r.trigger_event_id == f"{user}-7")
     assert not {i.item_id for i in final.items} & set(state["history"])
 
 

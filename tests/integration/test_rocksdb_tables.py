@@ -117,7 +117,8 @@ def test_user_state_lives_in_rocksdb_and_survives_a_restart(rocks_pipeline: Pipe
     p.send_clicks(after)
     p.recommendations(until_triggers={f"{kept}-4", f"{other}-2"})
 
-    kept_state = p.user_state(kept)
+    states = p.user_states([kept, other])
+    kept_state = states[kept]
     assert kept_state is not None
     assert kept_state["clicks"] != 5, "state was rebuilt from the changelog, not read from RocksDB"
     assert kept_state["clicks"] == 102
@@ -128,7 +129,7 @@ def test_user_state_lives_in_rocksdb_and_survives_a_restart(rocks_pipeline: Pipe
         "animation-3",
         "animation-4",
     ]
-    other_state = p.user_state(other)
+    other_state = states[other]
     assert other_state is not None
     assert other_state["clicks"] == 3
     assert other_state["history"] == ["cooking-0", "cooking-1", "cooking-2"]
