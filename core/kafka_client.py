@@ -43,6 +43,7 @@ __all__ = [
     "iter_recommendations",
     "iter_records",
     "producer_config",
+    "readable_partitions",
 ]
 
 log = logging.getLogger("genre.kafka")
@@ -63,6 +64,21 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     # works), but event_id de-duplication already covers re-sends. Opt in via config=.
     "enable.idempotence": False,
 }
+
+
+def readable_partitions(consumer: Consumer, topic: str, timeout_s: float, fix: str) -> list[int]:
+    """The partitions of ``topic``, sorted. When the broker does not have it readable, the
+    consumer is closed and a KafkaException says which topic, why, and ``fix``."""
+    meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if meta is None or meta.error is not None or not meta.partitions:
+        consumer.close()
+        why = meta.error if meta is not None and meta.error else "no partitions"
+        raise KafkaException(
+            KafkaError(
+                KafkaError.UNKNOWN_TOPIC_OR_PART, f"cannot read topic {topic} ({why}); {fix}"
+            )
+        )
+    return sorted(meta.partitions)
 
 
 class InvalidEvent(ValueError):

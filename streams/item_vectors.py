@@ -30,6 +30,7 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from genre.core.features import decode_vector
+from genre.core.kafka_client import readable_partitions
 from genre.core.telemetry import METRICS
 from genre.schemas import ItemVector, Rejection, parse_record
 from genre.streams.app import GenreStreams
@@ -99,20 +100,13 @@ class ItemVectorFollower:
                 "auto.offset.reset": "earliest",
             }
         )
-        metadata = consumer.list_topics(self.topic, timeout=kafka.connect_timeout_s)
-        topic = metadata.topics.get(self.topic)
-        if topic is None or topic.error is not None or not topic.partitions:
-            consumer.close()
-            why = topic.error if topic is not None and topic.error else "no partitions"
-            raise KafkaException(
-                KafkaError(
-                    KafkaError.UNKNOWN_TOPIC_OR_PART,
-                    f"cannot read topic {self.topic} ({why}); create it with "
-                    "cleanup.policy=compact (kafka.topics.item_vectors; `genre worker` "
-                    "creates missing topics at start) and check this client may read it",
-                )
-            )
-        self.partitions = set(topic.partitions)
+        fix = (
+            "create it with cleanup.policy=compact (kafka.topics.item_vectors; `genre worker` "
+            "creates missing topics at start) and check this client may read it"
+        )
+        self.partitions = set(
+            readable_partitions(consumer, self.topic, kafka.connect_timeout_s, fix)
+        )
         consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self.partitions])
         return consumer
 

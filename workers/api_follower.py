@@ -21,6 +21,7 @@ from confluent_kafka import (
 )
 
 from genre.core.config import GenreConfig
+from genre.core.kafka_client import readable_partitions
 from genre.core.telemetry import METRICS
 from genre.schemas import ItemVector, Recommendation, Rejection, parse_record
 from genre.workers.api_views import CoClickGraph, ContentIndex, LatestLists
@@ -72,20 +73,13 @@ class ApiFollower:
             }
         )
         parts: list[TopicPartition] = []
+        fix = (
+            f"at {self.kafka.bootstrap_servers}: start a worker first (`genre worker` creates "
+            "the topics) or create them, and check kafka.topics in genre.yaml"
+        )
         for name in (self.recommendations, self.item_vectors, self.co_clicks):
-            meta = consumer.list_topics(name, timeout=self.kafka.connect_timeout_s).topics.get(name)
-            if meta is None or meta.error is not None or not meta.partitions:
-                consumer.close()
-                why = meta.error if meta is not None and meta.error else "no partitions"
-                raise KafkaException(
-                    KafkaError(
-                        KafkaError.UNKNOWN_TOPIC_OR_PART,
-                        f"cannot read topic {name} ({why}) at {self.kafka.bootstrap_servers}; "
-                        "start a worker first (`genre worker` creates the topics) or create "
-                        "them, and check kafka.topics in genre.yaml",
-                    )
-                )
-            parts += [TopicPartition(name, p, OFFSET_BEGINNING) for p in sorted(meta.partitions)]
+            found = readable_partitions(consumer, name, self.kafka.connect_timeout_s, fix)
+            parts += [TopicPartition(name, p, OFFSET_BEGINNING) for p in found]
         self._pending = {(tp.topic, tp.partition) for tp in parts}
         consumer.assign(parts)
         return consumer

@@ -59,6 +59,7 @@ SOURCE_REASONS = {
     "ann": "matches your taste",
     "co_click": "often watched together with your recent picks",
     "profile": "matches your interest profile",
+    "graph": "liked by people who liked your recent picks",
 }
 
 _WORD = re.compile(r"[a-z0-9]+")
