@@ -371,11 +371,24 @@ def evaluate(
         bool,
         typer.Option(help="With --diversity-sweep: GENRE from ranker.checkpoint, not trained"),
     ] = False,
+    baseline_params: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="JSON {baseline: {argument: value}} for the baselines' constructors, e.g. "
+            "genre tune --what baseline's <study>.best.json; repeat to merge (later wins)"
+        ),
+    ] = None,
 ) -> None:
     """GENRE ranker vs baselines on a temporal split with full ranking (HR@10, NDCG@10, MRR,
     intra-list diversity, coverage, novelty and the Gini index of exposure)."""
     from genre.model_export.pipeline import run_ablation, run_evaluate
+    from genre.model_export.tune_baselines import load_baseline_params
 
+    try:
+        params = load_baseline_params(baseline_params or [])
+    except ValueError as exc:
+        console.print(f"[red]cannot evaluate:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
     cfg = _config(config, overlay)
     log = _click_log(cfg, dataset, clicks, items)
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
@@ -408,6 +421,7 @@ def evaluate(
             console=console,
             epochs=epochs,
             quick=quick,  # type: ignore[arg-type]
+            baseline_params=params,
         )
     except ValueError as exc:
         console.print(f"[red]cannot evaluate:[/red] {escape(str(exc))}")
@@ -429,14 +443,22 @@ def tune(
         typer.Option(
             help="blend: sources, weights, limits, half-lives, history, diversity, scored by "
             "the replay without training (seconds a trial); ranker: also trains the ranker "
-            "per trial (15-25 min each on 2 cores), pruned on per-epoch validation NDCG@10"
+            "per trial (15-25 min each on 2 cores), pruned on per-epoch validation NDCG@10; "
+            "baseline: the constructor arguments of --baseline, fitted per trial as genre "
+            "evaluate fits it (best as JSON for genre evaluate --baseline-params)"
         ),
     ] = "blend",
+    baseline: Annotated[
+        str | None, typer.Option(help="With --what baseline: bpr, sasrec or lightgcn")
+    ] = None,
     trials: Annotated[int, typer.Option(help="Trials to run now (a resumed study adds them)")] = 20,
     timeout: Annotated[float | None, typer.Option(help="Stop starting trials after s")] = None,
     sampler: Annotated[str, typer.Option(help="tpe or random")] = "tpe",
     seed: Annotated[int, typer.Option(help="Sampler seed")] = 0,
-    study: Annotated[str, typer.Option(help="Study name: <out-dir>/<study>.db")] = "genre",
+    study: Annotated[
+        str | None,
+        typer.Option(help="Study name: <out-dir>/<study>.db (default: genre; the baseline's name)"),
+    ] = None,
     reuse: Annotated[
         int,
         typer.Option(
@@ -448,26 +470,39 @@ def tune(
         Path | None, typer.Option(help="Study folder (default: <data_dir>/tune)")
     ] = None,
 ) -> None:
-    """Search the config with Optuna on the validation split; write the best setting as a
-    YAML overlay (for --overlay), its test figures and a report; print JSON."""
+    """Search the config (or a baseline's constructor arguments) with Optuna on the
+    validation split; write the best setting as a YAML overlay (for --overlay) or JSON (for
+    genre evaluate --baseline-params), its test figures and a report; print JSON."""
+    from genre.model_export.tune import TUNABLE_BASELINES
     from genre.model_export.tune_run import TuneOptions, run_tune
 
-    cfg = _config(config, overlay)
-    log = _click_log(cfg, dataset, clicks, items)
-    if what not in ("blend", "ranker"):
-        console.print(f"[red]unknown --what {escape(what)!r}[/red]; use blend or ranker")
+    if what not in ("blend", "ranker", "baseline"):
+        console.print(f"[red]unknown --what {escape(what)!r}[/red]; use blend, ranker or baseline")
+        raise typer.Exit(2)
+    if (what == "baseline") != (baseline is not None):
+        console.print("[red]--baseline goes with --what baseline, and it needs one[/red]")
+        raise typer.Exit(2)
+    if baseline is not None and baseline not in TUNABLE_BASELINES:
+        console.print(
+            f"[red]cannot tune baseline {escape(baseline)!r}[/red]; "
+            f"use one of {', '.join(TUNABLE_BASELINES)}"
+        )
         raise typer.Exit(2)
     if trials < 0 or reuse < 1:
         console.print("[red]--trials must be 0 or more and --reuse 1 or more[/red]")
         raise typer.Exit(2)
-    opts = TuneOptions(what, trials, timeout, sampler, seed, study, reuse)  # type: ignore[arg-type]
+    cfg = _config(config, overlay)
+    log = _click_log(cfg, dataset, clicks, items)
+    name = study or baseline or "genre"
+    opts = TuneOptions(what, trials, timeout, sampler, seed, name, reuse, baseline)  # type: ignore[arg-type]
     try:
         summary = run_tune(cfg, log, opts, out_dir=out_dir or cfg.path("tune"), console=console)
     except ValueError as exc:
         console.print(f"[red]cannot tune:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     files = summary["files"]
-    console.print(f"overlay: {files['overlay']}; report: {files['markdown']}")
+    best = files.get("overlay") or files["params"]
+    console.print(f"best: {best}; report: {files['markdown']}")
     typer.echo(json.dumps(summary, default=str))
 
 

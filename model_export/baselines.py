@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar, Literal
 
@@ -106,6 +106,9 @@ class Baseline:
         self.params: dict[str, Any] = {}
         #: Per-epoch training record (learned models only).
         self.history: list[dict[str, float]] = []
+        #: Called with (epoch, validation NDCG@10) after each epoch of early-stopped
+        #: training (``genre tune`` prunes on it; it may raise to stop the fit).
+        self.on_epoch: Callable[[int, float], None] | None = None
 
     def fit(
         self,
@@ -309,6 +312,8 @@ def _early_stopping(
         value = _validate(model.score(valid), valid)
         model.history.append({"epoch": epoch, "loss": loss, "val_ndcg@10": value})
         task.advance(f"{model.name} ep {epoch} loss {loss:.4f} val ndcg {value:.4f}")
+        if model.on_epoch is not None:
+            model.on_epoch(epoch, value)
         criterion = value if len(valid) else -loss  # no validation queries: lowest loss
         if criterion > best:
             best, best_epoch, best_state, bad = criterion, epoch, copy.deepcopy(net.state_dict()), 0

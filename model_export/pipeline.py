@@ -234,8 +234,12 @@ def run_evaluate(
     console: Console,
     epochs: int | None = None,
     quick: bool = False,
+    baseline_params: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Train GENRE and the baselines on one split, test them all, save reports and checkpoint."""
+    """Train GENRE and the baselines on one split, test them all, save reports and checkpoint.
+
+    ``baseline_params``: constructor arguments per baseline (``genre tune --what
+    baseline``'s best), for those of ``models`` that are evaluated."""
     from genre.model_export.evaluate import (
         evaluate_models,
         results_table,
@@ -253,11 +257,15 @@ def run_evaluate(
     vectors = llm.vectors
     baselines = [m for m in (models or []) if m != "genre"] if models else None
     include_genre = not models or "genre" in models
-    overrides: dict[str, dict[str, Any]] = {}
+    overrides: dict[str, dict[str, Any]] = {
+        name: dict(kwargs)
+        for name, kwargs in (baseline_params or {}).items()
+        if baselines is None or name in baselines
+    }
     if quick:  # small caps for smoke tests; figures from quick runs are not comparable
         for name in baselines or ["bpr", "sasrec", "lightgcn"]:
             if name in ("bpr", "sasrec", "lightgcn"):
-                overrides[name] = {"epochs": 2}
+                overrides.setdefault(name, {})["epochs"] = 2
     threads = cfg.ranker.train.threads
     for name in ("bpr", "sasrec", "lightgcn"):
         if threads and (baselines is None or name in baselines):

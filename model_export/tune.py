@@ -15,18 +15,27 @@ one mode:
 ``trial_config`` turns a trial's parameters into a validated ``GenreConfig``;
 ``overlay_of`` writes only the keys that differ from the base config (a changed
 list, such as ``scorer.candidates``, is written whole: overlays replace lists).
+
+``baseline`` mode tunes a learned baseline of ``genre evaluate`` instead of the
+config: ``baseline_space`` holds its knobs, keyed by constructor argument (the
+best trial becomes ``{name: kwargs}`` JSON, which ``genre evaluate
+--baseline-params`` passes to the constructor), ``baseline_defaults`` the
+constructor's own values (trial 0). Popularity picks its half-life on
+validation by itself, and item-kNN and transitions have nothing to learn.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from genre.core.config import GenreConfig
 
-Mode = Literal["blend", "ranker"]
+Mode = Literal["blend", "ranker", "baseline"]
+#: The modes whose trials are config overlays (``search_space``).
 MODES: tuple[Mode, ...] = ("blend", "ranker")
 
 DAY = 86400.0
@@ -71,6 +80,8 @@ class Knob:
 
 def search_space(cfg: GenreConfig, mode: Mode) -> list[Knob]:
     """The knobs of ``mode`` for this config (its candidate sources, its defaults inside)."""
+    if mode == "baseline":
+        raise ValueError("baseline mode tunes constructor arguments: use baseline_space(name)")
     if mode not in MODES:
         raise ValueError(f"unknown tuning mode {mode!r}; use one of {list(MODES)}")
     s = cfg.streams
@@ -112,6 +123,71 @@ def search_space(cfg: GenreConfig, mode: Mode) -> list[Knob]:
             Knob("ranker.train.id_dropout", "float", 0.0, max(0.3, t.id_dropout)),
         ]
     return knobs
+
+
+def baseline_space(name: str, history_size: int | None = None) -> list[Knob]:
+    """The knobs of baseline ``name`` (``TUNABLE_BASELINES``), keyed by constructor argument.
+
+    Dimensions, depth and ``max_len`` are choices (each is a different model size); the
+    learning rate and L2 weights are log ranges, dropout a linear one. Every range holds
+    the constructor's default, so trial 0 is the baseline as ``genre evaluate`` fits it.
+    ``history_size``: the replay's history length (``streams.history_size``); SASRec
+    scores from at most that many items, so longer ``max_len`` choices are left out.
+    """
+    if name not in BASELINE_SPACES:
+        raise ValueError(
+            f"baseline {name!r} has no search space; tune one of {sorted(BASELINE_SPACES)}"
+        )
+    knobs = list(BASELINE_SPACES[name])
+    if history_size is not None:
+        knobs = [
+            replace(k, choices=tuple(c for c in k.choices if c <= history_size))
+            if k.key == "max_len"
+            else k
+            for k in knobs
+        ]
+    return knobs
+
+
+def baseline_defaults(name: str, knobs: Sequence[Knob]) -> dict[str, Any]:
+    """The constructor's defaults of ``knobs``: the trial enqueued first (the baseline)."""
+    from genre.model_export.zoo import BASELINES
+
+    signature = inspect.signature(BASELINES[name].__init__)
+    out: dict[str, Any] = {}
+    for knob in knobs:
+        value = signature.parameters[knob.key].default
+        if not knob.admits(value):
+            raise ValueError(f"{name}.{knob.key} = {value!r} lies outside its search space {knob}")
+        out[knob.key] = value
+    return out
+
+
+BASELINE_SPACES: dict[str, tuple[Knob, ...]] = {
+    "bpr": (
+        Knob("dim", "choice", choices=(32, 64, 128, 256)),
+        Knob("lr", "float", 1e-3, 3e-2, log=True),
+        Knob("reg", "float", 1e-6, 1e-2, log=True),
+    ),
+    "sasrec": (
+        Knob("hidden", "choice", choices=(32, 64, 128)),
+        Knob("blocks", "choice", choices=(1, 2, 3)),
+        Knob("heads", "choice", choices=(1, 2)),
+        Knob("dropout", "float", 0.0, 0.5),
+        Knob("lr", "float", 2e-4, 5e-3, log=True),
+        Knob("max_len", "choice", choices=(10, 20, 30, 50, 100, 200)),
+        Knob("negatives", "choice", choices=(50, 100, 200, 400)),
+    ),
+    "lightgcn": (
+        Knob("dim", "choice", choices=(32, 64, 128)),
+        Knob("layers", "int", 1, 4),
+        Knob("lr", "float", 1e-3, 2e-2, log=True),
+        Knob("reg", "float", 1e-6, 1e-2, log=True),
+        Knob("user_mode", "choice", choices=("embedding", "history", "both")),
+    ),
+}
+#: The baselines ``genre tune --what baseline`` can tune.
+TUNABLE_BASELINES: tuple[str, ...] = tuple(BASELINE_SPACES)
 
 
 def _choice(key: str, choices: Sequence[Any], default: Any) -> Knob:

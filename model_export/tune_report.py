@@ -53,7 +53,8 @@ def plot_history(summary: dict[str, Any], path: Path) -> None:
         ax.axhline(base, color="grey", ls=":", lw=1, label="base config (trial 0)")
     ax.set_xlabel("trial")
     ax.set_ylabel("validation NDCG@10")
-    ax.set_title(f"genre tune {summary['study']} ({summary['mode']}, {summary['sampler']})")
+    what = summary["mode"] + (f" {summary['baseline']}" if summary.get("baseline") else "")
+    ax.set_title(f"genre tune {summary['study']} ({what}, {summary['sampler']})")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -80,8 +81,10 @@ def plot_importance(found: dict[str, float], path: Path) -> None:
 def markdown(summary: dict[str, Any]) -> str:
     """The report as markdown."""
     best = summary["best"]
+    what = summary["mode"] + (f" {summary['baseline']}" if summary.get("baseline") else "")
+    base = "defaults" if summary.get("baseline") else "base config"
     lines = [
-        f"# genre tune: study {summary['study']} ({summary['mode']})",
+        f"# genre tune: study {summary['study']} ({what})",
         "",
         f"{summary['trials']} trials ({summary['completed']} completed, {summary['pruned']} "
         f"pruned), sampler {summary['sampler']}, seed {summary['seed']}; objective: NDCG@10 "
@@ -89,7 +92,7 @@ def markdown(summary: dict[str, Any]) -> str:
         f"Seconds per trial: {summary['seconds_per_trial']}.",
         "",
         f"Best trial #{best['number']}: validation NDCG@10 {best['valid_ndcg@10']:.4f} "
-        f"(base config, trial 0: {_fmt(summary.get('base_valid_ndcg@10'))}).",
+        f"({base}, trial 0: {_fmt(summary.get('base_valid_ndcg@10'))}).",
         "",
         "Test split, read once after the search:",
         "",
@@ -100,6 +103,8 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(_fmt(row.get(k)) for k in SHOWN) + " |")
     lines += ["", "Best parameters:", ""]
     lines += [f"- `{k}`: {v}" for k, v in best["params"].items()]
+    if summary.get("baseline"):
+        lines += ["", f"Use: `genre evaluate --baseline-params {summary['files']['params']}`."]
     if summary.get("importance"):
         lines += ["", "Parameter importance (fANOVA):", ""]
         lines += [f"- `{k}`: {v}" for k, v in summary["importance"].items()]

@@ -41,13 +41,31 @@ class TuneOptions:
     #: spec, ``reuse - 1`` trials with the same stream rules are queued (the sampler
     #: picks the rest), each scored from the cached replay in seconds.
     reuse: int = 1
+    #: baseline mode: which one (``tune.TUNABLE_BASELINES``).
+    baseline: str | None = None
+
+    @property
+    def label(self) -> str:
+        """What the study tunes, as kept in its ``mode`` attribute: ``blend``, ``ranker``
+        or ``baseline:<name>``."""
+        return self.mode if self.mode != "baseline" else f"baseline:{self.baseline}"
 
 
-def study_paths(out_dir: Path, study: str) -> dict[str, Path]:
-    """Where a study keeps its database, overlay and report."""
+def _hint(label: str) -> str:
+    """The CLI options that tune ``label`` (a study's ``mode`` attribute)."""
+    if label.startswith("baseline:"):
+        return f"--what baseline --baseline {label.split(':', 1)[1]}"
+    return f"--what {label}"
+
+
+def study_paths(out_dir: Path, study: str, mode: Mode = "blend") -> dict[str, Path]:
+    """Where a study keeps its database, result (a YAML overlay, or for a baseline its
+    constructor arguments as JSON) and report."""
+    best = "params" if mode == "baseline" else "overlay"
+    suffix = "json" if mode == "baseline" else "yaml"
     return {
         "db": out_dir / f"{study}.db",
-        "overlay": out_dir / f"{study}.best.yaml",
+        best: out_dir / f"{study}.best.{suffix}",
         "json": out_dir / f"{study}.report.json",
         "markdown": out_dir / f"{study}.report.md",
         "history": out_dir / f"{study}.history.png",
@@ -62,7 +80,12 @@ def open_study(path: Path, opts: TuneOptions) -> Any:
     if opts.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {opts.sampler!r}; use one of {list(SAMPLERS)}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if opts.mode == "baseline" and opts.baseline is None:
+        raise ValueError("baseline mode needs the baseline's name")
+    # A baseline's validation figure climbs for several epochs: prune from epoch 5 on.
+    warmup = 5 if opts.mode == "baseline" else 1
+    startup = 3 if opts.mode == "baseline" else 2
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=warmup)
     path.parent.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
         study_name=opts.study,
@@ -83,11 +106,11 @@ def open_study(path: Path, opts: TuneOptions) -> Any:
     )
     mode = study.user_attrs.get("mode")
     if mode is None:
-        study.set_user_attr("mode", opts.mode)
-    elif mode != opts.mode:
+        study.set_user_attr("mode", opts.label)
+    elif mode != opts.label:
         raise ValueError(
-            f"study {opts.study!r} in {path} tunes {mode!r}, not {opts.mode!r}; "
-            f"pass --what {mode} or another --study name"
+            f"study {opts.study!r} in {path} tunes {mode!r}, not {opts.label!r}; "
+            f"pass {_hint(mode)} or another --study name"
         )
     return study
 
@@ -97,6 +120,11 @@ def run_tune(
 ) -> dict[str, Any]:
     """Run (or resume) the study, then write the overlay, the test figures and the report."""
     from genre.model_export.replay import VALID, build_interactions
+
+    if opts.mode == "baseline":
+        from genre.model_export.tune_baselines import run_tune_baseline
+
+        return run_tune_baseline(cfg, log, opts, out_dir=out_dir, console=console)
 
     paths = study_paths(out_dir, opts.study)
     study = open_study(paths["db"], opts)
@@ -151,6 +179,8 @@ def _trial_line(study: Any, trial: Any) -> str:
         return f"trial {trial.number:>3}  [yellow]{state}[/yellow]  {secs:6.1f} s"
     best = study.best_trial
     hit = " (cached replay)" if trial.user_attrs.get("cached") else ""
+    if trial.user_attrs.get("best_epoch") is not None:
+        hit += f"  best epoch {trial.user_attrs['best_epoch']}"
     mark = "[green]*[/green]" if best.number == trial.number else " "
     return (
         f"trial {trial.number:>3}{mark} ndcg@10 {trial.value:.4f}  "

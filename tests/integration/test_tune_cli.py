@@ -59,3 +59,32 @@ def test_tune_ranker_trains_per_trial_and_reports_test_figures(
     assert summary["mode"] == "ranker" and summary["completed"] + summary["pruned"] == 2
     assert {"ndcg@10", "hr@10"} <= set(summary["test"]["tuned"])
     assert (out / "r.best.yaml").is_file()
+
+
+def test_tune_baseline_writes_params_that_genre_evaluate_reproduces(
+    workspace: dict[str, Path],
+) -> None:
+    cfg = ["-c", str(workspace["config"])]
+    log = ["--clicks", str(workspace["clicks"]), "--items", str(workspace["items"])]
+    out = workspace["root"] / "tune-baseline"
+    done = genre(
+        "tune", *cfg, *log, "--what", "baseline", "--baseline", "bpr", "--trials", "2",
+        "--sampler", "random", "--out-dir", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["mode"] == "baseline" and summary["study"] == "bpr"  # named after it
+    assert summary["trials"] == 2 and set(summary["test"]) == {"default", "tuned"}
+    assert "trial   1" in done.stderr
+    params = out / "bpr.best.json"
+    assert json.loads(params.read_text()) == {"bpr": summary["best"]["params"]}
+
+    evaluated = genre(
+        "evaluate", *cfg, *log, "--models", "bpr", "--baseline-params", str(params),
+        "--out-dir", str(workspace["root"] / "eval-tuned"), "--json",
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    report = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert report["params"]["bpr"]["val_ndcg@10"] == summary["best"]["valid_ndcg@10"]
+    for key in ("hr@10", "ndcg@10", "mrr"):
+        assert report["models"]["bpr"][key] == summary["test"]["tuned"][key], key
