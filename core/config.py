@@ -370,7 +370,7 @@ class RankerTrainSettings(_Section):
     #: Share of item ids replaced by the unknown id (0) in each training batch, so the
     #: ranker learns to score an item that arrived after training (no id embedding)
     #: from its text and live graph features.
-    id_dropout: float = Field(default=0.1, ge=0, lt=1)
+    id_dropout: float = Field(default=0.0, ge=0, lt=1)
     seed: int = 0
     #: Users per forward pass when ranking the validation split.
     eval_batch: int = Field(default=64, ge=1)
